@@ -1,0 +1,50 @@
+"""The ``evalmuse`` command line.
+
+Every sub-command lives in its own module under :mod:`evalmuse_models.commands` and exposes
+``register(subparsers)``; this module only discovers them. Command modules must stay cheap to
+import (heavy imports go inside the function that runs the command), so that
+``evalmuse --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import Sequence
+
+from . import __version__, commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evalmuse",
+        description="Fine-grained quality assessment of text-to-image generations (EvalMuse).",
+    )
+    parser.add_argument("--version", action="version", version=f"evalmuse-models {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        # A bare `evalmuse` or a command group without its sub-command: show the relevant help.
+        (getattr(args, "_parser", None) or parser).print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
