@@ -1,0 +1,71 @@
+"""The package as users meet it: the import, the Auto-class registration, the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_TYPES = ["evalmuse_align", "evalmuse_structure"]
+
+
+def _run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    return out.stdout
+
+
+def test_import_is_light_and_registers_every_family():
+    # Heavy optional libraries must not load at import: they are imported where they are used.
+    code = """
+import json, sys
+import evalmuse_models
+from transformers import AutoConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+heavy = ["datasets", "evaluate", "trl", "peft", "cv2", "scipy", "timm", "pyarrow", "accelerate"]
+print(json.dumps({
+    "loaded": sorted(m for m in heavy if m in sys.modules),
+    "registered": sorted(k for k in ["evalmuse_align", "evalmuse_structure"] if k in CONFIG_MAPPING),
+}))
+"""
+    result = json.loads(_run_python(code).strip().splitlines()[-1])
+    assert result["loaded"] == []
+    assert result["registered"] == MODEL_TYPES
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_auto_classes_resolve_each_family(model_type):
+    import evalmuse_models  # noqa: F401
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.for_model(model_type)
+    assert config.model_type == model_type
+    model_class = AutoModel._model_mapping[type(config)]
+    assert model_class.config_class is type(config)
+
+
+def test_console_script_lists_commands():
+    exe = shutil.which("evalmuse", path=str(Path(sys.executable).parent))
+    assert exe is not None, "the `evalmuse` console script is not installed in this environment"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ["prepare-data", "synthetic", "eval", "convert", "score", "submit", "report", "demo", "push"]:
+        assert command in out, f"`evalmuse --help` does not list {command!r}:\n{out}"
+
+
+def test_bare_command_prints_help_and_fails():
+    from evalmuse_models.cli import main
+
+    assert main([]) == 2
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (REPO / ".ci" / "run").read_text()
+    commands = [line for line in ci.splitlines() if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    assert commands == ["make test"]
+    readme = (REPO / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
