@@ -1,0 +1,238 @@
+"""Adapters between the scoring engine and the models: one small class per model kind.
+
+The engine only knows this interface::
+
+    scorer = ALIGN.load(spec, device="cpu", dtype=torch.float32)   # or STRUCTURE / MLLM
+    outputs = scorer(batch)   # batch: list of items with a PIL "image", "prompt", "elements"
+                              # returns one dict per item, e.g. {"alignment": {...}}
+
+so new model kinds plug in without touching the engine. A ``spec`` is
+
+* a local folder written by ``save_pretrained`` or a Hub id of this package's models
+  (loaded with ``AutoModel`` / ``AutoProcessor``),
+* ``mllm:<folder or Hub id>`` for a multimodal LLM scorer (:mod:`evalmuse_models.mllm`),
+* ``package.module:factory`` - a Python callable ``factory(device=..., dtype=...)`` returning an
+  object with the model's ``score(...)`` (alignment) or ``predict(...)`` (structure) method,
+* or such an object itself (when calling :func:`evalmuse_models.scoring.score` from Python).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..utils import UserInputError
+from .rle import mask_to_rle
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def describe_spec(spec: Any) -> str:
+    return spec if isinstance(spec, str) else f"<{type(spec).__name__}>"
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _load_factory(spec: str, device, dtype):
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserInputError(f"cannot import {module_name!r} for scorer spec {spec!r}: {err}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UserInputError(f"module {module_name!r} has no {attr!r} (scorer spec {spec!r})")
+    return factory(device=device, dtype=dtype)
+
+
+def _load_pretrained(spec: str, device, dtype, expected: str):
+    """``AutoModel`` + ``AutoProcessor`` from a folder or Hub id, on ``device`` in ``dtype``."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    import evalmuse_models  # noqa: F401 - registers the model families with the Auto classes
+
+    path = Path(spec)
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserInputError(f"{spec} is not a model folder (no config.json); pass a folder written by save_pretrained")
+    if not path.exists() and os.environ.get("HF_HUB_OFFLINE") == "1" and spec.count("/") != 1:
+        raise UserInputError(f"model {spec} does not exist locally (offline mode: pass a local model folder)")
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"cannot load a model config from {spec}: {err}") from None
+    model_type = getattr(config, "model_type", "")
+    if expected not in model_type:
+        raise UserInputError(f"{spec} is a {model_type!r} model, but this option needs an {expected} model")
+    model = AutoModel.from_pretrained(spec, dtype=dtype)
+    model.to(device).eval()
+    try:
+        processor = AutoProcessor.from_pretrained(spec)
+    except (OSError, ValueError, TypeError):
+        processor = None
+    return model, processor
+
+
+class AlignScorer:
+    """Alignment: overall score (1-5) and per-element probabilities (``EvalMuseAlignModel.score``)."""
+
+    kind = "align"
+    method = "score"
+    model_type = "evalmuse_align"
+
+    def __init__(self, model, processor=None, name: str = ""):
+        if not callable(getattr(model, self.method, None)):
+            raise UserInputError(f"{name or type(model).__name__} has no {self.method}() method; not an {self.kind} scorer")
+        self.model = model
+        self.processor = processor
+        self.name = name
+
+    @classmethod
+    def load(cls, spec: Any, device="cpu", dtype=None) -> AlignScorer:
+        if not isinstance(spec, str):
+            return cls(spec, getattr(spec, "processor", None), describe_spec(spec))
+        if _FACTORY.match(spec) and not Path(spec).exists():
+            model = _load_factory(spec, device, dtype)
+            return cls(model, getattr(model, "processor", None), spec)
+        model, processor = _load_pretrained(spec, device, dtype, cls.model_type)
+        return cls(model, processor, spec)
+
+    def _run(self, images, prompts, elements):
+        kwargs = {"batch_size": len(images)}
+        if self.processor is not None:
+            kwargs["processor"] = self.processor
+        return self.model.score(images, prompts, elements=elements, **kwargs)
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        import torch
+
+        images = [item["image"] for item in batch]
+        prompts = [item["prompt"] for item in batch]
+        elements = [item.get("elements") or [] for item in batch]
+        with torch.inference_mode():
+            outputs = self._run(images, prompts, elements if any(elements) else None)
+        results = []
+        for out in outputs:
+            results.append(
+                {
+                    "alignment": {
+                        "overall": _finite(out["overall"]),
+                        "elements": {str(k): _finite(v) for k, v in (out.get("elements") or {}).items()},
+                        "missing_elements": list(out.get("missing_elements") or []),
+                    }
+                }
+            )
+        return results
+
+
+class MLLMScorer(AlignScorer):
+    """An MLLM judge (``mllm:<model>``) with the alignment model's output shape."""
+
+    kind = "mllm"
+
+    @classmethod
+    def load(cls, spec: Any, device="cpu", dtype=None) -> MLLMScorer:
+        if not isinstance(spec, str):
+            return cls(spec, None, describe_spec(spec))
+        target = spec.removeprefix("mllm:")
+        if _FACTORY.match(target) and not Path(target).exists():
+            return cls(_load_factory(target, device, dtype), None, spec)
+        try:
+            from ..mllm import load_scorer
+        except ImportError as err:
+            raise UserInputError(f"MLLM scoring is unavailable: {err}") from None
+        return cls(load_scorer(target, device=device, dtype=dtype), None, spec)
+
+
+class StructureScorer:
+    """Structure: score, distortion mask (RLE), regions and a small heatmap (``predict``)."""
+
+    kind = "structure"
+    model_type = "evalmuse_structure"
+
+    def __init__(self, model, processor=None, name: str = "", threshold: float | None = None, heatmap_size: int = 64):
+        if not callable(getattr(model, "predict", None)):
+            raise UserInputError(f"{name or type(model).__name__} has no predict() method; not a structure model")
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.threshold = threshold
+        self.heatmap_size = heatmap_size
+
+    @classmethod
+    def load(cls, spec: Any, device="cpu", dtype=None, threshold: float | None = None,
+             heatmap_size: int = 64) -> StructureScorer:
+        if not isinstance(spec, str):
+            return cls(spec, getattr(spec, "processor", None), describe_spec(spec), threshold, heatmap_size)
+        if _FACTORY.match(spec) and not Path(spec).exists():
+            model = _load_factory(spec, device, dtype)
+            return cls(model, getattr(model, "processor", None), spec, threshold, heatmap_size)
+        model, processor = _load_pretrained(spec, device, dtype, cls.model_type)
+        return cls(model, processor, spec, threshold, heatmap_size)
+
+    def __call__(self, batch: list[dict]) -> list[dict]:
+        import torch
+
+        images = [item["image"] for item in batch]
+        prompts = [item["prompt"] for item in batch]
+        kwargs: dict[str, Any] = {"batch_size": len(images)}
+        if self.processor is not None:
+            kwargs["processor"] = self.processor
+        if self.threshold is not None:
+            kwargs["threshold"] = self.threshold
+        with torch.inference_mode():
+            outputs = self.model.predict(images, prompts=prompts, **kwargs)
+        results = []
+        for out in outputs:
+            mask = np.asarray(out["mask"])
+            entry = {
+                "score": _finite(out["score"]),
+                "mask": mask_to_rle(mask),
+                "regions": [
+                    {"bbox": [int(v) for v in region["bbox"]], "area": float(region["area"])}
+                    for region in out.get("regions") or []
+                ],
+            }
+            if self.heatmap_size and out.get("heatmap") is not None:
+                entry["heatmap_png"] = encode_heatmap(out["heatmap"], self.heatmap_size)
+            results.append({"structure": entry})
+        return results
+
+
+def encode_heatmap(heatmap: Any, size: int = 64) -> str:
+    """A [0, 1] heatmap as a base64 grayscale PNG of ``size``×``size`` (compact, for reports)."""
+    from PIL import Image
+
+    array = np.asarray(heatmap, dtype=np.float32)
+    array = np.clip(np.nan_to_num(array), 0.0, 1.0)
+    image = Image.fromarray(np.round(array * 255).astype(np.uint8), mode="L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_heatmap(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_heatmap`: a float32 array in [0, 1]."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(text)))
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def load_align(spec: Any, device="cpu", dtype=None) -> AlignScorer:
+    """The right adapter for an ``--align`` spec (``mllm:...`` selects the MLLM adapter)."""
+    if isinstance(spec, str) and spec.startswith("mllm:"):
+        return MLLMScorer.load(spec, device, dtype)
+    return AlignScorer.load(spec, device, dtype)

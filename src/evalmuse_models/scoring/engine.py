@@ -1,0 +1,257 @@
+"""The batch scoring engine behind ``evalmuse score``.
+
+Input → :class:`~evalmuse_models.scoring.inputs.ScoringSource` → ``torch.utils.data.DataLoader``
+(workers open the images; unreadable ones travel as error items) → the model adapters
+(:mod:`~evalmuse_models.scoring.adapters`) → :class:`~evalmuse_models.scoring.results.ResultsWriter`
+(append-only, fsync'd, resumable). Under ``accelerate launch`` each rank scores every
+``world_size``-th remaining image into its own shard and rank 0 merges the shards at the end.
+
+Example::
+
+    from evalmuse_models.scoring import score
+
+    summary = score("my_images/", align="org/evalmuse-align", structure="org/evalmuse-structure",
+                    out="results.jsonl", batch_size=16, num_workers=2)
+    print(summary["images_per_second"])
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..utils import UserInputError
+from . import results as results_io
+from .adapters import StructureScorer, describe_spec, load_align
+from .inputs import ScoringSource, keep_items, open_source
+
+
+def resolve_device_dtype(device: str | None = None, dtype: str | None = "auto", state=None):
+    """``(torch.device, torch.dtype)``: ``auto`` means accelerate's device, and bf16 on CUDA, fp32 elsewhere."""
+    import torch
+
+    if device in (None, "auto"):
+        resolved = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise UserInputError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype in (None, "auto"):
+        resolved_dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    elif dtype in names:
+        resolved_dtype = names[dtype]
+    else:
+        raise UserInputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return resolved, resolved_dtype
+
+
+def _source_entry(source: ScoringSource, position: int) -> dict:
+    record = source.records[position]
+    if source.description.get("kind") == "dataset":
+        return {key: source.description[key] for key in ("path", "config", "split")} | {"index": record.index}
+    return {"path": record.path}
+
+
+def _base_row(item: dict, source: ScoringSource, meta: dict) -> dict:
+    row: dict[str, Any] = {"id": item["id"], "prompt": item["prompt"], "generator": item["generator"]}
+    if item.get("elements"):
+        row["elements"] = list(item["elements"])
+    for key, value in (item.get("extra") or {}).items():
+        if value is not None:
+            row[key] = value
+    if item.get("image") is not None:
+        row["width"], row["height"] = item["image"].size
+    row["source"] = _source_entry(source, item["position"])
+    if item.get("reference") is not None:
+        row["reference"] = item["reference"]
+    row["meta"] = meta
+    return row
+
+
+def _run_scorers(scorers: list, items: list[dict]) -> tuple[list[dict], list[str | None]]:
+    """Outputs and per-item errors; a failing batch is retried item by item to isolate the culprit."""
+    merged = [{} for _ in items]
+    errors: list[str | None] = [None] * len(items)
+    for scorer in scorers:
+        live = [i for i in range(len(items)) if errors[i] is None]
+        if not live:
+            break
+        try:
+            outputs = scorer([items[i] for i in live])
+            for i, out in zip(live, outputs):
+                merged[i].update(out)
+        except Exception:
+            if len(live) == 1:
+                raise
+            for i in live:
+                try:
+                    merged[i].update(scorer([items[i]])[0])
+                except Exception as err:  # noqa: BLE001
+                    errors[i] = f"{scorer.kind} model failed: {type(err).__name__}: {err}"
+    return merged, errors
+
+
+def _check_compatible(out: Path, meta: dict) -> None:
+    """Refuse to resume a results file written with other models."""
+    for path in [out, *results_io.existing_shards(out)]:
+        rows = results_io.read_results(path, missing_ok=True)
+        if rows:
+            old = rows[0].get("meta") or {}
+            for key in ("align_model", "structure_model"):
+                if old.get(key) != meta.get(key):
+                    raise UserInputError(
+                        f"{path} was written with {key}={old.get(key)!r}, this run uses {meta.get(key)!r}; "
+                        "pass --overwrite to start over or choose another --out"
+                    )
+            return
+
+
+def score(
+    input: str | os.PathLike | ScoringSource,
+    *,
+    out: str | os.PathLike,
+    align: Any = None,
+    structure: Any = None,
+    prompts_file: str | None = None,
+    config: str | None = None,
+    split: str = "test",
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | None = None,
+    dtype: str | None = "auto",
+    threshold: float | None = None,
+    heatmap_size: int = 64,
+    overwrite: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score every image of ``input`` and write one JSON row per image to ``out`` (resumable).
+
+    Args:
+        input: an image folder with a prompts file, a prepared dataset folder (or Hub id with
+            ``config``), or a :class:`ScoringSource`.
+        out: the results ``.jsonl`` file. If it exists the run resumes (rows already there are
+            kept and skipped) unless ``overwrite``.
+        align: alignment model spec (folder, Hub id, ``mllm:...``, ``module:factory`` or an object
+            with ``score``); ``None`` to skip alignment.
+        structure: structure model spec (object with ``predict``); ``None`` to skip.
+        batch_size / num_workers: data-loader settings (workers decode images in parallel).
+        device / dtype: ``auto`` = accelerate's device for this rank, bf16 on CUDA.
+        threshold: heatmap threshold for the structure mask (the model's default if ``None``).
+        heatmap_size: side of the small heatmap PNG stored per row (0 to store none).
+        limit: score only the first ``limit`` images of the input.
+
+    Returns:
+        a summary dict: ``rows`` (total in ``out``), ``scored`` (this run, all ranks),
+        ``errors``, ``skipped`` (resumed), ``seconds``, ``images_per_second``.
+    """
+    import torch
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    if align is None and structure is None:
+        raise UserInputError("nothing to score: pass --align MODEL and/or --structure MODEL")
+    if batch_size < 1:
+        raise UserInputError(f"batch size must be >= 1, got {batch_size}")
+    out = Path(out)
+    state = PartialState()
+    torch_device, torch_dtype = resolve_device_dtype(device, dtype, state)
+
+    source = input if isinstance(input, ScoringSource) else open_source(
+        str(input), prompts_file=prompts_file, config=config, split=split, require_prompts=align is not None
+    )
+    if limit is not None:
+        source.records = source.records[:limit]
+    meta = {
+        "align_model": None if align is None else describe_spec(align),
+        "structure_model": None if structure is None else describe_spec(structure),
+        "evalmuse_models": __version__,
+        "device": torch_device.type,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+    }
+
+    if state.is_main_process:
+        if overwrite:
+            out.unlink(missing_ok=True)
+            for shard in results_io.existing_shards(out):
+                shard.unlink()
+        else:
+            _check_compatible(out, meta)
+    state.wait_for_everyone()
+
+    done = results_io.done_ids(out)
+    todo = [position for position, record in enumerate(source.records) if record.id not in done]
+    mine = todo[state.process_index :: state.num_processes]
+    target = out if state.num_processes == 1 else results_io.shard_path(out, state.process_index)
+
+    scorers = []
+    if align is not None:
+        scorers.append(load_align(align, torch_device, torch_dtype))
+    if structure is not None:
+        scorers.append(StructureScorer.load(structure, torch_device, torch_dtype, threshold, heatmap_size))
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(source, mine),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=keep_items,
+        shuffle=False,
+    )
+    scored = errors = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(mine), unit="img", desc=f"scoring (rank {state.process_index})" if state.num_processes > 1
+               else "scoring", disable=not (progress and state.is_local_main_process), dynamic_ncols=True)
+    with results_io.ResultsWriter(target) as writer:
+        for batch in loader:
+            readable = [item for item in batch if item["error"] is None]
+            outputs, model_errors = _run_scorers(scorers, readable) if readable else ([], [])
+            by_id = {item["id"]: (o, e) for item, o, e in zip(readable, outputs, model_errors)}
+            rows = []
+            for item in batch:
+                row = _base_row(item, source, meta)
+                output, error = by_id.get(item["id"], ({}, item["error"]))
+                if error is None:
+                    row["status"] = "ok"
+                    row.update(output)
+                else:
+                    row["status"] = "error"
+                    row["error"] = error
+                    errors += 1
+                rows.append(row)
+            writer.write(rows)
+            scored += len(rows)
+            bar.update(len(rows))
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    counts = torch.tensor([scored, errors], dtype=torch.long)
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(counts)
+    state.wait_for_everyone()
+    total_rows = None
+    if state.is_main_process:
+        if results_io.existing_shards(out):
+            total_rows = results_io.merge_results(out, order=source.ids)
+        else:
+            total_rows = len(results_io.read_results(out, missing_ok=True))
+    state.wait_for_everyone()
+    scored_all, errors_all = (int(v) for v in counts.tolist())
+    return {
+        "out": str(out),
+        "rows": total_rows,
+        "scored": scored_all,
+        "errors": errors_all,
+        "skipped": len(done),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(scored_all / seconds, 3) if seconds > 0 else None,
+        "num_processes": state.num_processes,
+        "device": meta["device"],
+        "dtype": meta["dtype"],
+    }
