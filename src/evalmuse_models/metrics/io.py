@@ -22,23 +22,24 @@ import math
 import os
 import pickle
 import zipfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..utils import UserInputError, atomic_write_bytes, atomic_write_text
 
 __all__ = [
+    "RestrictedUnpickler",
     "read_alignment_file",
     "read_structure_pickle",
-    "write_alignment_submission",
-    "write_structure_submission",
-    "write_alignment_truth",
-    "write_structure_truth",
     "score_alignment_files",
     "score_structure_files",
-    "RestrictedUnpickler",
+    "write_alignment_submission",
+    "write_alignment_truth",
+    "write_structure_submission",
+    "write_structure_truth",
 ]
 
 ALIGNMENT_OUTPUT = "output.json"
@@ -77,7 +78,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file)
         self._source = source
 
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+    def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise UserInputError(

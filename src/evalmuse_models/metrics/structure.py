@@ -15,15 +15,23 @@ pair is compared only when the boxes overlap.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..utils import UserInputError
-from ._stats import bootstrap_ci, check_scores, describe, is_constant, plcc_logistic, spearman
+from ._stats import (
+    bootstrap_ci,
+    check_scores,
+    describe,
+    is_constant,
+    plcc_logistic,
+    spearman,
+)
 
-__all__ = ["structure_final_score", "binarize_prediction", "image_region_counts", "RegionCounts"]
+__all__ = ["RegionCounts", "binarize_prediction", "image_region_counts", "structure_final_score"]
 
 OFFICIAL_SIZE = 512
 OFFICIAL_MIN_PRED_AREA = 0.0006 * 512 * 512
@@ -88,7 +96,7 @@ def binarize_prediction(mask: np.ndarray, size: int = OFFICIAL_SIZE) -> np.ndarr
 class _Region:
     """One kept external contour: its bounding box and, on demand, its filled mask inside the box."""
 
-    __slots__ = ("contour", "x0", "y0", "x1", "y1", "_filled", "_area")
+    __slots__ = ("_area", "_filled", "contour", "x0", "x1", "y0", "y1")
 
     def __init__(self, contour: np.ndarray):
         import cv2
