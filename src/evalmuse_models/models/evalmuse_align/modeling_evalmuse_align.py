@@ -1,0 +1,479 @@
+"""The EvalMuse alignment model (FGA-BLIP2) as a transformers ``PreTrainedModel``.
+
+The model composes transformers' BLIP-2 building blocks (``Blip2VisionModel``, ``Blip2TextEmbeddings``,
+``Blip2QFormerModel``) and adds the two FGA-BLIP2 heads:
+
+* the image-text matching head (``itm_head``, 2 classes) applied to EVERY output token of the joint
+  query+text Q-Former pass. ``P(match)`` is the softmax probability of class 1. The overall alignment
+  score is ``mean(P(match) over the query tokens) * 4 + 1`` (range 1-5); the per-token scores are
+  ``P(match)`` of the text tokens, and an element's score is their mean over the element's token span.
+  (transformers' ``Blip2ForImageTextRetrieval`` averages the *logits* over queries: a different function.)
+* ``mask_proj``: an MLP with sigmoid output run on the text-only Q-Former pass, predicting which
+  prompt tokens belong to elements (a training signal).
+
+This module imports only torch, transformers and its sibling files, so it ships as remote code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.blip_2.modeling_blip_2 import (
+    Blip2EncoderLayer,
+    Blip2QFormerLayer,
+    Blip2QFormerModel,
+    Blip2TextEmbeddings,
+    Blip2VisionEmbeddings,
+    Blip2VisionModel,
+)
+from transformers.utils import ModelOutput, logging
+
+from .configuration_evalmuse_align import EvalMuseAlignConfig
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class EvalMuseAlignOutput(ModelOutput):
+    r"""
+    Output of [`EvalMuseAlignModel`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            the FGA-BLIP2 loss: mean over the batch of ``w * |overall - labels|`` + ``token_loss_weight *
+            mean|P(match)_text * token_mask_labels - token_labels|`` + ``mask_loss_weight *
+            mean|mask_prediction - token_mask_labels|`` (``w`` = 1, var or exp(var), see
+            ``config.loss_weighting``).
+        alignment_score (`torch.FloatTensor` of shape `(batch_size,)`):
+            mean ``P(match)`` over the query tokens, ``* 4 + 1`` (1-5).
+        token_scores (`torch.FloatTensor` of shape `(batch_size, text_length)`):
+            ``P(match)`` of every text position (aligned with `input_ids`, CLS and SEP included).
+        query_scores (`torch.FloatTensor` of shape `(batch_size, num_query_tokens)`):
+            ``P(match)`` of every query token.
+        element_scores (`torch.FloatTensor` of shape `(batch_size, num_elements)`, *optional*):
+            mean token score over each element's span (0 where the span is empty: phrase not found).
+        element_mask_prediction (`torch.FloatTensor` of shape `(batch_size, text_length)`, *optional*):
+            ``mask_proj`` output: probability that each text token belongs to an element.
+        itm_logits (`torch.FloatTensor` of shape `(batch_size, num_query_tokens + text_length, 2)`):
+            ITM logits of every token of the joint pass.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches + 1, vision_hidden_size)`):
+            the vision features the Q-Former attends to (after the post-encoder LayerNorm).
+    """
+
+    loss: torch.FloatTensor | None = None
+    alignment_score: torch.FloatTensor | None = None
+    token_scores: torch.FloatTensor | None = None
+    query_scores: torch.FloatTensor | None = None
+    element_scores: torch.FloatTensor | None = None
+    element_mask_prediction: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+
+
+class EvalMuseAlignMaskHead(nn.Module):
+    """``mask_proj``: Linear/ReLU stack down to one logit, sigmoid output (FGA-BLIP2's ``MLP``).
+
+    Parameters live under ``layers`` (an ``nn.Sequential``) so that the official names
+    ``mask_proj.layers.{0,2,4,...}`` map one to one.
+    """
+
+    def __init__(self, input_size: int, hidden_sizes: Sequence[int]):
+        super().__init__()
+        self.input_size = input_size
+        sizes = [input_size, *hidden_sizes]
+        modules: list[nn.Module] = []
+        for in_size, out_size in zip(sizes[:-1], sizes[1:]):
+            modules += [nn.Linear(in_size, out_size), nn.ReLU()]
+        modules.append(nn.Linear(sizes[-1], 1))
+        self.layers = nn.Sequential(*modules)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.layers(hidden_states)).squeeze(-1)
+
+
+class EvalMuseAlignPreTrainedModel(PreTrainedModel):
+    config: EvalMuseAlignConfig
+    config_class = EvalMuseAlignConfig
+    base_model_prefix = "evalmuse_align"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_attention_backend = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = False  # the Q-Former is kept in fp32 (as in BLIP-2)
+    _keep_in_fp32_modules = ["query_tokens", "qformer"]
+    _no_split_modules = [
+        "Blip2EncoderLayer",
+        "Blip2QFormerLayer",
+        "Blip2TextEmbeddings",
+        "Blip2VisionEmbeddings",
+    ]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, Blip2VisionEmbeddings):
+            init.trunc_normal_(module.position_embedding, mean=0.0, std=std)
+            init.trunc_normal_(module.class_embedding, mean=0.0, std=std)
+        elif isinstance(module, Blip2TextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, EvalMuseAlignMaskHead):
+            # FGA-BLIP2 initialises every layer of the mask MLP with N(0, 1/(input+1)) and zero bias.
+            for name, param in module.layers.named_parameters():
+                if name.endswith("weight"):
+                    init.normal_(param, mean=0.0, std=1.0 / (module.input_size + 1))
+                else:
+                    init.zeros_(param)
+        elif isinstance(module, EvalMuseAlignModel):
+            # LAVIS draws the query tokens from N(0, initializer_range).
+            init.normal_(module.query_tokens, mean=0.0, std=std)
+
+
+class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
+    r"""
+    FGA-BLIP2: fine-grained image-text alignment (EvalMuse-40K).
+
+    Example:
+
+    ```python
+    >>> from evalmuse_models.models.evalmuse_align import (
+    ...     EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor)
+    >>> model = EvalMuseAlignModel(EvalMuseAlignConfig.from_preset("tiny")).eval()
+    >>> processor = build_tiny_processor(model.config)
+    >>> from PIL import Image
+    >>> results = model.score([Image.new("RGB", (80, 80), "red")], ["a red cube"],
+    ...                       elements=[["red cube (object)"]], processor=processor)
+    >>> sorted(results[0])
+    ['elements', 'missing_elements', 'overall', 'token_scores']
+    ```
+    """
+
+    def __init__(self, config: EvalMuseAlignConfig):
+        super().__init__(config)
+        self.vision_model = Blip2VisionModel._from_config(config.vision_config)
+        # LAVIS's ``ln_vision`` is a default nn.LayerNorm (eps 1e-5), unlike the encoder blocks (1e-6).
+        self.vision_model.post_layernorm.eps = config.vision_post_layernorm_eps
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.embeddings = Blip2TextEmbeddings(config.qformer_config)
+        self.qformer = Blip2QFormerModel._from_config(config.qformer_config)
+        self.vision_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
+        self.text_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
+        self.itm_head = nn.Linear(config.qformer_config.hidden_size, 2)
+        self.mask_proj = EvalMuseAlignMaskHead(config.qformer_config.hidden_size, config.mask_head_hidden_sizes)
+        self.post_init()
+
+    # ------------------------------------------------------------------ embeddings
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.word_embeddings = value
+
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """A valid batch of two random images and two token sequences for this config."""
+        vision = self.config.vision_config
+        size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        generator = torch.Generator().manual_seed(0)
+        length = min(8, self.config.qformer_config.max_position_embeddings)
+        vocab = self.config.qformer_config.vocab_size
+        input_ids = torch.randint(1, vocab, (2, length), generator=generator)
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[1, -2:] = 0
+        element_mask = torch.zeros(2, 2, length)
+        element_mask[:, 0, 1:3] = 1
+        element_mask[0, 1, 4] = 1
+        return {
+            "pixel_values": torch.randn(2, 3, size, size, generator=generator),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "element_mask": element_mask,
+        }
+
+    # ------------------------------------------------------------------ features
+    def get_image_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> BaseModelOutputWithPooling:
+        """Run the image encoder; ``last_hidden_state`` is what the Q-Former cross-attends to."""
+        return self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+
+    def predict_element_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask_proj`` on the text-only Q-Former pass: P(token belongs to an element), `(batch, length)`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_embeds = self.embeddings(input_ids=input_ids)
+        text_output = self.qformer(query_embeds=text_embeds, query_length=0, attention_mask=attention_mask)
+        hidden = text_output.last_hidden_state.to(self.mask_proj.layers[0].weight.dtype)
+        return self.mask_proj(hidden)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        element_mask: torch.Tensor | None = None,
+        labels: torch.FloatTensor | None = None,
+        token_labels: torch.FloatTensor | None = None,
+        token_mask_labels: torch.FloatTensor | None = None,
+        prompt_variance: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        predict_element_mask: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> EvalMuseAlignOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): images from
+                [`EvalMuseAlignProcessor`].
+            input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): the cleaned prompt's
+                token ids (CLS ... SEP, padded).
+            attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
+            element_mask (`torch.Tensor` of shape `(batch_size, num_elements, text_length)`, *optional*):
+                1 on each element's token span (from the processor); an all-zero row scores 0.
+            labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): overall 1-5 targets.
+            token_labels (`torch.FloatTensor` of shape `(batch_size, text_length)`, *optional*):
+                per-token element targets (element score on its span, ``(labels - 1) / 4`` at CLS).
+            token_mask_labels (`torch.FloatTensor` of shape `(batch_size, text_length)`, *optional*):
+                1 on element tokens and on CLS, 0 elsewhere.
+            prompt_variance (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): per-prompt variance
+                of the overall scores, used when ``config.loss_weighting`` is ``"var"``/``"exp_var"``.
+            image_embeds (`torch.FloatTensor`, *optional*): precomputed vision features (skips the encoder).
+            predict_element_mask (`bool`, *optional*): run ``mask_proj`` (defaults to `True` when
+                `token_mask_labels` is given, else `False`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_ids is None:
+            raise ValueError("input_ids are required: tokenize the prompt with EvalMuseAlignProcessor")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if predict_element_mask is None:
+            predict_element_mask = token_mask_labels is not None
+
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError("pass pixel_values (or precomputed image_embeds)")
+            image_embeds = self.get_image_features(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+            ).last_hidden_state
+        image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+
+        batch_size = input_ids.shape[0]
+        num_queries = self.query_tokens.shape[1]
+        query_tokens = self.query_tokens.expand(batch_size, -1, -1)
+        query_attention_mask = torch.ones(query_tokens.shape[:-1], dtype=attention_mask.dtype, device=attention_mask.device)
+        joint_attention_mask = torch.cat([query_attention_mask, attention_mask], dim=1)
+
+        joint_embeds = self.embeddings(input_ids=input_ids, query_embeds=query_tokens)
+        joint_output = self.qformer(
+            query_embeds=joint_embeds,
+            query_length=num_queries,
+            attention_mask=joint_attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_attention_mask,
+        )
+        hidden = joint_output.last_hidden_state.to(self.itm_head.weight.dtype)
+        itm_logits = self.itm_head(hidden)
+        match_probs = itm_logits.float().softmax(dim=-1)[..., 1]
+        query_scores = match_probs[:, :num_queries]
+        token_scores = match_probs[:, num_queries:]
+        alignment_score = query_scores.mean(dim=1) * 4 + 1
+
+        element_scores = None
+        if element_mask is not None:
+            element_scores = _span_means(token_scores, element_mask)
+
+        mask_prediction = None
+        if predict_element_mask:
+            mask_prediction = self.predict_element_mask(input_ids, attention_mask).float()
+
+        loss = None
+        if labels is not None:
+            loss = self.compute_loss(
+                alignment_score,
+                token_scores,
+                mask_prediction,
+                labels=labels,
+                token_labels=token_labels,
+                token_mask_labels=token_mask_labels,
+                prompt_variance=prompt_variance,
+            )
+
+        output = EvalMuseAlignOutput(
+            loss=loss,
+            alignment_score=alignment_score,
+            token_scores=token_scores,
+            query_scores=query_scores,
+            element_scores=element_scores,
+            element_mask_prediction=mask_prediction,
+            itm_logits=itm_logits,
+            image_embeds=image_embeds,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def compute_loss(
+        self,
+        alignment_score: torch.Tensor,
+        token_scores: torch.Tensor,
+        mask_prediction: torch.Tensor | None,
+        labels: torch.Tensor,
+        token_labels: torch.Tensor | None = None,
+        token_mask_labels: torch.Tensor | None = None,
+        prompt_variance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The FGA-BLIP2 loss (see :class:`EvalMuseAlignOutput`); the token and mask terms are added
+        when their targets are given."""
+        labels = labels.to(alignment_score.device, torch.float32)
+        per_sample = (alignment_score - labels).abs()
+        weighting = self.config.loss_weighting
+        if weighting != "none":
+            if prompt_variance is None:
+                raise ValueError(f"loss_weighting={weighting!r} needs prompt_variance")
+            variance = torch.nan_to_num(prompt_variance.to(per_sample.device, torch.float32), nan=0.0)
+            per_sample = per_sample * (variance if weighting == "var" else variance.exp())
+        if token_mask_labels is not None:
+            token_mask_labels = token_mask_labels.to(token_scores.device, torch.float32)
+            if token_labels is not None:
+                token_labels = token_labels.to(token_scores.device, torch.float32)
+                token_term = (token_scores * token_mask_labels - token_labels).abs().mean(dim=1)
+                per_sample = per_sample + self.config.token_loss_weight * token_term
+            if mask_prediction is not None:
+                mask_term = (mask_prediction - token_mask_labels).abs().mean(dim=1)
+                per_sample = per_sample + self.config.mask_loss_weight * mask_term
+        return per_sample.mean()
+
+    # ------------------------------------------------------------------ convenience
+    @torch.no_grad()
+    def score(
+        self,
+        images: Sequence[Any],
+        prompts: Sequence[str],
+        elements: Sequence[Sequence[str] | None] | None = None,
+        batch_size: int = 16,
+        processor: Any = None,
+        show_progress: bool | None = None,
+    ) -> list[dict]:
+        """Score images against their prompts, in batches.
+
+        Args:
+            images: PIL images or image paths, one per prompt.
+            prompts: the T2I prompts (cleaned by the processor exactly like the official code).
+            elements: per image, element keys in the official ``"<phrase> (<category>)"`` form (plain
+                phrases are accepted), or `None`.
+            batch_size: images per forward pass.
+            processor: an [`EvalMuseAlignProcessor`]; defaults to the one saved with the model.
+            show_progress: tqdm bar (default: when there is more than one batch).
+
+        Returns:
+            one dict per image: ``{"overall": float (1-5), "elements": {key: float in [0, 1]},
+            "token_scores": [P(match) per prompt token, CLS and SEP included], "missing_elements":
+            [keys whose phrase is not a token sub-sequence of the prompt; scored 0 as official]}``.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
+        if elements is not None and len(elements) != len(prompts):
+            raise ValueError(f"got {len(elements)} element lists for {len(prompts)} prompts")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        processor = self._resolve_processor(processor)
+        device = self.device
+        pixel_dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
+        starts = range(0, len(prompts), batch_size)
+        if show_progress is None:
+            show_progress = len(starts) > 1
+        iterator = logging.tqdm(starts, desc="scoring", unit="batch", disable=not show_progress)
+        was_training = self.training
+        self.eval()
+        results: list[dict] = []
+        try:
+            for start in iterator:
+                stop = start + batch_size
+                batch_elements = None if elements is None else [list(e or []) for e in elements[start:stop]]
+                inputs = processor(
+                    images=list(images[start:stop]),
+                    text=list(prompts[start:stop]),
+                    elements=batch_elements,
+                    return_tensors="pt",
+                )
+                outputs = self(
+                    pixel_values=inputs["pixel_values"].to(device, pixel_dtype),
+                    input_ids=inputs["input_ids"].to(device),
+                    attention_mask=inputs["attention_mask"].to(device),
+                    element_mask=inputs["element_mask"].to(device) if "element_mask" in inputs else None,
+                )
+                overall = outputs.alignment_score.float().cpu().tolist()
+                token_scores = outputs.token_scores.float().cpu()
+                lengths = inputs["attention_mask"].sum(dim=1).tolist()
+                element_scores = None if outputs.element_scores is None else outputs.element_scores.float().cpu()
+                for row in range(len(overall)):
+                    keys = [] if batch_elements is None else batch_elements[row]
+                    found = inputs["element_found"][row].tolist() if keys else []
+                    scores = {}
+                    for column, key in enumerate(keys):
+                        scores[key] = float(element_scores[row, column]) if found[column] else 0.0
+                    results.append(
+                        {
+                            "overall": float(overall[row]),
+                            "elements": scores,
+                            "token_scores": token_scores[row, : int(lengths[row])].tolist(),
+                            "missing_elements": [key for key, ok in zip(keys, found) if not ok],
+                        }
+                    )
+        finally:
+            self.train(was_training)
+        return results
+
+    def _resolve_processor(self, processor: Any) -> Any:
+        if processor is not None:
+            self._evalmuse_processor = processor
+            return processor
+        cached = getattr(self, "_evalmuse_processor", None)
+        if cached is not None:
+            return cached
+        from .processing_evalmuse_align import EvalMuseAlignProcessor
+
+        source = self.config.name_or_path
+        if source:
+            try:
+                self._evalmuse_processor = EvalMuseAlignProcessor.from_pretrained(source)
+                return self._evalmuse_processor
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"no processor given and none could be loaded from {source!r} ({error}); pass "
+                    "processor=EvalMuseAlignProcessor.from_pretrained(...)"
+                ) from error
+        raise ValueError("no processor given: pass processor=EvalMuseAlignProcessor.from_pretrained(...)")
+
+
+def _span_means(token_scores: torch.Tensor, element_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``token_scores`` (B, L) over each span of ``element_mask`` (B, E, L); 0 for empty spans."""
+    element_mask = element_mask.to(token_scores.device, token_scores.dtype)
+    length = min(element_mask.shape[-1], token_scores.shape[-1])
+    element_mask = element_mask[..., :length]
+    totals = (token_scores[:, None, :length] * element_mask).sum(dim=-1)
+    counts = element_mask.sum(dim=-1)
+    return torch.where(counts > 0, totals / counts.clamp_min(1), torch.zeros_like(totals))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (helper for model cards and benchmarks)."""
+    return int(sum(math.prod(p.shape) for p in model.parameters()))
+
+
+__all__ = [
+    "EvalMuseAlignModel",
+    "EvalMuseAlignOutput",
+    "EvalMuseAlignPreTrainedModel",
+    "EvalMuseAlignMaskHead",
+]
+
+# Re-exported for callers that want BLIP-2's layer classes (e.g. for FSDP wrapping policies).
+_LAYER_CLASSES = (Blip2EncoderLayer, Blip2QFormerLayer)

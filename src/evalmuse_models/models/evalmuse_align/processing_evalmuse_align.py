@@ -1,0 +1,315 @@
+"""Processor of the EvalMuse alignment model (FGA-BLIP2): image + prompt + element phrases -> tensors.
+
+* Images: resized to the model's size (364x364 for FGA-BLIP2) with PIL bicubic, rescaled to [0, 1] and
+  normalised with the CLIP mean/std (LAVIS ``blip_image_eval``), by transformers' ``BlipImageProcessorPil``.
+* Prompts: the official text cleaning (LAVIS ``blip_caption``): lowercase, each of ``.!"()*#:;~`` replaced
+  by a space, runs of whitespace collapsed, stripped, at most 50 words; then the BERT tokenizer
+  (``bert-base-uncased`` with ``[DEC]`` added as BOS, as in LAVIS).
+* Elements: an element key ``"<phrase> (<category>)"`` is matched by the official rule: the phrase (the
+  text before the LAST ``(``) is tokenized, CLS/SEP dropped, and its span is the FIRST exact
+  sub-sequence of the prompt's token ids. Not found -> the element scores 0 (as official) and is
+  reported in ``element_found``.
+
+This module imports only transformers (and torch through it), so it ships as remote code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Sequence
+
+from transformers import BatchFeature, BertTokenizer, BlipImageProcessorPil
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
+from transformers.processing_utils import ProcessorMixin
+
+#: The Hub id of FGA-BLIP2's tokenizer.
+DEFAULT_TOKENIZER = "bert-base-uncased"
+
+_PUNCTUATION = re.compile(r"([.!\"()*#:;~])")
+_SPACES = re.compile(r"\s{2,}")
+
+
+def clean_prompt(prompt: str, max_words: int = 50) -> str:
+    """The official prompt cleaning (LAVIS ``BlipCaptionProcessor.pre_caption``).
+
+    >>> clean_prompt('A "Red" cube: on (the) table!')
+    'a red cube on the table'
+    """
+    text = _PUNCTUATION.sub(" ", prompt.lower())
+    text = _SPACES.sub(" ", text)
+    text = text.rstrip("\n").strip(" ")
+    words = text.split(" ")
+    if max_words and len(words) > max_words:
+        text = " ".join(words[:max_words])
+    return text
+
+
+def element_phrase(key: str) -> str:
+    """The phrase of an element key: the text before the LAST ``(`` of ``"<phrase> (<category>)"``.
+
+    Plain phrases (no trailing ``(...)``) are returned unchanged.
+
+    >>> element_phrase("pig giants (animal)")
+    'pig giants '
+    >>> element_phrase("red cube")
+    'red cube'
+    """
+    stripped = key.rstrip()
+    if stripped.endswith(")") and "(" in stripped:
+        return stripped.rpartition("(")[0]
+    return key
+
+
+def find_sublist(needle: Sequence[int], haystack: Sequence[int]) -> int:
+    """Official ``get_index``: start of the first exact occurrence of ``needle`` in ``haystack``, else 0.
+
+    0 doubles as "not found" (position 0 is the CLS token, so a real match never starts there).
+    """
+    needle, haystack = list(needle), list(haystack)
+    if not needle:
+        return 0
+    for start in range(len(haystack) - len(needle) + 1):
+        if haystack[start : start + len(needle)] == needle:
+            return start
+    return 0
+
+
+class EvalMuseAlignProcessor(ProcessorMixin):
+    r"""
+    Image processor + BERT tokenizer + the official prompt cleaning and element matching.
+
+    Args:
+        image_processor (`BlipImageProcessorPil`): resize (bicubic), rescale, CLIP-normalise.
+        tokenizer (`BertTokenizer`): ``bert-base-uncased`` + ``[DEC]`` for FGA-BLIP2.
+        max_words (`int`, defaults to 50): prompts are cut to this many words after cleaning.
+        max_text_length (`int`, defaults to 32): length used by ``padding="max_length"`` (training).
+
+    Example:
+
+    ```python
+    >>> processor = EvalMuseAlignProcessor.from_pretrained("path/to/evalmuse-align")  # doctest: +SKIP
+    >>> batch = processor(images=[image], text=["A red cube."], elements=[["red cube (object)"]],
+    ...                   return_tensors="pt")  # doctest: +SKIP
+    >>> batch["element_mask"].shape  # (batch, elements, tokens)  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, max_words: int = 50, max_text_length: int = 32, **kwargs):
+        self.max_words = max_words
+        self.max_text_length = max_text_length
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: Any, tokenizer: Any = None, tokenizer_name_or_path: str = DEFAULT_TOKENIZER):
+        """Build a processor matching a model config (image size, text length).
+
+        ``tokenizer`` defaults to ``BertTokenizer.from_pretrained(tokenizer_name_or_path)`` with
+        ``[DEC]`` added as BOS token, as in LAVIS (30,523 ids: the FGA-BLIP2 vocabulary).
+        """
+        if tokenizer is None:
+            tokenizer = BertTokenizer.from_pretrained(tokenizer_name_or_path, truncation_side="right")
+            tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+        vision = config.vision_config
+        size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        image_processor = BlipImageProcessorPil(
+            size={"height": size, "width": size},
+            resample=PILImageResampling.BICUBIC,
+            image_mean=list(OPENAI_CLIP_MEAN),
+            image_std=list(OPENAI_CLIP_STD),
+        )
+        return cls(image_processor=image_processor, tokenizer=tokenizer, max_text_length=config.max_text_length)
+
+    # ------------------------------------------------------------------ text
+    def clean(self, prompt: str) -> str:
+        """The official cleaning with this processor's ``max_words``."""
+        return clean_prompt(prompt, self.max_words)
+
+    def prompt_ids(self, prompt: str, clean: bool = True, max_length: int | None = None) -> list[int]:
+        """Token ids of a prompt (CLS ... SEP), as the model sees it."""
+        text = self.clean(prompt) if clean else prompt
+        if max_length is None:
+            return self.tokenizer(text).input_ids
+        return self.tokenizer(text, truncation=True, max_length=max_length).input_ids
+
+    def element_ids(self, key: str) -> list[int]:
+        """Token ids of an element's phrase without CLS/SEP (official: ``tokenizer(phrase).input_ids[1:-1]``)."""
+        return self.tokenizer(element_phrase(key)).input_ids[1:-1]
+
+    def match_elements(self, prompt_ids: Sequence[int], keys: Sequence[str]) -> list[tuple[int, int] | None]:
+        """Token span ``(start, end)`` of each element in ``prompt_ids``, or `None` when not found."""
+        spans: list[tuple[int, int] | None] = []
+        for key in keys:
+            ids = self.element_ids(key)
+            start = find_sublist(ids, prompt_ids)
+            spans.append((start, start + len(ids)) if start else None)
+        return spans
+
+    # ------------------------------------------------------------------ call
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | Sequence[str] | None = None,
+        elements: Sequence[Sequence[str] | None] | None = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = "longest",
+        truncation: bool | None = None,
+        max_length: int | None = None,
+        clean_text: bool = True,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Prepare a batch.
+
+        Args:
+            images: PIL image(s) or path(s).
+            text: prompt(s); cleaned with the official rule unless ``clean_text=False``.
+            elements: per prompt, a list of element keys (``"<phrase> (<category>)"`` or plain phrases).
+            padding, truncation, max_length: passed to the tokenizer. The official inference neither
+                truncates nor pads (one prompt at a time); padding to the longest prompt with an
+                attention mask gives the same scores. Training uses ``padding="max_length"``,
+                ``truncation=True``, ``max_length=32``.
+
+        Returns:
+            `BatchFeature` with ``pixel_values``, ``input_ids``, ``attention_mask`` and, when elements are
+            given, ``element_mask`` `(batch, max_elements, length)` (1 on each found span),
+            ``element_found`` `(batch, max_elements)` (bool) and ``num_elements`` `(batch,)`.
+        """
+        if images is None and text is None:
+            raise ValueError("pass images, text, or both")
+        data: dict[str, Any] = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if not all(isinstance(t, str) for t in texts):
+                raise ValueError("text must be a string or a list of strings")
+            cleaned = [self.clean(t) if clean_text else t for t in texts]
+            if padding == "max_length" and max_length is None:
+                max_length = self.max_text_length
+            encoding = self.tokenizer(
+                cleaned,
+                padding=padding,
+                truncation=truncation if truncation is not None else max_length is not None,
+                max_length=max_length,
+                return_token_type_ids=False,
+            )
+            data["input_ids"] = encoding["input_ids"]
+            data["attention_mask"] = encoding["attention_mask"]
+            if elements is not None:
+                if len(elements) != len(texts):
+                    raise ValueError(f"got {len(elements)} element lists for {len(texts)} prompts")
+                data.update(self._element_tensors(encoding, elements))
+        elif elements is not None:
+            raise ValueError("elements need the prompts (text=...)")
+        if images is not None:
+            image_list = images if isinstance(images, (list, tuple)) else [images]
+            image_list = [
+                load_image(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else image for image in image_list
+            ]
+            pixel_values = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
+            data["pixel_values"] = pixel_values
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _element_tensors(self, encoding, elements) -> dict[str, list]:
+        lengths = [sum(mask) for mask in encoding["attention_mask"]]
+        padded_length = len(encoding["input_ids"][0]) if encoding["input_ids"] else 0
+        max_elements = max([len(keys or []) for keys in elements] + [1])
+        element_mask, element_found, num_elements = [], [], []
+        for row, keys in enumerate(elements):
+            keys = list(keys or [])
+            ids = encoding["input_ids"][row][: lengths[row]] if self.tokenizer.padding_side == "right" else [
+                token for token, keep in zip(encoding["input_ids"][row], encoding["attention_mask"][row]) if keep
+            ]
+            offset = 0 if self.tokenizer.padding_side == "right" else padded_length - lengths[row]
+            spans = self.match_elements(ids, keys)
+            rows = []
+            for span in spans:
+                mask = [0] * padded_length
+                if span is not None:
+                    for position in range(span[0] + offset, span[1] + offset):
+                        mask[position] = 1
+                rows.append(mask)
+            rows += [[0] * padded_length for _ in range(max_elements - len(keys))]
+            element_mask.append(rows)
+            element_found.append([span is not None for span in spans] + [False] * (max_elements - len(keys)))
+            num_elements.append(len(keys))
+        return {"element_mask": element_mask, "element_found": element_found, "num_elements": num_elements}
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "input_ids", "attention_mask", "element_mask"]
+
+
+# ---------------------------------------------------------------------- tiny, offline tokenizer
+#: Words of the synthetic EvalMuse prompts and common T2I vocabulary; anything else falls back to
+#: WordPiece characters, so every prompt tokenizes without [UNK].
+TINY_VOCAB_WORDS: tuple[str, ...] = tuple(
+    """
+    a an the of and or with without in on at to from by for under over above below behind beside near next
+    left right front back top bottom middle center inside outside between among around across into onto
+    one two three four five six seven eight nine ten zero single pair couple few many several some no
+    red green blue yellow orange purple pink brown black white gray grey golden silver colorful dark light
+    cube sphere ball cone cylinder pyramid ring star circle square triangle rectangle heart box disk
+    round flat tall short big small large tiny huge long thin thick wooden metal glass plastic stone paper
+    cat dog bird horse cow fish rabbit fox bear lion tiger elephant pig sheep duck owl mouse monkey
+    man woman boy girl child person people king queen robot astronaut
+    car bus bike boat plane train house tree flower apple banana cake cup chair table book lamp clock
+    hat shoe bag umbrella guitar bottle bowl vase window door road river mountain sky sea beach city
+    forest garden street room kitchen field snow rain sun moon cloud
+    sitting standing running jumping flying eating holding playing reading walking sleeping swimming
+    is are was were be has have made stands sits lies next photo image picture painting drawing render
+    style realistic cartoon anime oil watercolor sketch digital art scene view close up
+    """.split()
+)
+
+
+def build_tiny_tokenizer(words: Sequence[str] | None = None, save_directory: str | os.PathLike | None = None):
+    """A small uncased WordPiece ``BertTokenizer`` built offline (no download), for tests and demos.
+
+    The vocabulary holds BERT's special tokens, every lowercase letter, digit and ASCII punctuation
+    (plain and as ``##`` continuation) and ``words`` (default :data:`TINY_VOCAB_WORDS`); ``[DEC]`` is
+    added as BOS like FGA-BLIP2's tokenizer. Unknown words split into characters, never ``[UNK]``.
+
+    Example::
+
+        tokenizer = build_tiny_tokenizer()
+        tokenizer("a red cube").input_ids
+    """
+    import string
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    characters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    tokens += characters + ["##" + c for c in string.ascii_lowercase + string.digits]
+    for word in TINY_VOCAB_WORDS if words is None else words:
+        word = word.lower().strip()
+        if word and word not in tokens:
+            tokens.append(word)
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, truncation_side="right")
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    if save_directory is not None:
+        tokenizer.save_pretrained(save_directory)
+    return tokenizer
+
+
+def build_tiny_processor(config: Any, words: Sequence[str] | None = None) -> EvalMuseAlignProcessor:
+    """:class:`EvalMuseAlignProcessor` for a (tiny) config with the offline tokenizer of
+    :func:`build_tiny_tokenizer`; raises if the tokenizer has more ids than the model's vocabulary."""
+    tokenizer = build_tiny_tokenizer(words)
+    if len(tokenizer) > config.qformer_config.vocab_size:
+        raise ValueError(
+            f"the tiny tokenizer has {len(tokenizer)} ids but the model's vocabulary has "
+            f"{config.qformer_config.vocab_size}; raise qformer_config.vocab_size or pass fewer words"
+        )
+    return EvalMuseAlignProcessor.from_config(config, tokenizer=tokenizer)
+
+
+__all__ = [
+    "EvalMuseAlignProcessor",
+    "DEFAULT_TOKENIZER",
+    "TINY_VOCAB_WORDS",
+    "build_tiny_processor",
+    "build_tiny_tokenizer",
+    "clean_prompt",
+    "element_phrase",
+    "find_sublist",
+]
