@@ -7,6 +7,7 @@ Configs: "alignment" (EvalMuse-40K, Main Score) and "structure" (EvalMuse-Struct
 import datasets
 import evaluate
 import numpy as np
+
 import evalmuse_models.metrics
 
 _CITATION = """\

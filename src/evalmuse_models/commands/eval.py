@@ -1,0 +1,124 @@
+"""``evalmuse eval alignment|structure``: score a submission against the truth with the official
+NTIRE 2025 scores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_ALIGNMENT_KEYS = ("srcc", "plcc", "acc", "main_score", "krcc", "rmse")
+_STRUCTURE_KEYS = ("precision", "recall", "f1", "giou", "plcc", "srcc", "final_score")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser(
+        "eval",
+        help="score a submission with the official NTIRE 2025 scores",
+        description="Score a submission (output.json / output.pkl, or submission.zip) against the truth.",
+    )
+    group.set_defaults(_parser=group, func=None)
+    tracks = group.add_subparsers(dest="track", metavar="TRACK")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    common.add_argument("--n-resamples", type=int, default=0, help="bootstrap resamples for confidence intervals")
+    common.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    align = tracks.add_parser(
+        "alignment",
+        parents=[common],
+        help="track 1: Main Score = 0.25 SRCC + 0.25 PLCC + 0.5 ACC",
+        description="Score an alignment submission. Example: evalmuse eval alignment --truth eval.json "
+        "--submission output.json",
+    )
+    align.add_argument("--truth", required=True, help="truth file eval.json")
+    align.add_argument("--submission", required=True, help="output.json or submission.zip")
+    align.add_argument(
+        "--plcc-direction",
+        choices=("official", "standard"),
+        default="official",
+        help="official: the released script (fit true -> submitted); standard: fit submitted -> true",
+    )
+    align.add_argument("--breakdown", action="store_true", help="add per-category ACC and per-generator scores")
+    align.set_defaults(func=_run_alignment, _parser=align)
+
+    struct = tracks.add_parser(
+        "structure",
+        parents=[common],
+        help="track 2: Final = 0.7 F1 + 0.15 (PLCC + SRCC)",
+        description="Score a structure submission. Example: evalmuse eval structure --truth gt.pkl "
+        "--submission output.pkl",
+    )
+    struct.add_argument("--truth", required=True, help="truth file gt.pkl")
+    struct.add_argument("--submission", required=True, help="output.pkl or submission.zip")
+    struct.add_argument("--iou-threshold", type=float, default=0.1, help="region match threshold (default 0.1)")
+    struct.set_defaults(func=_run_structure, _parser=struct)
+
+
+def _print(result: dict, keys: tuple[str, ...], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=None, sort_keys=False))
+        return
+    ci = result.get("ci", {})
+    width = max(len(k) for k in keys)
+    for key in keys:
+        if key not in result:
+            continue
+        line = f"{key:<{width}}  {result[key]:.4f}"
+        if key in ci:
+            line += f"  [{ci[key][0]:.4f}, {ci[key][1]:.4f}]"
+        print(line)
+    if result.get("plcc_fallback"):
+        print("note: the logistic fit did not converge; plcc is the plain Pearson correlation")
+    if "per_category_acc" in result:
+        print("\nper-category ACC")
+        counts = result.get("per_category_count", {})
+        for cat, acc in sorted(result["per_category_acc"].items()):
+            print(f"  {cat:<16} {acc:.4f}  (n={counts.get(cat, '?')})")
+    if "per_generator" in result:
+        print("\nper generator")
+        print(f"  {'generator':<24} {'n':>6} {'srcc':>7} {'plcc':>7} {'acc':>7} {'main':>7}")
+        for gen, entry in sorted(result["per_generator"].items()):
+            cells = [f"{entry[k]:7.4f}" if entry.get(k) is not None else f"{'-':>7}" for k in (
+                "srcc", "plcc", "acc", "main_score")]
+            print(f"  {gen:<24} {entry['n_images']:>6} {' '.join(cells)}")
+
+
+def _run_alignment(args: argparse.Namespace) -> int:
+    from ..metrics import score_alignment_files
+    from ..utils import UserInputError
+
+    try:
+        result = score_alignment_files(
+            args.truth,
+            args.submission,
+            breakdown=args.breakdown,
+            plcc_direction=args.plcc_direction,
+            n_resamples=args.n_resamples,
+            seed=args.seed,
+        )
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print(result, _ALIGNMENT_KEYS, args.json)
+    return 0
+
+
+def _run_structure(args: argparse.Namespace) -> int:
+    from ..metrics import score_structure_files
+    from ..utils import UserInputError
+
+    try:
+        result = score_structure_files(
+            args.truth,
+            args.submission,
+            iou_threshold=args.iou_threshold,
+            n_resamples=args.n_resamples,
+            seed=args.seed,
+        )
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print(result, _STRUCTURE_KEYS, args.json)
+    return 0
