@@ -50,6 +50,24 @@ def resolve_device_dtype(device: str | None = None, dtype: str | None = "auto", 
     return resolved, resolved_dtype
 
 
+def _distributed_state(device: str | None):
+    """accelerate's ``PartialState`` for this process (gloo on CPU, NCCL on GPUs)."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = (device is not None and str(device).startswith("cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU") \
+        or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        raise UserInputError(
+            f"launched as one of {launched} processes but accelerate sees {state.num_processes}; "
+            "use `accelerate launch --num_processes N ...` (or torchrun) so that ranks can split the work"
+        )
+    return state
+
+
 def _source_entry(source: ScoringSource, position: int) -> dict:
     record = source.records[position]
     if source.description.get("kind") == "dataset":
@@ -151,7 +169,6 @@ def score(
         ``errors``, ``skipped`` (resumed), ``seconds``, ``images_per_second``.
     """
     import torch
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     if align is None and structure is None:
@@ -159,7 +176,7 @@ def score(
     if batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
-    state = PartialState()
+    state = _distributed_state(device)
     torch_device, torch_dtype = resolve_device_dtype(device, dtype, state)
 
     source = input if isinstance(input, ScoringSource) else open_source(
