@@ -1,0 +1,100 @@
+"""EvalMuse data: raw-release parsers, mask rasterising, synthetic releases and Parquet export.
+
+Importing this package is cheap (no ``datasets``, no OpenCV); heavy libraries load on first use.
+
+Typical uses::
+
+    from evalmuse_models.data import (
+        load_alignment_records, load_structure_records, binary_mask, baseline_heatmap, prepare_dataset,
+    )
+
+    records = load_alignment_records("EvalMuse-40K/train_list.json")
+    structure = load_structure_records("EvalMuse-Structure/val_info.json")
+    truth_512 = binary_mask(structure[0], size=(512, 512))   # needs the image size: see below
+    prepare_dataset("out/evalmuse", alignment_dir="EvalMuse-40K", structure_dir="EvalMuse-Structure")
+
+``load_structure_records`` locates the images but does not read them; call
+:func:`resolve_images` (reads image headers) before rasterising records, or rasterise rows of
+the prepared ``structure`` dataset, which carry their image.
+"""
+
+from __future__ import annotations
+
+from .alignment import (
+    ALIGNMENT_SPLIT_FILES,
+    ELEMENT_CATEGORIES,
+    AlignmentRecord,
+    Element,
+    add_prompt_variance,
+    find_alignment_files,
+    load_alignment_records,
+    parse_alignment_record,
+    parse_element_score,
+    split_element_key,
+)
+from .errors import RecordError, SkippedRecord
+from .export import (
+    PreparedDataset,
+    alignment_features,
+    prepare_dataset,
+    structure_features,
+)
+from .masks import (
+    HEATMAP_LEVELS,
+    baseline_heatmap,
+    binary_mask,
+    heatmap_levels,
+    rasterize_annotators,
+    vote_map,
+)
+from .structure import (
+    STRUCTURE_SPLIT_FILES,
+    Shape,
+    StructureRecord,
+    find_structure_files,
+    load_structure_records,
+    parse_structure_record,
+    resolve_images,
+)
+
+
+def __getattr__(name):
+    # Lazy access to the synthetic release writers: ``evalmuse_models.data.synthetic``.
+    if name == "synthetic":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ALIGNMENT_SPLIT_FILES",
+    "ELEMENT_CATEGORIES",
+    "HEATMAP_LEVELS",
+    "STRUCTURE_SPLIT_FILES",
+    "AlignmentRecord",
+    "Element",
+    "PreparedDataset",
+    "RecordError",
+    "Shape",
+    "SkippedRecord",
+    "StructureRecord",
+    "add_prompt_variance",
+    "alignment_features",
+    "baseline_heatmap",
+    "binary_mask",
+    "find_alignment_files",
+    "find_structure_files",
+    "heatmap_levels",
+    "load_alignment_records",
+    "load_structure_records",
+    "parse_alignment_record",
+    "parse_element_score",
+    "parse_structure_record",
+    "prepare_dataset",
+    "rasterize_annotators",
+    "resolve_images",
+    "split_element_key",
+    "structure_features",
+    "vote_map",
+]

@@ -1,0 +1,352 @@
+"""Parser for the EvalMuse-40K (alignment track) raw release.
+
+A release folder holds ``train_list.json`` (labelled), optionally a validation file
+(``val_list.json`` or ``val.json``), ``test.json`` (same fields, labels null) and the images
+their ``img_path`` fields point to (``<generator>/<id>.png``). Each JSON file is a list of
+records::
+
+    {"prompt_id": "00805", "prompt": "...", "type": "real", "img_path": "SDXL-Turbo/00805.png",
+     "total_score": [3, 4, 3],
+     "element_score": "{'pig giants (animal)': [1, 0, 1], 'attack (activity)': [0, 0, 0]}",
+     "promt_meaningless": [0, 0, 0], "split_confidence": [0, 0, 0],
+     "attribute_confidence": [1, 1, 1], "fidelity_label": [...]}
+
+``element_score`` is a Python-literal string (parsed with :func:`ast.literal_eval`, never
+``eval``); in ``test.json`` its values and ``total_score`` are null and the confidence flags are
+already averaged floats. The official preprocessing is reproduced: the overall score is the mean
+rating rounded to 6 decimals, an element score is the mean of its 0/1 votes (rounded to 6
+decimals), the confidence flags are averaged, and ``prompt_variance`` is the sample variance
+(``ddof=1``) of the mean overall scores of all images sharing the same prompt text in the same
+file (``None`` when undefined: one image, or no labels).
+
+Example::
+
+    from evalmuse_models.data import load_alignment_records
+
+    records = load_alignment_records("EvalMuse/train_list.json")
+    records[0].total_score, [(e.phrase, e.category, e.score) for e in records[0].elements]
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+import statistics
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..utils import UserInputError
+from .errors import InvalidValue, RecordError, SkippedRecord
+
+#: Raw file name -> split name, in the order splits are listed.
+ALIGNMENT_SPLIT_FILES: dict[str, tuple[str, ...]] = {
+    "train": ("train_list.json", "train.json"),
+    "validation": ("val_list.json", "val.json", "validation.json"),
+    "test": ("test.json", "test_list.json"),
+}
+
+#: Element categories seen in EvalMuse-40K.
+ELEMENT_CATEGORIES = (
+    "object", "attribute", "activity", "location", "color", "counting", "material",
+    "spatial", "shape", "food", "animal", "human", "other",
+)
+
+REQUIRED_FIELDS = ("prompt_id", "prompt", "type", "img_path", "total_score", "element_score")
+CONFIDENCE_FIELDS = {
+    # column name -> accepted raw spellings (the release spells the first one "promt_meaningless")
+    "prompt_meaningless": ("promt_meaningless", "prompt_meaningless"),
+    "split_confidence": ("split_confidence",),
+    "attribute_confidence": ("attribute_confidence",),
+}
+
+_ELEMENT_KEY = re.compile(r"^(?P<phrase>.*?)\s*\((?P<category>[^()]*)\)\s*$", re.DOTALL)
+
+
+@dataclass
+class Element:
+    """One element of a prompt: ``"<phrase> (<category>)"`` with its annotator votes."""
+
+    phrase: str
+    category: str
+    score: float | None  # mean of the 0/1 votes; None where unlabelled (test)
+    votes: list[int] | None
+
+    @property
+    def key(self) -> str:
+        """The raw key, ``"<phrase> (<category>)"`` (what ``eval.json`` / ``output.json`` use)."""
+        return f"{self.phrase} ({self.category})"
+
+
+@dataclass
+class AlignmentRecord:
+    """One parsed image-prompt pair of EvalMuse-40K."""
+
+    img_path: str
+    generator: str
+    prompt_id: str
+    prompt: str
+    prompt_type: str
+    total_score: float | None
+    total_score_votes: list[int] | None
+    elements: list[Element]
+    prompt_meaningless: float | None = None
+    split_confidence: float | None = None
+    attribute_confidence: float | None = None
+    prompt_variance: float | None = None
+    source: str = ""
+    index: int = -1
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def record_id(self) -> str:
+        return f"#{self.index} (img_path={self.img_path!r})"
+
+    def element_scores(self) -> dict[str, float | None]:
+        """``{"<phrase> (<category>)": score}``, the ``element_score`` of ``eval.json``."""
+        return {e.key: e.score for e in self.elements}
+
+    def to_row(self) -> dict[str, Any]:
+        """The dataset row (every column of the ``alignment`` config except ``image``)."""
+        return {
+            "img_path": self.img_path,
+            "generator": self.generator,
+            "prompt_id": self.prompt_id,
+            "prompt": self.prompt,
+            "prompt_type": self.prompt_type,
+            "total_score": self.total_score,
+            "total_score_votes": self.total_score_votes,
+            "prompt_variance": self.prompt_variance,
+            "elements": [asdict(e) for e in self.elements],
+            "prompt_meaningless": self.prompt_meaningless,
+            "split_confidence": self.split_confidence,
+            "attribute_confidence": self.attribute_confidence,
+        }
+
+
+def split_element_key(key: str) -> tuple[str, str]:
+    """Split ``"<phrase> (<category>)"``; the category is the text inside the LAST parentheses.
+
+    >>> split_element_key("man (in red) (human)")
+    ('man (in red)', 'human')
+    """
+    match = _ELEMENT_KEY.match(key)
+    if match is None or not match.group("phrase").strip() or not match.group("category").strip():
+        raise InvalidValue(f"element key {key!r} is not of the form '<phrase> (<category>)'")
+    return match.group("phrase").strip(), match.group("category").strip()
+
+
+def _is_int_vote(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mean6(values) -> float:
+    return round(float(sum(values)) / len(values), 6)
+
+
+def _parse_votes(value, *, low: int, high: int, what: str) -> tuple[float | None, list[int] | None]:
+    """Votes as a list of ints -> (rounded mean, votes); a number -> (it, None); null -> (None, None)."""
+    if value is None:
+        return None, None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+        if not math.isfinite(value) or not low <= value <= high:
+            raise InvalidValue(f"{what} {value!r} is outside [{low}, {high}]")
+        return round(value, 6), None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise InvalidValue(f"{what} is an empty list (expected one vote per annotator)")
+        if not all(_is_int_vote(v) for v in value):
+            raise InvalidValue(f"{what} must hold integer votes, got {value!r}")
+        if not all(low <= v <= high for v in value):
+            raise InvalidValue(f"{what} votes must lie in [{low}, {high}], got {value!r}")
+        return _mean6(value), [int(v) for v in value]
+    raise InvalidValue(f"{what} must be a list of integer votes, a number or null, got {type(value).__name__}")
+
+
+def parse_element_score(value) -> list[Element]:
+    """Parse ``element_score``: a Python-literal string (or an already parsed dict).
+
+    Values are lists of 0/1 votes (averaged), a number (already averaged) or ``None`` (test).
+    """
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
+            raise InvalidValue(f"not a Python-literal dict ({type(error).__name__}: {error})") from None
+    if not isinstance(value, dict):
+        raise InvalidValue(f"expected a dict of '<phrase> (<category>)' -> votes, got {type(value).__name__}")
+    elements = []
+    for key, votes in value.items():
+        if not isinstance(key, str):
+            raise InvalidValue(f"element key {key!r} is not a string")
+        phrase, category = split_element_key(key)
+        score, vote_list = _parse_votes(votes, low=0, high=1, what=f"votes of element {key!r}")
+        elements.append(Element(phrase=phrase, category=category, score=score, votes=vote_list))
+    return elements
+
+
+def _check_img_path(img_path) -> str:
+    if not isinstance(img_path, str) or not img_path.strip():
+        raise InvalidValue("must be a non-empty relative path string")
+    posix = PurePosixPath(img_path.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts:
+        raise InvalidValue(f"{img_path!r} must be relative to the release folder and stay inside it")
+    return str(posix)
+
+
+def parse_alignment_record(raw, *, source: str = "<memory>", index: int = -1) -> AlignmentRecord:
+    """Validate and parse one raw record; raises :class:`RecordError` naming the field."""
+    record_id = f"#{index}"
+    if isinstance(raw, dict) and isinstance(raw.get("img_path"), str):
+        record_id = f"#{index} (img_path={raw['img_path']!r})"
+    if not isinstance(raw, dict):
+        raise RecordError(source, record_id, "<record>", f"expected a JSON object, got {type(raw).__name__}")
+    for name in REQUIRED_FIELDS:
+        if name not in raw:
+            raise RecordError(source, record_id, name, "missing")
+
+    def fail(name, reason):
+        return RecordError(source, record_id, name, reason)
+
+    try:
+        img_path = _check_img_path(raw["img_path"])
+    except ValueError as error:
+        raise fail("img_path", str(error)) from None
+    prompt_id = raw["prompt_id"]
+    if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
+        raise fail("prompt_id", f"must be a string or an integer, got {prompt_id!r}")
+    prompt = raw["prompt"]
+    if not isinstance(prompt, str):
+        raise fail("prompt", f"must be a string, got {type(prompt).__name__}")
+    prompt_type = raw["type"]
+    if not isinstance(prompt_type, str) or not prompt_type:
+        raise fail("type", f"must be a non-empty string ('real' or 'synthetic'), got {prompt_type!r}")
+    try:
+        total_score, total_votes = _parse_votes(raw["total_score"], low=1, high=5, what="total_score")
+    except ValueError as error:
+        raise fail("total_score", str(error)) from None
+    try:
+        elements = parse_element_score(raw["element_score"])
+    except ValueError as error:
+        raise fail("element_score", str(error)) from None
+    confidences = {}
+    for column, spellings in CONFIDENCE_FIELDS.items():
+        name = next((s for s in spellings if s in raw), None)
+        if name is None:
+            confidences[column] = None
+            continue
+        try:
+            confidences[column] = _parse_votes(raw[name], low=0, high=1, what=name)[0]
+        except ValueError as error:
+            raise fail(name, str(error)) from None
+    generator = img_path.split("/", 1)[0] if "/" in img_path else ""
+    known = set(REQUIRED_FIELDS) | {s for spellings in CONFIDENCE_FIELDS.values() for s in spellings}
+    return AlignmentRecord(
+        img_path=img_path,
+        generator=generator,
+        prompt_id=str(prompt_id),
+        prompt=prompt,
+        prompt_type=prompt_type,
+        total_score=total_score,
+        total_score_votes=total_votes,
+        elements=elements,
+        source=str(source),
+        index=index,
+        extra={k: v for k, v in raw.items() if k not in known},
+        **confidences,
+    )
+
+
+def add_prompt_variance(records: list[AlignmentRecord]) -> None:
+    """Set ``prompt_variance``: sample variance (ddof=1) of the mean overall scores of the
+    images sharing a prompt text (the official grouping); ``None`` when fewer than 2 are labelled."""
+    by_prompt: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if record.total_score is not None:
+            by_prompt[record.prompt].append(record.total_score)
+    for record in records:
+        scores = by_prompt.get(record.prompt, [])
+        record.prompt_variance = (
+            float(statistics.variance(scores)) if record.total_score is not None and len(scores) >= 2 else None
+        )
+
+
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise UserInputError(
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
+            "fix the file (it must be the release's JSON unchanged)"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: not UTF-8 text ({error}); is this the right file?") from None
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def load_alignment_records(
+    path,
+    *,
+    skip_invalid: bool = False,
+    skipped: list[SkippedRecord] | None = None,
+) -> list[AlignmentRecord]:
+    """Parse and validate one EvalMuse-40K JSON file (``train_list.json``, ``test.json``, ...).
+
+    Args:
+        path: the JSON file (a list of records).
+        skip_invalid: leave invalid records out instead of raising; each one is appended to
+            ``skipped`` (a list you pass) with its reason.
+        skipped: where skipped records are collected.
+
+    Returns:
+        The records in file order, with ``prompt_variance`` filled in.
+
+    Raises:
+        UserInputError: malformed JSON, or (unless ``skip_invalid``) a :class:`RecordError`
+        naming the record (position and ``img_path``) and the field.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise UserInputError(
+            f"{path}: expected a JSON list of records, got {type(data).__name__}; "
+            "is this an EvalMuse-40K file (structure files are dicts keyed by image name)?"
+        )
+    records: list[AlignmentRecord] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(data):
+        try:
+            record = parse_alignment_record(raw, source=str(path), index=index)
+            if record.img_path in seen:
+                raise RecordError(
+                    path, record.record_id, "img_path",
+                    f"duplicate of record #{seen[record.img_path]} (records are matched by img_path)",
+                )
+        except RecordError as error:
+            if not skip_invalid:
+                raise
+            if skipped is not None:
+                skipped.append(SkippedRecord.from_error(error))
+            continue
+        seen[record.img_path] = index
+        records.append(record)
+    add_prompt_variance(records)
+    return records
+
+
+def find_alignment_files(raw_dir) -> dict[str, Path]:
+    """The split files present in an alignment release folder: ``{"train": path, ...}``."""
+    raw_dir = Path(raw_dir)
+    found = {}
+    for split, names in ALIGNMENT_SPLIT_FILES.items():
+        for name in names:
+            if (raw_dir / name).is_file():
+                found[split] = raw_dir / name
+                break
+    return found

@@ -1,0 +1,448 @@
+"""Turn raw EvalMuse releases into a Hub-ready dataset folder (Parquet shards + dataset card).
+
+The output folder holds ``alignment/<split>-XXXXX-of-YYYYY.parquet`` and
+``structure/<split>-XXXXX-of-YYYYY.parquet`` (images embedded as bytes, ``datasets`` features
+stored in the Parquet metadata) and a ``README.md`` whose YAML ``configs:`` declares the two
+configs, so that::
+
+    from datasets import load_dataset
+
+    ds = load_dataset("path/to/evalmuse", "alignment")              # DatasetDict of the splits
+    it = load_dataset("path/to/evalmuse", "structure", split="train", streaming=True)
+
+work offline, and the folder can be pushed to the Hub as is
+(``huggingface_hub.upload_folder(repo_id=..., folder_path=..., repo_type="dataset")``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..utils import UserInputError, atomic_directory
+from .alignment import AlignmentRecord, find_alignment_files, load_alignment_records
+from .errors import RecordError, SkippedRecord, write_skipped_report
+from .masks import _resize_nearest, heatmap_levels, vote_map
+from .structure import StructureRecord, find_structure_files, load_structure_records
+
+CONFIG_NAMES = ("alignment", "structure")
+HEATMAP_SIZE = (512, 512)
+SKIPPED_REPORT_NAME = "skipped_records.jsonl"
+CARD_TEMPLATE = Path(__file__).resolve().parent / "resources" / "dataset_card_template.md"
+
+
+def alignment_features():
+    """The ``datasets.Features`` of the ``alignment`` config."""
+    from datasets import Features, Image, List, Value
+
+    return Features({
+        "image": Image(),
+        "img_path": Value("string"),
+        "generator": Value("string"),
+        "prompt_id": Value("string"),
+        "prompt": Value("string"),
+        "prompt_type": Value("string"),
+        "total_score": Value("float64"),
+        "total_score_votes": List(Value("int64")),
+        "prompt_variance": Value("float64"),
+        "elements": List({
+            "phrase": Value("string"),
+            "category": Value("string"),
+            "score": Value("float64"),
+            "votes": List(Value("int64")),
+        }),
+        "prompt_meaningless": Value("float64"),
+        "split_confidence": Value("float64"),
+        "attribute_confidence": Value("float64"),
+    })
+
+
+def structure_features():
+    """The ``datasets.Features`` of the ``structure`` config."""
+    from datasets import Features, Image, List, Value
+
+    return Features({
+        "image": Image(),
+        "image_name": Value("string"),
+        "prompt": Value("string"),
+        "mos": Value("float64"),
+        "shapes": List(List({"type": Value("string"), "points": List(List(Value("float64")))})),
+        "mask": Image(),
+        "heatmap": Image(),
+    })
+
+
+@dataclass
+class PreparedDataset:
+    """What :func:`prepare_dataset` wrote."""
+
+    path: Path
+    num_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # config -> split -> rows
+    skipped: list[SkippedRecord] = field(default_factory=list)
+    skipped_report: Path | None = None
+
+    @property
+    def num_records(self) -> int:
+        return sum(n for splits in self.num_rows.values() for n in splits.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+def _read_image(path: Path, source: str, record_id: str, field_name: str) -> tuple[bytes, int, int]:
+    """The file's bytes and size, after fully decoding it (catches truncated or corrupt files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecordError(source, record_id, field_name, f"image file {path} does not exist") from None
+    except OSError as error:
+        raise RecordError(source, record_id, field_name, f"cannot read image {path}: {error.strerror}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise RecordError(source, record_id, field_name, f"image {path} is corrupt or not an image ({error})") from None
+    return data, width, height
+
+
+def _png(array: np.ndarray) -> bytes:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array))
+    if not ok:  # pragma: no cover - OpenCV only fails on invalid arrays
+        raise RuntimeError("PNG encoding failed")
+    return encoded.tobytes()
+
+
+def _locate_alignment_image(root: Path, img_path: str) -> Path:
+    candidate = root / img_path
+    if not candidate.is_file() and (root / "images" / img_path).is_file():
+        return root / "images" / img_path
+    return candidate
+
+
+def alignment_row(record: AlignmentRecord, root) -> dict[str, Any]:
+    """The dataset row of one alignment record, with its image bytes (validated) embedded."""
+    path = _locate_alignment_image(Path(root), record.img_path)
+    data, _, _ = _read_image(path, record.source, record.record_id, "img_path")
+    row = {"image": {"bytes": data, "path": record.img_path}}
+    row.update(record.to_row())
+    return row
+
+
+def structure_row(record: StructureRecord, *, mask_min_votes: int = 1) -> dict[str, Any]:
+    """The dataset row of one structure record: image bytes, binary mask and 512x512 heatmap."""
+    if record.image_path is None:
+        raise RecordError(
+            record.source, record.record_id, "<image>",
+            f"no image {record.image_name}.jpg beside the JSON file or in its split sub-folder",
+        )
+    data, width, height = _read_image(record.image_path, record.source, record.record_id, "<image>")
+    record.width, record.height = width, height
+    votes = vote_map(record.shapes, width, height)
+    mask = np.where(votes >= mask_min_votes, 255, 0).astype(np.uint8)
+    heatmap = _resize_nearest(heatmap_levels(votes), HEATMAP_SIZE)
+    return {
+        "image": {"bytes": data, "path": record.image_path.name},
+        "image_name": record.image_name,
+        "prompt": record.prompt,
+        "mos": record.mos,
+        "shapes": record.shapes_as_dicts(),
+        "mask": {"bytes": _png(mask), "path": None},
+        "heatmap": {"bytes": _png(heatmap), "path": None},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded Parquet writing
+
+
+class _ShardedParquetWriter:
+    """Writes rows to ``<directory>/<split>-XXXXX.parquet`` shards, starting a new shard when the
+    current one reaches ``max_bytes`` (or at fixed row boundaries when ``num_shards`` is given);
+    :meth:`finish` renames them ``<split>-XXXXX-of-YYYYY.parquet``."""
+
+    def __init__(self, directory: Path, split: str, features, *, max_bytes: int, num_shards: int | None, total: int):
+        self.directory, self.split, self.features = directory, split, features
+        self.max_bytes, self.num_shards, self.total = max_bytes, num_shards, total
+        self.paths: list[Path] = []
+        self.writer = None
+        self.shard_bytes = 0
+        self.seen = 0  # records offered (written or skipped), for fixed shard boundaries
+        self.num_rows = 0
+        self.num_bytes = 0
+
+    def _open(self):
+        from datasets.arrow_writer import ParquetWriter
+
+        path = self.directory / f"{self.split}-{len(self.paths):05d}.parquet"
+        self.paths.append(path)
+        self.writer = ParquetWriter(features=self.features, path=str(path))
+        self.shard_bytes = 0
+
+    def _close(self):
+        if self.writer is not None:
+            _, num_bytes = self.writer.finalize()
+            self.num_bytes += num_bytes
+            self.writer = None
+
+    def _boundary(self) -> bool:
+        if self.num_shards:
+            shard = min(self.seen * self.num_shards // max(self.total, 1), self.num_shards - 1)
+            return shard >= len(self.paths)
+        return self.shard_bytes >= self.max_bytes
+
+    def offer(self, row: dict[str, Any] | None) -> None:
+        """Write ``row`` (``None`` for a skipped record, which still counts towards boundaries)."""
+        if row is not None:
+            if self.writer is None or self._boundary():
+                self._close()
+                self._open()
+            self.writer.write(self.features.encode_example(row))
+            self.num_rows += 1
+            self.shard_bytes += sum(
+                len(v["bytes"]) for v in row.values() if isinstance(v, dict) and isinstance(v.get("bytes"), bytes)
+            ) + 256
+        self.seen += 1
+
+    def finish(self) -> list[Path]:
+        self._close()
+        final = []
+        for i, path in enumerate(self.paths):
+            target = path.with_name(f"{self.split}-{i:05d}-of-{len(self.paths):05d}.parquet")
+            os.replace(path, target)
+            final.append(target)
+        return final
+
+
+def _rows_in_order(
+    make_row: Callable[[Any], dict[str, Any]], records: list, num_workers: int
+) -> Iterable[tuple[Any, dict[str, Any] | None, RecordError | None]]:
+    """Yield ``(record, row, error)`` in record order, building rows in a thread pool
+    (image decoding and PNG encoding release the GIL) with a bounded look-ahead."""
+
+    def safe(record):
+        try:
+            return make_row(record), None
+        except RecordError as error:
+            return None, error
+
+    if num_workers <= 1:
+        for record in records:
+            yield (record, *safe(record))
+        return
+    window = num_workers * 16
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        for start in range(0, len(records), window):
+            chunk = records[start:start + window]
+            for record, (row, error) in zip(chunk, pool.map(safe, chunk)):
+                yield record, row, error
+
+
+def _write_split(
+    records: list, make_row, directory: Path, split: str, features, *, skip_invalid: bool,
+    skipped: list[SkippedRecord], max_bytes: int, num_shards: int | None, num_workers: int,
+    progress: bool, desc: str,
+) -> tuple[int, int, list[Path]]:
+    from tqdm.auto import tqdm
+
+    writer = _ShardedParquetWriter(
+        directory, split, features, max_bytes=max_bytes, num_shards=num_shards, total=len(records)
+    )
+    try:
+        with tqdm(total=len(records), desc=desc, unit="rec", disable=not progress) as bar:
+            for _record, row, error in _rows_in_order(make_row, records, num_workers):
+                if error is not None:
+                    if not skip_invalid:
+                        raise error
+                    skipped.append(SkippedRecord.from_error(error))
+                writer.offer(row)
+                bar.update()
+        paths = writer.finish()
+    finally:
+        writer._close()
+    return writer.num_rows, writer.num_bytes, paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset card
+
+
+def _render_card(out: Path, infos: dict, data_files: dict, num_rows: dict, skipped: int, mask_min_votes: int):
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    card_data = DatasetCardData(
+        pretty_name="EvalMuse (prepared)",
+        task_categories=["text-to-image"],
+        tags=["image-quality-assessment", "text-image-alignment", "evalmuse"],
+        size_categories=[_size_category(sum(sum(s.values()) for s in num_rows.values()))],
+    )
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    MetadataConfigs({
+        name: {"data_files": [{"split": split, "path": pattern} for split, pattern in files.items()],
+               **({"default": True} if name == "alignment" or len(data_files) == 1 else {})}
+        for name, files in data_files.items()
+    }).to_dataset_card_data(card_data)
+    table = "\n".join(
+        f"| `{config}` | {split} | {rows} |" for config, splits in num_rows.items() for split, rows in splits.items()
+    )
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        split_table=table,
+        configs=list(num_rows),
+        skipped=skipped,
+        mask_min_votes=mask_min_votes,
+    )
+    card.save(out / "README.md")
+
+
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def prepare_dataset(
+    out_dir,
+    alignment_dir=None,
+    structure_dir=None,
+    *,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    num_shards: int | None = None,
+    max_shard_size: int | str = "500MB",
+    mask_min_votes: int = 1,
+    num_workers: int | None = None,
+    progress: bool | None = None,
+) -> PreparedDataset:
+    """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
+
+    Args:
+        out_dir: the dataset folder to create (built aside and moved into place at the end, so
+            it appears complete or not at all). Name it ``evalmuse`` to load it as
+            ``load_dataset("evalmuse", ...)`` from its parent folder.
+        alignment_dir: an EvalMuse-40K release folder (``train_list.json``, ``val_list.json`` /
+            ``val.json``, ``test.json``, whichever exist, and the images ``img_path`` points to).
+        structure_dir: an EvalMuse-Structure release folder (``train_info.json``,
+            ``val_info.json``, ``test_info.json``; images ``<key>.jpg`` beside them or in
+            ``train/``, ``val/``, ``test/``).
+        skip_invalid: leave invalid records (bad fields, missing or corrupt images) out instead
+            of stopping; they are listed with their reasons in ``skipped_records.jsonl`` inside
+            the output folder.
+        overwrite: replace an existing ``out_dir``.
+        num_shards: Parquet shards per split (default: as many as ``max_shard_size`` needs).
+        max_shard_size: shard size limit, bytes or a string such as ``"500MB"``.
+        mask_min_votes: annotators needed for a pixel to be 255 in the ``mask`` column
+            (1 = union, the default).
+        num_workers: threads decoding and encoding images (default ``min(4, cpu count)``).
+        progress: show tqdm progress bars (default: when stderr is a terminal).
+
+    Returns:
+        A :class:`PreparedDataset` with the rows written per config and split and the skipped
+        records.
+
+    Example::
+
+        from evalmuse_models.data import prepare_dataset
+        from datasets import load_dataset
+
+        prepare_dataset("out/evalmuse", alignment_dir="EvalMuse-40K", structure_dir="EvalMuse-Structure")
+        val = load_dataset("out/evalmuse", "alignment", split="validation")
+    """
+    from datasets.info import DatasetInfo
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    if alignment_dir is None and structure_dir is None:
+        raise UserInputError("nothing to prepare: give an alignment release folder, a structure one, or both")
+    if mask_min_votes < 1:
+        raise UserInputError(f"mask_min_votes must be at least 1, got {mask_min_votes}")
+    if num_shards is not None and num_shards < 1:
+        raise UserInputError(f"num_shards must be at least 1, got {num_shards}")
+    try:
+        max_bytes = convert_file_size_to_int(max_shard_size)
+    except ValueError:
+        raise UserInputError(f"max_shard_size {max_shard_size!r} is not a size such as 500MB") from None
+    num_workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    progress = sys.stderr.isatty() if progress is None else progress
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise UserInputError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
+
+    # Parse every JSON file first: bad records are reported before any image is read.
+    skipped: list[SkippedRecord] = []
+    jobs = []  # (config, split, records, make_row, features)
+    if alignment_dir is not None:
+        root = Path(alignment_dir)
+        files = _split_files(root, find_alignment_files, "alignment", "train_list.json, val_list.json, test.json")
+        features = alignment_features()
+        for split, path in files.items():
+            records = load_alignment_records(path, skip_invalid=skip_invalid, skipped=skipped)
+            jobs.append(("alignment", split, records, lambda r, root=root: alignment_row(r, root), features))
+    if structure_dir is not None:
+        root = Path(structure_dir)
+        files = _split_files(root, find_structure_files, "structure", "train_info.json, val_info.json, test_info.json")
+        features = structure_features()
+        for split, path in files.items():
+            records = load_structure_records(path, skip_invalid=skip_invalid, skipped=skipped)
+            jobs.append(("structure", split, records,
+                         lambda r: structure_row(r, mask_min_votes=mask_min_votes), features))
+
+    result = PreparedDataset(path=out_dir, skipped=skipped)
+    infos: dict[str, DatasetInfo] = {}
+    data_files: dict[str, dict[str, str]] = {}
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        for config, split, records, make_row, features in jobs:
+            directory = tmp / config
+            directory.mkdir(exist_ok=True)
+            num_rows, num_bytes, paths = _write_split(
+                records, make_row, directory, split, features, skip_invalid=skip_invalid, skipped=skipped,
+                max_bytes=max_bytes, num_shards=num_shards, num_workers=num_workers, progress=progress,
+                desc=f"{config}/{split}",
+            )
+            if num_rows == 0:
+                for path in paths:
+                    path.unlink()
+                print(f"note: {config}/{split} has no valid record and is left out", file=sys.stderr)
+                continue
+            result.num_rows.setdefault(config, {})[split] = num_rows
+            data_files.setdefault(config, {})[split] = f"{config}/{split}-*.parquet"
+            info = infos.setdefault(config, DatasetInfo(config_name=config, features=features, splits=SplitDict()))
+            info.splits.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=num_rows))
+        if not data_files:
+            raise UserInputError("every record was invalid: nothing to write (see the skipped records)")
+        if skipped:
+            write_skipped_report(tmp / SKIPPED_REPORT_NAME, skipped)
+        _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes)
+    if skipped:
+        result.skipped_report = out_dir / SKIPPED_REPORT_NAME
+    return result
+
+
+def _split_files(root: Path, finder, kind: str, expected: str) -> dict[str, Path]:
+    if not root.is_dir():
+        raise UserInputError(f"{kind} release folder {root} does not exist or is not a folder")
+    files = finder(root)
+    if not files:
+        raise UserInputError(f"{root} holds no {kind} split file; expected one or more of {expected}")
+    return files
