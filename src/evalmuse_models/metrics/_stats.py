@@ -115,7 +115,7 @@ def check_scores(values, name: str, image_ids: Sequence[str] | None = None) -> n
     if bad.size:
         i = int(bad[0])
         raise UserInputError(
-            f"{name}: score of image {describe(i, image_ids)} is {arr[i]!r}; every score must be a finite number "
+            f"{name}: score of image {describe(i, image_ids)} is {float(arr[i])!r}; every score must be a finite number "
             f"({bad.size} non-finite value(s) in total)"
         )
     return arr

@@ -108,7 +108,7 @@ def _element_array(values, counts, image_ids, name, keys) -> np.ndarray:
     bad = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0) & (arr <= 1)))
     if bad.size:
         j = int(bad[0])
-        raise _element_error(name, j, arr[j], counts, image_ids, keys, "must be a finite probability in [0, 1]")
+        raise _element_error(name, j, float(arr[j]), counts, image_ids, keys, "must be a finite probability in [0, 1]")
     return arr
 
 
