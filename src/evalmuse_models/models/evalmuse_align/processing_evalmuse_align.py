@@ -98,7 +98,7 @@ class EvalMuseAlignProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, max_words: int = 50, max_text_length: int = 32, **kwargs):
         self.max_words = max_words
         self.max_text_length = max_text_length
-        super().__init__(image_processor, tokenizer, **kwargs)
+        super().__init__(_pil_image_processor(image_processor), tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -237,6 +237,31 @@ class EvalMuseAlignProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "input_ids", "attention_mask", "element_mask"]
+
+
+_IMAGE_PROCESSOR_FIELDS = (
+    "size",
+    "resample",
+    "image_mean",
+    "image_std",
+    "do_resize",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "do_convert_rgb",
+)
+
+
+def _pil_image_processor(image_processor):
+    """The official pipeline resizes with PIL (torchvision ``Resize`` on PIL images): keep the PIL backend
+    even when ``AutoImageProcessor`` resolved the saved ``BlipImageProcessor`` to its torchvision variant."""
+    if image_processor is None or isinstance(image_processor, BlipImageProcessorPil):
+        return image_processor
+    fields = {name: getattr(image_processor, name) for name in _IMAGE_PROCESSOR_FIELDS if hasattr(image_processor, name)}
+    if isinstance(fields.get("size"), dict) is False and fields.get("size") is not None:
+        size = fields["size"]
+        fields["size"] = {"height": size.height, "width": size.width} if hasattr(size, "height") else size
+    return BlipImageProcessorPil(**fields)
 
 
 # ---------------------------------------------------------------------- tiny, offline tokenizer
