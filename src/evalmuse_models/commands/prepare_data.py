@@ -1,0 +1,74 @@
+"""``evalmuse prepare-data``: turn raw EvalMuse releases into a Hub-ready Parquet dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare-data",
+        help="build a Hub-ready dataset (Parquet + dataset card) from raw EvalMuse releases",
+        description=(
+            "Parse and validate raw EvalMuse-40K (--alignment) and/or EvalMuse-Structure (--structure) "
+            "releases and write OUT_DIR: Parquet shards with the images embedded and a README whose "
+            "configs define 'alignment' and 'structure', loadable with "
+            "datasets.load_dataset(OUT_DIR, 'alignment'). Example: evalmuse prepare-data "
+            "--alignment EvalMuse-40K/ --structure EvalMuse-Structure/ evalmuse/"
+        ),
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="dataset folder to create (name it 'evalmuse' to "
+                        "load it as load_dataset('evalmuse', ...) from its parent)")
+    parser.add_argument("--alignment", metavar="RAW_DIR",
+                        help="EvalMuse-40K release folder: train_list.json / val_list.json / test.json + images")
+    parser.add_argument("--structure", metavar="RAW_DIR",
+                        help="EvalMuse-Structure release folder: train_info.json / val_info.json / "
+                        "test_info.json + <key>.jpg images (beside them or in train/ val/ test/)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave invalid records out (listed in OUT_DIR/skipped_records.jsonl) instead of "
+                        "stopping at the first one")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    shards = parser.add_mutually_exclusive_group()
+    shards.add_argument("--num-shards", type=int, default=None, help="Parquet shards per split")
+    shards.add_argument("--max-shard-size", default="500MB",
+                        help="start a new shard past this size (default 500MB)")
+    parser.add_argument("--mask-min-votes", type=int, default=1,
+                        help="annotators needed for a pixel of the 'mask' column (default 1 = union)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="threads decoding and encoding images (default: min(4, CPUs))")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..data import prepare_dataset
+    from ..utils import UserInputError
+
+    if args.alignment is None and args.structure is None:
+        print("error: give --alignment RAW_DIR, --structure RAW_DIR or both", file=sys.stderr)
+        return 2
+    try:
+        result = prepare_dataset(
+            args.out_dir,
+            alignment_dir=args.alignment,
+            structure_dir=args.structure,
+            skip_invalid=args.skip_invalid,
+            overwrite=args.overwrite,
+            num_shards=args.num_shards,
+            max_shard_size=args.max_shard_size,
+            mask_min_votes=args.mask_min_votes,
+            num_workers=args.num_workers,
+            progress=False if args.no_progress else None,
+        )
+    except UserInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for config, splits in result.num_rows.items():
+        counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())
+        print(f"{config}: {counts}")
+    if args.skip_invalid:
+        print(f"skipped {len(result.skipped)} invalid record(s)"
+              + (f"; reasons in {result.skipped_report}" if result.skipped_report else ""))
+    print(f"wrote {result.path}")
+    return 0
