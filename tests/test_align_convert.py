@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -9,7 +10,11 @@ import torch
 
 from evalmuse_models.cli import main as cli_main
 from evalmuse_models.convert import convert_fga_blip2
-from evalmuse_models.models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_tokenizer
+from evalmuse_models.models.evalmuse_align import (
+    EvalMuseAlignConfig,
+    EvalMuseAlignModel,
+    build_tiny_tokenizer,
+)
 from evalmuse_models.utils import UserInputError
 
 
@@ -86,7 +91,7 @@ def _lavis_state_dict(config: EvalMuseAlignConfig, seed: int = 0) -> dict[str, t
             sd[p + f"output{suffix}.LayerNorm.weight"] = t(h)
             sd[p + f"output{suffix}.LayerNorm.bias"] = t(h)
     sizes = [h, *config.mask_head_hidden_sizes, 1]
-    for j, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for j, (a, b) in enumerate(itertools.pairwise(sizes)):
         sd[f"mask_proj.layers.{2 * j}.weight"] = t(b, a)
         sd[f"mask_proj.layers.{2 * j}.bias"] = t(b)
     return sd

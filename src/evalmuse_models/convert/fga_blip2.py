@@ -37,9 +37,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..utils import UserInputError, atomic_directory, atomic_write_text
 
@@ -186,7 +187,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         raise UserInputError(f"checkpoint {path} does not exist; pass the path of the official fga_blip2.pth")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure is a bad input file
+    except Exception as error:
         raise UserInputError(
             f"could not read {path} as a torch checkpoint with weights_only=True ({error}); pass the official "
             "LAVIS checkpoint (a pickle of {'model': state_dict})"
@@ -214,7 +215,7 @@ def _load_base(path: Path) -> dict[str, Any]:
     tensors: dict[str, Any] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle:
                 if key.startswith("vision_model."):
                     tensors[key] = handle.get_tensor(key)
     if not tensors:
@@ -227,8 +228,8 @@ def _interpolate_position_embedding(tensor, target_shape):
     import torch
 
     cls_pos, grid = tensor[:, :1], tensor[:, 1:]
-    old = int(round(grid.shape[1] ** 0.5))
-    new = int(round((target_shape[1] - 1) ** 0.5))
+    old = round(grid.shape[1] ** 0.5)
+    new = round((target_shape[1] - 1) ** 0.5)
     if old * old != grid.shape[1] or new * new != target_shape[1] - 1:
         raise UserInputError(f"cannot interpolate position embeddings of shape {tuple(tensor.shape)} to {tuple(target_shape)}")
     grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
@@ -277,7 +278,12 @@ def convert_fga_blip2(
     import torch
 
     from ..cards import render_model_card
-    from ..models.evalmuse_align import DEFAULT_TOKENIZER, EvalMuseAlignConfig, EvalMuseAlignModel, EvalMuseAlignProcessor
+    from ..models.evalmuse_align import (
+        DEFAULT_TOKENIZER,
+        EvalMuseAlignConfig,
+        EvalMuseAlignModel,
+        EvalMuseAlignProcessor,
+    )
 
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
@@ -375,4 +381,4 @@ def convert_fga_blip2(
     return report
 
 
-__all__ = ["ConversionReport", "DROPPED_PREFIXES", "convert_fga_blip2", "lavis_to_hf_state_dict"]
+__all__ = ["DROPPED_PREFIXES", "ConversionReport", "convert_fga_blip2", "lavis_to_hf_state_dict"]

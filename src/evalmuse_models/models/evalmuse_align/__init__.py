@@ -48,14 +48,14 @@ def register() -> None:
 
 __all__ = [
     "DEFAULT_TOKENIZER",
+    "LOSS_WEIGHTINGS",
+    "PRESETS",
     "EvalMuseAlignConfig",
     "EvalMuseAlignMaskHead",
     "EvalMuseAlignModel",
     "EvalMuseAlignOutput",
     "EvalMuseAlignPreTrainedModel",
     "EvalMuseAlignProcessor",
-    "LOSS_WEIGHTINGS",
-    "PRESETS",
     "build_tiny_processor",
     "build_tiny_tokenizer",
     "clean_prompt",

@@ -11,8 +11,13 @@ This module only imports ``transformers`` so that it ships as remote code next t
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from transformers import PreTrainedConfig
-from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
+from transformers.models.blip_2.configuration_blip_2 import (
+    Blip2QFormerConfig,
+    Blip2VisionConfig,
+)
 
 #: Named presets. ``fga-blip2`` is the official architecture (the ``blip2-itm-vit-g-coco`` layout at
 #: 364 px, BERT-base Q-Former with the ``[DEC]`` token added: 30,523 rows); ``tiny`` is a few-hundred-
@@ -112,7 +117,7 @@ class EvalMuseAlignConfig(PreTrainedConfig):
     """
 
     model_type = "evalmuse_align"
-    sub_configs_defaults = {"vision_config": Blip2VisionConfig, "qformer_config": Blip2QFormerConfig}
+    sub_configs_defaults: ClassVar[dict] = {"vision_config": Blip2VisionConfig, "qformer_config": Blip2QFormerConfig}
 
     vision_config: dict | PreTrainedConfig | None = None
     qformer_config: dict | PreTrainedConfig | None = None
@@ -140,7 +145,7 @@ class EvalMuseAlignConfig(PreTrainedConfig):
             raise ValueError(f"num_query_tokens must be >= 1, got {self.num_query_tokens}")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "EvalMuseAlignConfig":
+    def from_preset(cls, name: str, **overrides) -> EvalMuseAlignConfig:
         """Build the config of a named preset (``"tiny"``, ``"fga-blip2"``); keyword arguments override
         top-level fields, and ``vision_config`` / ``qformer_config`` dicts are merged into the preset's.
 
@@ -158,4 +163,4 @@ class EvalMuseAlignConfig(PreTrainedConfig):
         return cls(**preset)
 
 
-__all__ = ["EvalMuseAlignConfig", "PRESETS", "LOSS_WEIGHTINGS"]
+__all__ = ["LOSS_WEIGHTINGS", "PRESETS", "EvalMuseAlignConfig"]

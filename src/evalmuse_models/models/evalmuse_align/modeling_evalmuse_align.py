@@ -16,9 +16,11 @@ This module imports only torch, transformers and its sibling files, so it ships 
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,8 +28,6 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.blip_2.modeling_blip_2 import (
-    Blip2EncoderLayer,
-    Blip2QFormerLayer,
     Blip2QFormerModel,
     Blip2TextEmbeddings,
     Blip2VisionEmbeddings,
@@ -89,7 +89,7 @@ class EvalMuseAlignMaskHead(nn.Module):
         self.input_size = input_size
         sizes = [input_size, *hidden_sizes]
         modules: list[nn.Module] = []
-        for in_size, out_size in zip(sizes[:-1], sizes[1:]):
+        for in_size, out_size in itertools.pairwise(sizes):
             modules += [nn.Linear(in_size, out_size), nn.ReLU()]
         modules.append(nn.Linear(sizes[-1], 1))
         self.layers = nn.Sequential(*modules)
@@ -109,8 +109,8 @@ class EvalMuseAlignPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_flash_attn = False  # the Q-Former is kept in fp32 (as in BLIP-2)
-    _keep_in_fp32_modules = ["query_tokens", "qformer"]
-    _no_split_modules = [
+    _keep_in_fp32_modules: ClassVar[list[str]] = ["query_tokens", "qformer"]
+    _no_split_modules: ClassVar[list[str]] = [
         "Blip2EncoderLayer",
         "Blip2QFormerLayer",
         "Blip2TextEmbeddings",
@@ -469,11 +469,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
+    "EvalMuseAlignMaskHead",
     "EvalMuseAlignModel",
     "EvalMuseAlignOutput",
     "EvalMuseAlignPreTrainedModel",
-    "EvalMuseAlignMaskHead",
 ]
-
-# Re-exported for callers that want BLIP-2's layer classes (e.g. for FSDP wrapping policies).
-_LAYER_CLASSES = (Blip2EncoderLayer, Blip2QFormerLayer)

@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from transformers import BatchFeature, BertTokenizer, BlipImageProcessorPil
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
+from transformers.image_utils import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    PILImageResampling,
+    load_image,
+)
 from transformers.processing_utils import ProcessorMixin
 
 #: The Hub id of FGA-BLIP2's tokenizer.
@@ -267,23 +273,28 @@ def _pil_image_processor(image_processor):
 # ---------------------------------------------------------------------- tiny, offline tokenizer
 #: Words of the synthetic EvalMuse prompts and common T2I vocabulary; anything else falls back to
 #: WordPiece characters, so every prompt tokenizes without [UNK].
-TINY_VOCAB_WORDS: tuple[str, ...] = tuple(
-    """
-    a an the of and or with without in on at to from by for under over above below behind beside near next
-    left right front back top bottom middle center inside outside between among around across into onto
-    one two three four five six seven eight nine ten zero single pair couple few many several some no
-    red green blue yellow orange purple pink brown black white gray grey golden silver colorful dark light
-    cube sphere ball cone cylinder pyramid ring star circle square triangle rectangle heart box disk
-    round flat tall short big small large tiny huge long thin thick wooden metal glass plastic stone paper
-    cat dog bird horse cow fish rabbit fox bear lion tiger elephant pig sheep duck owl mouse monkey
-    man woman boy girl child person people king queen robot astronaut
-    car bus bike boat plane train house tree flower apple banana cake cup chair table book lamp clock
-    hat shoe bag umbrella guitar bottle bowl vase window door road river mountain sky sea beach city
-    forest garden street room kitchen field snow rain sun moon cloud
-    sitting standing running jumping flying eating holding playing reading walking sleeping swimming
-    is are was were be has have made stands sits lies next photo image picture painting drawing render
-    style realistic cartoon anime oil watercolor sketch digital art scene view close up
-    """.split()
+TINY_VOCAB_WORDS: tuple[str, ...] = (
+    "a", "an", "the", "of", "and", "or", "with", "without", "in", "on", "at", "to", "from", "by", "for",
+    "under", "over", "above", "below", "behind", "beside", "near", "next", "left", "right", "front",
+    "back", "top", "bottom", "middle", "center", "inside", "outside", "between", "among", "around",
+    "across", "into", "onto", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "ten", "zero", "single", "pair", "couple", "few", "many", "several", "some", "no", "red", "green",
+    "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "grey", "golden",
+    "silver", "colorful", "dark", "light", "cube", "sphere", "ball", "cone", "cylinder", "pyramid",
+    "ring", "star", "circle", "square", "triangle", "rectangle", "heart", "box", "disk", "round",
+    "flat", "tall", "short", "big", "small", "large", "tiny", "huge", "long", "thin", "thick", "wooden",
+    "metal", "glass", "plastic", "stone", "paper", "cat", "dog", "bird", "horse", "cow", "fish",
+    "rabbit", "fox", "bear", "lion", "tiger", "elephant", "pig", "sheep", "duck", "owl", "mouse",
+    "monkey", "man", "woman", "boy", "girl", "child", "person", "people", "king", "queen", "robot",
+    "astronaut", "car", "bus", "bike", "boat", "plane", "train", "house", "tree", "flower", "apple",
+    "banana", "cake", "cup", "chair", "table", "book", "lamp", "clock", "hat", "shoe", "bag",
+    "umbrella", "guitar", "bottle", "bowl", "vase", "window", "door", "road", "river", "mountain",
+    "sky", "sea", "beach", "city", "forest", "garden", "street", "room", "kitchen", "field", "snow",
+    "rain", "sun", "moon", "cloud", "sitting", "standing", "running", "jumping", "flying", "eating",
+    "holding", "playing", "reading", "walking", "sleeping", "swimming", "is", "are", "was", "were",
+    "be", "has", "have", "made", "stands", "sits", "lies", "next", "photo", "image", "picture",
+    "painting", "drawing", "render", "style", "realistic", "cartoon", "anime", "oil", "watercolor",
+    "sketch", "digital", "art", "scene", "view", "close", "up",
 )
 
 
@@ -329,9 +340,9 @@ def build_tiny_processor(config: Any, words: Sequence[str] | None = None) -> Eva
 
 
 __all__ = [
-    "EvalMuseAlignProcessor",
     "DEFAULT_TOKENIZER",
     "TINY_VOCAB_WORDS",
+    "EvalMuseAlignProcessor",
     "build_tiny_processor",
     "build_tiny_tokenizer",
     "clean_prompt",
