@@ -15,7 +15,6 @@ from scipy import optimize, stats
 from evalmuse_models.metrics import alignment_main_score, element_category
 from evalmuse_models.utils import UserInputError
 
-
 # --- an independent, literal implementation of the released scorer -------------------------
 
 def _logistic(x, b1, b2, b3, b4):
