@@ -202,7 +202,7 @@ def test_bootstrap_ci():
         p = np.roll(t, rng.integers(-8, 8), axis=1)
         preds.append(p)
     ps, ts = rng.normal(size=20), rng.normal(size=20)
-    kw = dict(size=64, min_pred_area=10, min_true_area=10)
+    kw = {"size": 64, "min_pred_area": 10, "min_true_area": 10}
     a = structure_final_score(ps, ts, preds, trues, n_resamples=20, seed=3, **kw)
     b = structure_final_score(ps, ts, preds, trues, n_resamples=20, seed=3, **kw)
     assert a["ci"] == b["ci"]
@@ -280,7 +280,7 @@ def test_matches_straightforward_per_pair_algorithm(seed, n, pred_size, blobs, n
         preds.append(p)
     ps = rng.normal(size=n)
     ts = rng.uniform(1, 5, n)
-    kw = dict(size=size, min_pred_area=6.0, min_true_area=5.0)
+    kw = {"size": size, "min_pred_area": 6.0, "min_true_area": 5.0}
     try:
         expected = reference_structure(ps, ts, preds, trues, size=size, min_pred=6.0, min_true=5.0, thr=thr)
     except ZeroDivisionError:
