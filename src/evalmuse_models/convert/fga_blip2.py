@@ -215,7 +215,7 @@ def _load_base(path: Path) -> dict[str, Any]:
     tensors: dict[str, Any] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
-            for key in handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
                 if key.startswith("vision_model."):
                     tensors[key] = handle.get_tensor(key)
     if not tensors:
