@@ -278,10 +278,10 @@ class EvalMuseStructureConfig(PreTrainedConfig):
             raise bad("threshold", self.threshold, "a heatmap level in [0, 1] (the baseline uses 40/255)")
         if self.fusion_layers and not self.cnn_name:
             raise bad("fusion_layers", self.fusion_layers, "[] when cnn_name is None (no CNN features to inject)")
-        if self.fusion_latent_dim % self.fusion_num_heads or self.fusion_hidden_size % self.fusion_num_heads:
-            raise bad(
-                "fusion_num_heads", self.fusion_num_heads, "a divisor of fusion_latent_dim and fusion_hidden_size"
-            )
+        if self.fusion_layers and self.fusion_latent_dim % self.fusion_num_heads:
+            raise bad("fusion_num_heads", self.fusion_num_heads, "a divisor of fusion_latent_dim")
+        if self.num_self_attention_blocks and self.fusion_hidden_size % self.fusion_num_heads:
+            raise bad("fusion_num_heads", self.fusion_num_heads, "a divisor of fusion_hidden_size")
         if self.vit_config is not None:
             num_layers = getattr(self.vit_config, "num_hidden_layers", None)
             if num_layers is not None and any(not 0 <= i < num_layers for i in self.fusion_layers):

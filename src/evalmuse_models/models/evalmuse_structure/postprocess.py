@@ -1,0 +1,196 @@
+"""Post-processing of structure heatmaps with OpenCV (library only, not shipped as remote code):
+heatmap -> binary mask at a threshold, small-region removal, regions / boxes, mask at the original
+image size, the official-score evaluation of a set of predictions and the validation threshold
+search that maximises the official structure Final score.
+
+Example::
+
+    import numpy as np
+    from evalmuse_models.models.evalmuse_structure.postprocess import heatmap_to_mask, mask_to_regions
+
+    heatmap = np.zeros((512, 512), np.float32); heatmap[100:200, 50:150] = 0.9
+    mask = heatmap_to_mask(heatmap)              # baseline rule: round(h * 255) > 40
+    mask_to_regions(mask)                        # [{"bbox": [50, 100, 150, 200], "area": 10000}]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ...utils import UserInputError
+
+BASELINE_THRESHOLD = 40 / 255
+OFFICIAL_SIZE = 512
+OFFICIAL_MIN_PRED_AREA = 0.0006 * OFFICIAL_SIZE * OFFICIAL_SIZE
+DEFAULT_THRESHOLDS = tuple(round(v / 255, 6) for v in range(10, 250, 10))
+
+
+def _as_heatmap(heatmap: Any, name: str = "heatmap") -> np.ndarray:
+    arr = np.asarray(heatmap, dtype=np.float32)
+    if arr.ndim != 2:
+        raise UserInputError(f"{name}: expected a 2-D heatmap, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise UserInputError(f"{name}: the heatmap holds NaN or inf values")
+    return arr
+
+
+def heatmap_to_mask(heatmap: Any, threshold: float = BASELINE_THRESHOLD) -> np.ndarray:
+    """Binary uint8 0/1 mask: ``round(heatmap * 255) > threshold * 255`` (the baseline's rule, which
+    is ``> 40`` on 8-bit levels for the default threshold 40/255). ``heatmap`` is in [0, 1]."""
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserInputError(f"threshold must be a heatmap level in [0, 1], got {threshold}")
+    arr = _as_heatmap(heatmap)
+    return (np.round(arr * 255) > float(threshold) * 255 + 1e-6).astype(np.uint8)
+
+
+def remove_small_regions(mask: Any, min_area: int) -> np.ndarray:
+    """Drop 8-connected regions with fewer than ``min_area`` pixels (uint8 0/1 out)."""
+    import cv2
+
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    if min_area <= 1 or not binary.any():
+        return binary
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    keep = np.zeros(n, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
+    return keep[labels].astype(np.uint8)
+
+
+def mask_to_regions(mask: Any) -> list[dict[str, Any]]:
+    """``[{"bbox": [x0, y0, x1, y1], "area": pixels}]`` of the 8-connected regions of a mask (``x1``,
+    ``y1`` exclusive), in raster order of each region's first pixel."""
+    import cv2
+
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    if not binary.any():
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    regions = []
+    for i in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[i, :5])
+        regions.append({"bbox": [x, y, x + w, y + h], "area": area})
+    return regions
+
+
+def resize_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 0/1 mask to ``(width, height)`` (e.g. back to the original image)."""
+    import cv2
+
+    width, height = (int(v) for v in size)
+    return cv2.resize((np.asarray(mask) > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def postprocess_heatmap(
+    heatmap: Any,
+    threshold: float = BASELINE_THRESHOLD,
+    min_area: int = 158,
+    original_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Heatmap -> ``{"mask_512", "mask", "regions"}``: threshold, small-region removal (on the 512
+    grid), the mask at ``original_size`` (``(width, height)``) and its regions."""
+    mask_512 = remove_small_regions(heatmap_to_mask(heatmap, threshold), min_area)
+    mask = resize_mask(mask_512, original_size) if original_size is not None else mask_512
+    return {"mask_512": mask_512, "mask": mask, "regions": mask_to_regions(mask)}
+
+
+def evaluate_structure(
+    scores: Sequence[float],
+    reference_scores: Sequence[float],
+    prediction_masks: Sequence[np.ndarray],
+    reference_masks: Sequence[np.ndarray],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The official structure Final score (:func:`evalmuse_models.metrics.structure_final_score`),
+    made total for untrained or degenerate models:
+
+    - no predicted region in the whole set (the released script divides by zero): precision,
+      recall and F1 are reported as 0 and ``"no_predicted_regions": True`` is added;
+    - constant predicted scores (the correlations are undefined): PLCC and SRCC are reported as 0
+      and ``"constant_scores": True`` is added.
+
+    Everything else (bad shapes, NaN scores) still raises :class:`UserInputError`.
+    """
+    from ...metrics import structure_final_score
+    from ...metrics._stats import is_constant, plcc_logistic, spearman
+
+    pred = np.asarray(scores, dtype=np.float64)
+    ref = np.asarray(reference_scores, dtype=np.float64)
+    constant = len(pred) > 0 and is_constant(pred)
+    if constant:
+        # break the tie invisibly so the region part is still computed by the official function
+        pred = pred + np.linspace(0.0, 1e-6, len(pred))
+    weights = kwargs.get("weights", (0.7, 0.15, 0.15))
+    try:
+        result = structure_final_score(pred, ref, prediction_masks, reference_masks, **kwargs)
+    except UserInputError as exc:
+        if "no predicted region" not in str(exc):
+            raise
+        # the correlations do not depend on the masks: recompute them directly
+        plcc, _ = plcc_logistic(pred, ref, "standard")
+        srcc = spearman(pred, ref)
+        result = {
+            "precision": 0.0,
+            "recall": 0.0,
+            "f1": 0.0,
+            "giou": float("nan"),
+            "plcc": float(plcc),
+            "srcc": float(srcc),
+            "no_predicted_regions": True,
+        }
+        result["final_score"] = weights[0] * 0.0 + weights[1] * result["plcc"] + weights[2] * result["srcc"]
+    if constant:
+        result["plcc"] = 0.0
+        result["srcc"] = 0.0
+        result["constant_scores"] = True
+        result["final_score"] = weights[0] * result["f1"]
+    return result
+
+
+def search_threshold(
+    heatmaps: Sequence[np.ndarray],
+    scores: Sequence[float],
+    reference_masks: Sequence[np.ndarray],
+    reference_scores: Sequence[float],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_area: int = 158,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Pick the heatmap threshold that maximises the official Final score on a validation set.
+
+    Args:
+        heatmaps: predicted 512 x 512 heatmaps in [0, 1].
+        scores / reference_scores: predicted and true structure scores.
+        reference_masks: true 512 x 512 0/1 masks.
+        thresholds: candidates in [0, 1] (default 10/255 ... 240/255 in steps of 10/255); the
+            baseline's 40/255 is always included.
+        min_area: small-region removal applied before scoring.
+
+    Returns:
+        ``(best_threshold, table)``; ``table`` holds one row per threshold with its metrics. Ties go
+        to the threshold closest to the baseline's 40/255.
+    """
+    if len(heatmaps) != len(reference_masks):
+        raise UserInputError(f"{len(heatmaps)} heatmaps but {len(reference_masks)} reference masks")
+    candidates = sorted({round(float(t), 6) for t in thresholds} | {round(BASELINE_THRESHOLD, 6)})
+    heatmaps = [_as_heatmap(h, f"heatmaps[{i}]") for i, h in enumerate(heatmaps)]
+    table = []
+    for t in candidates:
+        masks = [remove_small_regions(heatmap_to_mask(h, t), min_area) for h in heatmaps]
+        metrics = evaluate_structure(scores, reference_scores, masks, reference_masks)
+        table.append({"threshold": t, **metrics})
+    best = max(table, key=lambda row: (row["final_score"], -abs(row["threshold"] - round(BASELINE_THRESHOLD, 6))))
+    return best["threshold"], table
+
+
+__all__ = [
+    "BASELINE_THRESHOLD",
+    "DEFAULT_THRESHOLDS",
+    "evaluate_structure",
+    "heatmap_to_mask",
+    "mask_to_regions",
+    "postprocess_heatmap",
+    "remove_small_regions",
+    "resize_mask",
+    "search_threshold",
+]
