@@ -249,7 +249,11 @@ def reference_masks(split, min_votes: int = 1, size: int = 512) -> list[np.ndarr
 def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: int, min_votes: int = 1):
     """Official structure Final score of predictions on a labelled split (see
     :func:`~evalmuse_models.models.evalmuse_structure.postprocess.evaluate_structure`)."""
-    from ..models.evalmuse_structure.postprocess import evaluate_structure, heatmap_to_mask, remove_small_regions
+    from ..models.evalmuse_structure.postprocess import (
+        evaluate_structure,
+        heatmap_to_mask,
+        remove_small_regions,
+    )
 
     mos = np.array([np.nan if m is None else float(m) for m in split["mos"]], dtype=np.float64)
     if not np.all(np.isfinite(mos)):
@@ -263,7 +267,11 @@ def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: in
 
 
 def _build_model(args: TrainStructureArguments):
-    from ..models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel, EvalMuseStructureProcessor
+    from ..models.evalmuse_structure import (
+        EvalMuseStructureConfig,
+        EvalMuseStructureModel,
+        EvalMuseStructureProcessor,
+    )
 
     if args.model_name_or_path:
         model = EvalMuseStructureModel.from_pretrained(args.model_name_or_path, **dict(args.config_overrides))
@@ -374,10 +382,9 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     )
     steps_per_epoch = max(1, math.ceil(len(loader) / args.gradient_accumulation_steps / accelerator.num_processes))
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
     unfreeze_step = None
     if unfreeze_fraction < 1.0 and any(frozen_at_start):
-        unfreeze_step = int(round(unfreeze_fraction * total_steps))
+        unfreeze_step = round(unfreeze_fraction * total_steps)
 
     optimizer = torch.optim.AdamW(_param_groups(model, lr, backbone_lr, args.weight_decay))
     scheduler = get_scheduler(
@@ -509,7 +516,10 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
             heat, scores, _ = predict_split(net, eval_split, processor, args.per_device_eval_batch_size, accelerator.device)
             threshold = float(net.config.threshold)
             if args.threshold_search:
-                from ..models.evalmuse_structure.postprocess import DEFAULT_THRESHOLDS, search_threshold
+                from ..models.evalmuse_structure.postprocess import (
+                    DEFAULT_THRESHOLDS,
+                    search_threshold,
+                )
 
                 masks = reference_masks(eval_split, args.reference_min_votes)
                 mos = [float(m) for m in eval_split["mos"]]

@@ -191,7 +191,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
     """
 
     model_type = "evalmuse_structure"
-    sub_configs_defaults = {
+    sub_configs_defaults = {  # noqa: RUF012 (transformers class attribute)
         "vit_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", init_kwargs=dict(_DINOV2_LARGE)),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="altclip_text_model", optional=True),
     }
@@ -300,7 +300,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
         return sorted(PRESETS)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "EvalMuseStructureConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> EvalMuseStructureConfig:
         """Build a named preset (``tiny``, ``hnu-vpai``, ``em-rahf``); keyword overrides win.
 
         Example:

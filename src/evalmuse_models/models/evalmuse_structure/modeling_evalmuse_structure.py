@@ -19,10 +19,12 @@ this package installed.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -206,7 +208,7 @@ class HeatmapDecoder(nn.Module):
         )
         self.upsamplers = nn.ModuleList()
         self.blocks = nn.ModuleList()
-        for stage, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
+        for stage, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
             if upsample == "transposed":
                 self.upsamplers.append(nn.ConvTranspose2d(c_in, c_in, 2, stride=2))
             else:
@@ -377,7 +379,7 @@ class EvalMuseStructurePreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = False
     _supports_sdpa = True
-    _no_split_modules = ["CrossAttentionFusion"]
+    _no_split_modules = ["CrossAttentionFusion"]  # noqa: RUF012 (transformers class attribute)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -441,7 +443,9 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
 
         self.text_embeddings = None
         if config.text_config is not None:
-            from transformers.models.altclip.modeling_altclip import AltRobertaEmbeddings
+            from transformers.models.altclip.modeling_altclip import (
+                AltRobertaEmbeddings,
+            )
 
             self.text_embeddings = AltRobertaEmbeddings(config.text_config)
             self.text_proj = nn.Sequential(nn.Linear(config.text_config.hidden_size, d), nn.LayerNorm(d))
@@ -492,7 +496,7 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
         if cfg.vit_pretrained_id:
             cls = _vit_class(cfg.vit_config.model_type)
             pretrained = cls.from_pretrained(cfg.vit_pretrained_id)
-            missing, unexpected = self.vit.load_state_dict(pretrained.state_dict(), strict=False)
+            missing, _unexpected = self.vit.load_state_dict(pretrained.state_dict(), strict=False)
             if missing:
                 raise ValueError(
                     f"{cfg.vit_pretrained_id} does not match vit_config: {len(missing)} missing weights, e.g. {missing[:3]}"

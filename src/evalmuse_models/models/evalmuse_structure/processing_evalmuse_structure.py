@@ -7,7 +7,8 @@ This file imports only transformers and its siblings, so it ships as remote code
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from transformers import CLIPImageProcessor, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
@@ -89,7 +90,7 @@ class EvalMuseStructureProcessor(ProcessorMixin):
         return super().from_args_and_dict(args, processor_dict, **kwargs)
 
     @classmethod
-    def from_model_config(cls, config, tokenizer=None) -> "EvalMuseStructureProcessor":
+    def from_model_config(cls, config, tokenizer=None) -> EvalMuseStructureProcessor:
         """The processor matching an [`EvalMuseStructureConfig`]. For presets that embed the
         prompt, ``tokenizer`` defaults to ``AutoTokenizer.from_pretrained(config.text_pretrained_id)``."""
         size = int(config.image_size)
