@@ -208,7 +208,7 @@ class HeatmapDecoder(nn.Module):
         )
         self.upsamplers = nn.ModuleList()
         self.blocks = nn.ModuleList()
-        for stage, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
+        for stage, (c_in, c_out) in enumerate(itertools.pairwise(channels)):
             if upsample == "transposed":
                 self.upsamplers.append(nn.ConvTranspose2d(c_in, c_in, 2, stride=2))
             else:
