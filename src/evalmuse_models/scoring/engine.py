@@ -226,11 +226,14 @@ def score(
     with results_io.ResultsWriter(target) as writer:
         for batch in loader:
             readable = [item for item in batch if item["error"] is None]
+            batch_start = time.perf_counter()
             outputs, model_errors = _run_scorers(scorers, readable) if readable else ([], [])
+            per_image = (time.perf_counter() - batch_start) / max(1, len(readable))
+            row_meta = {**meta, "seconds_per_image": round(per_image, 6)}
             by_id = {item["id"]: (o, e) for item, o, e in zip(readable, outputs, model_errors)}
             rows = []
             for item in batch:
-                row = _base_row(item, source, meta)
+                row = _base_row(item, source, row_meta)
                 output, error = by_id.get(item["id"], ({}, item["error"]))
                 if error is None:
                     row["status"] = "ok"

@@ -1,0 +1,50 @@
+"""``evalmuse submit``: turn ``evalmuse score`` results into the official NTIRE 2025 submission files."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "submit",
+        help="write the official submission files (output.json / output.pkl, readme.txt, submission.zip)",
+        description=(
+            "Write <OUT>/alignment/{output.json,readme.txt,submission.zip} and/or "
+            "<OUT>/structure/{output.pkl,readme.txt,submission.zip} from a results file of `evalmuse score`."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("results", help="results .jsonl written by `evalmuse score`")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--track", default="auto", choices=["auto", "alignment", "structure", "both"])
+    parser.add_argument("--runtime-per-image", type=float, help="seconds (default: measured by `evalmuse score`)")
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="readme: ran on a GPU")
+    device.add_argument("--cpu", dest="gpu", action="store_false", help="readme: ran on a CPU")
+    parser.add_argument("--extra-data", action="store_true", help="readme: trained with extra data")
+    llm = parser.add_mutually_exclusive_group()
+    llm.add_argument("--llm", dest="llm", action="store_true", default=None, help="readme: uses an LLM")
+    llm.add_argument("--no-llm", dest="llm", action="store_false")
+    parser.add_argument("--description", default="", help="readme: method description")
+    parser.add_argument("--allow-missing", action="store_true", help="leave out images whose scoring failed")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..scoring.submission import write_submission
+    from ..utils import UserInputError
+
+    try:
+        written = write_submission(
+            args.results, args.out, track=args.track, runtime_per_image=args.runtime_per_image, gpu=args.gpu,
+            extra_data=args.extra_data, llm=args.llm, description=args.description, allow_missing=args.allow_missing,
+        )
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for track, paths in written.items():
+        print(f"{track}: {paths['zip']}")
+    return 0

@@ -1,0 +1,56 @@
+"""``evalmuse submit``: results rows → the official submission files, read back by the official readers."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+from test_score_engine import FakeAlign, FakeStructure, write_image_folder
+
+from evalmuse_models.cli import main
+from evalmuse_models.metrics import read_alignment_file, read_structure_pickle
+from evalmuse_models.scoring import read_results, rle_to_mask, score
+from evalmuse_models.scoring.submission import write_submission
+from evalmuse_models.utils import UserInputError
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("submit")
+    write_image_folder(tmp / "images", count=6)
+    out = tmp / "results.jsonl"
+    score(tmp / "images", out=out, align=FakeAlign(), structure=FakeStructure(), progress=False)
+    return out
+
+
+def test_submission_files_match_the_results(results, tmp_path):
+    with pytest.raises(UserInputError, match="2 image\\(s\\) have no alignment result"):
+        write_submission(results, tmp_path / "sub")
+    written = write_submission(results, tmp_path / "sub", allow_missing=True, description="fake  models")
+    rows = {r["id"]: r for r in read_results(results) if r["status"] == "ok"}
+    submitted = {rec["img_path"]: rec for rec in read_alignment_file(written["alignment"]["output"])}
+    assert set(submitted) == set(rows)
+    for key, rec in submitted.items():
+        assert rec["total_score"] == pytest.approx(rows[key]["alignment"]["overall"])
+        assert rec["element_score"] == pytest.approx(rows[key]["alignment"]["elements"])
+    masks = read_structure_pickle(written["structure"]["output"])
+    assert set(masks) == {key[: -len(".png")] for key in rows}
+    for key, row in rows.items():
+        entry = masks[key[: -len(".png")]]
+        np.testing.assert_array_equal(entry["pred_area"], rle_to_mask(row["structure"]["mask"]))
+        assert entry["score"] == pytest.approx(row["structure"]["score"])
+    readme = written["alignment"]["readme"].read_text()
+    assert "CPU[1] / GPU[0] : 1" in readme and "LLM[1] / Non-LLM[0] : 0" in readme and "fake models" in readme
+    with zipfile.ZipFile(written["structure"]["zip"]) as archive:
+        assert sorted(archive.namelist()) == ["output.pkl", "readme.txt"]
+
+
+def test_submit_cli(results, tmp_path, capsys):
+    assert main(["submit", str(results), "--out", str(tmp_path / "s"), "--track", "structure"]) == 2
+    assert "--allow-missing" in capsys.readouterr().err
+    assert main(["submit", str(results), "--out", str(tmp_path / "s"), "--track", "structure", "--allow-missing",
+                 "--gpu", "--runtime-per-image", "0.5"]) == 0
+    readme = (tmp_path / "s" / "structure" / "readme.txt").read_text()
+    assert "runtime per image [s] : 0.50" in readme and "CPU[1] / GPU[0] : 0" in readme
+    assert not (tmp_path / "s" / "alignment").exists()
