@@ -10,8 +10,9 @@ Every function takes the annotations in any of these forms:
   together with ``width`` and ``height``.
 
 Pixel conventions: pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)``; a rectangle from ``(x1, y1)``
-to ``(x2, y2)`` covers columns ``floor(x1) .. ceil(x2) - 1`` (at least one); polygons are filled
-with OpenCV (sub-pixel vertices, boundary included). Shapes partly or wholly outside the image
+to ``(x2, y2)`` covers columns ``floor(x1) .. ceil(x2) - 1`` (at least one); a polygon covers the
+pixels whose centre lies inside it (exact, sub-pixel), so a rectangle given as a 4-point polygon
+covers the same pixels. Shapes partly or wholly outside the image
 are clipped. ``size=(width, height)`` resizes the result with nearest-neighbour interpolation, so
 vote counts and heatmap levels stay exact (pass ``interpolation="bilinear"`` to
 :func:`baseline_heatmap` for the baseline's smoother resize).
@@ -35,7 +36,6 @@ import numpy as np
 
 #: Heatmap value for 0, 1, 2, 3 and 4+ overlapping annotators (the baseline's levels).
 HEATMAP_LEVELS = (0, 64, 127, 180, 255)
-_SUBPIXEL_SHIFT = 4
 
 
 def _image_size(obj) -> tuple[int, int] | None:
@@ -91,18 +91,42 @@ def _fill_shape(mask: np.ndarray, shape) -> None:
         y_lo, y_hi = min(max(y_lo, 0), height), min(max(y_hi, 0), height)
         mask[y_lo:y_hi, x_lo:x_hi] = 1
     elif kind == "polygon":
-        import cv2
-
         if len(points) < 3:
             raise ValueError(f"a polygon needs at least 3 points, got {len(points)}")
-        # Keep far-away vertices in a range OpenCV's fixed-point arithmetic can hold; the part
-        # inside the image is unchanged because clamping happens well outside it.
-        bound = 4 * max(width, height)
-        points = np.clip(points, -bound, bound)
-        fixed = np.round(points * (1 << _SUBPIXEL_SHIFT)).astype(np.int32)
-        cv2.fillPoly(mask, [fixed], 1, lineType=cv2.LINE_8, shift=_SUBPIXEL_SHIFT)
+        _fill_polygon(mask, points)
     else:
         raise ValueError(f"unknown shape type {kind!r} (expected 'rectangle' or 'polygon')")
+
+
+def _fill_polygon(mask: np.ndarray, points: np.ndarray) -> None:
+    """Set the pixels whose centre lies inside the polygon (even-odd rule), row by row.
+
+    Each pixel row's centre line is intersected with every edge (half-open in y, so a vertex is
+    counted once); pixels with ``x1 <= centre < x2`` between successive crossings are set.
+    Vertices far outside the image need no special care: only rows and columns inside are filled.
+    """
+    height, width = mask.shape
+    x, y = points[:, 0], points[:, 1]
+    x2, y2 = np.roll(x, -1), np.roll(y, -1)
+    first = max(0, math.floor(y.min() - 0.5))
+    last = min(height - 1, math.ceil(y.max() - 0.5))
+    if first > last:
+        return
+    rows = np.arange(first, last + 1)
+    cy = (rows + 0.5)[:, None]
+    crosses = ((y <= cy) & (y2 > cy)) | ((y2 <= cy) & (y > cy))
+    dy = np.where(y2 != y, y2 - y, 1.0)
+    xs = np.where(crosses, x + (cy - y) / dy * (x2 - x), np.inf)
+    if xs.shape[1] % 2:
+        xs = np.concatenate([xs, np.full((len(rows), 1), np.inf)], axis=1)
+    xs.sort(axis=1)
+    starts = np.clip(np.ceil(xs[:, 0::2] - 0.5), 0, width).astype(np.int64)
+    ends = np.clip(np.ceil(xs[:, 1::2] - 0.5), 0, width).astype(np.int64)
+    diff = np.zeros((len(rows), width + 1), np.int32)
+    index = np.broadcast_to(np.arange(len(rows))[:, None], starts.shape)
+    np.add.at(diff, (index, starts), 1)
+    np.add.at(diff, (index, ends), -1)
+    mask[rows] |= (np.cumsum(diff[:, :width], axis=1) > 0).astype(np.uint8)
 
 
 def _resize_nearest(array: np.ndarray, size) -> np.ndarray:
