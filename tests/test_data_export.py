@@ -1,0 +1,306 @@
+"""prepare_dataset / `evalmuse prepare-data`: Parquet + dataset card, loaded back with `datasets`."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from evalmuse_models.data import (
+    alignment_features,
+    baseline_heatmap,
+    binary_mask,
+    load_alignment_records,
+    load_structure_records,
+    prepare_dataset,
+    resolve_images,
+    structure_features,
+)
+from evalmuse_models.data.synthetic import DEFAULT_GENERATORS
+from evalmuse_models.utils import UserInputError
+
+
+def _load(path, config, tmp_path, **kwargs):
+    from datasets import load_dataset
+
+    return load_dataset(str(path), config, cache_dir=str(tmp_path / "hf_cache"), **kwargs)
+
+
+def _card(path):
+    text = (path / "README.md").read_text(encoding="utf-8")
+    return yaml.safe_load(text.split("---")[1]), text
+
+
+def test_card_declares_both_configs_and_documents_the_schema(prepared_dataset):
+    meta, text = _card(prepared_dataset)
+    configs = {c["config_name"]: c for c in meta["configs"]}
+    assert set(configs) == {"alignment", "structure"}
+    assert {f["split"] for f in configs["alignment"]["data_files"]} == {"train", "validation", "test"}
+    assert configs["alignment"].get("default") is True
+    for column in ("total_score_votes", "prompt_variance", "elements", "heatmap", "shapes", "mask"):
+        assert f"`{column}`" in text
+    assert sorted(p.name for p in (prepared_dataset / "alignment").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+
+
+def test_alignment_round_trip_every_column(prepared_dataset, alignment_release, tmp_path):
+    from datasets import Image
+
+    dataset = _load(prepared_dataset, "alignment", tmp_path)
+    assert set(dataset) == {"train", "validation", "test"}
+    files = {"train": "train_list.json", "validation": "val_list.json", "test": "test.json"}
+    for split, name in files.items():
+        ds = dataset[split]
+        assert ds.features == alignment_features()
+        records = load_alignment_records(alignment_release / name)
+        assert len(ds) == len(records)
+        raw = ds.cast_column("image", Image(decode=False))
+        for record, row, raw_row in zip(records, ds, raw):
+            expected = record.to_row()
+            assert {k: row[k] for k in expected} == expected
+            assert raw_row["image"]["bytes"] == (alignment_release / record.img_path).read_bytes()
+            side = DEFAULT_GENERATORS[row["generator"]][1]
+            assert row["image"].size == (side, side)
+        if split == "test":
+            assert all(v is None for v in ds["total_score"]) and all(v is None for v in ds["prompt_variance"])
+        else:
+            assert all(isinstance(v, float) for v in ds["total_score"])
+            assert any(v is not None for v in ds["prompt_variance"])
+            row = ds[0]
+            assert row["generator"] == row["img_path"].split("/")[0]
+            assert all(len(e["votes"]) == 3 for e in row["elements"])
+
+
+def test_structure_round_trip_every_column(prepared_dataset, structure_release, tmp_path):
+    from datasets import Image
+
+    dataset = _load(prepared_dataset, "structure", tmp_path)
+    files = {"train": "train_info.json", "validation": "val_info.json", "test": "test_info.json"}
+    assert set(dataset) == set(files)
+    for split, name in files.items():
+        ds = dataset[split]
+        assert ds.features == structure_features()
+        records = load_structure_records(structure_release / name)
+        resolve_images(records)
+        assert [r.image_name for r in records] == ds["image_name"]
+        raw = ds.cast_column("image", Image(decode=False))
+        for record, row, raw_row in zip(records, ds, raw):
+            assert row["prompt"] == record.prompt and row["mos"] == record.mos
+            assert row["shapes"] == record.shapes_as_dicts()
+            assert raw_row["image"]["bytes"] == record.image_path.read_bytes()
+            assert row["image"].size == (record.width, record.height)
+            mask, heatmap = row["mask"], row["heatmap"]
+            assert mask.mode == "L" and mask.size == (record.width, record.height)
+            np.testing.assert_array_equal(np.asarray(mask), binary_mask(record) * 255)
+            assert heatmap.mode == "L" and heatmap.size == (512, 512)
+            np.testing.assert_array_equal(np.asarray(heatmap), baseline_heatmap(record))
+            # the one-liner on a dataset row gives the same truth mask as on the record
+            np.testing.assert_array_equal(binary_mask(row, size=(512, 512)), binary_mask(record, size=(512, 512)))
+    levels = set()
+    for row in dataset["train"]:
+        levels |= set(np.unique(np.asarray(row["heatmap"])).tolist())
+    assert {0, 64, 127, 180} <= levels <= {0, 64, 127, 180, 255}
+
+
+def test_streaming_matches_the_loaded_rows(prepared_dataset, tmp_path):
+    for config in ("alignment", "structure"):
+        loaded = _load(prepared_dataset, config, tmp_path, split="validation")
+        streamed = list(_load(prepared_dataset, config, tmp_path, split="validation", streaming=True))
+        assert len(streamed) == len(loaded)
+        for a, b in zip(loaded, streamed):
+            for key, value in a.items():
+                if hasattr(value, "tobytes"):
+                    assert value.tobytes() == b[key].tobytes()
+                else:
+                    assert value == b[key]
+
+
+def test_folder_named_evalmuse_loads_by_name_from_its_parent(prepared_dataset, tmp_path, monkeypatch):
+    from datasets import load_dataset
+
+    assert prepared_dataset.name == "evalmuse"
+    monkeypatch.chdir(prepared_dataset.parent)
+    ds = load_dataset("evalmuse", "structure", split="test", cache_dir=str(tmp_path / "c"))
+    by_path = _load(prepared_dataset, "structure", tmp_path, split="test")
+    assert len(ds) > 0 and ds["image_name"] == by_path["image_name"]
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_splits_follow_the_files_present(alignment_release, structure_release, tmp_path):
+    al = _copy(alignment_release, tmp_path / "al")
+    (al / "val_list.json").rename(al / "val.json")  # the other accepted validation name
+    (al / "test.json").unlink()
+    st = _copy(structure_release, tmp_path / "st")
+    (st / "train_info.json").unlink()
+    result = prepare_dataset(tmp_path / "out", alignment_dir=al, structure_dir=st, progress=False)
+    assert {c: set(s) for c, s in result.num_rows.items()} == {
+        "alignment": {"train", "validation"}, "structure": {"validation", "test"}}
+    assert set(_load(tmp_path / "out", "alignment", tmp_path)) == {"train", "validation"}
+    # only one config given: only that config in the card
+    only = prepare_dataset(tmp_path / "only", structure_dir=st, progress=False)
+    meta, _ = _card(only.path)
+    assert [c["config_name"] for c in meta["configs"]] == ["structure"]
+
+
+def _break_releases(alignment_release, structure_release, tmp_path):
+    """Copies of both releases with one bad record of each kind."""
+    al = _copy(alignment_release, tmp_path / "al")
+    rows = json.loads((al / "train_list.json").read_text())
+    rows[1]["element_score"] = "{'cat (animal)': [1, 0"  # unparsable element string
+    del rows[2]["prompt"]  # missing field
+    (al / rows[3]["img_path"]).unlink()  # missing image
+    (al / rows[4]["img_path"]).write_bytes((al / rows[4]["img_path"]).read_bytes()[:200])  # truncated PNG
+    (al / "train_list.json").write_text(json.dumps(rows))
+    st = _copy(structure_release, tmp_path / "st")
+    info = json.loads((st / "val_info.json").read_text())
+    keys = list(info)
+    info[keys[0]]["bbox_info"] = [[{"bbox_type": 2, "bbox": [[1, 1], [5, 5]]}], [], []]  # polygon < 3 points
+    (st / "val" / f"{keys[1]}.jpg").write_bytes(b"not a jpeg at all")  # corrupt image
+    (st / "val_info.json").write_text(json.dumps(info))
+    return al, st, rows, keys
+
+
+def test_bad_records_stop_with_file_record_and_field_and_nothing_is_written(
+    alignment_release, structure_release, tmp_path
+):
+    al, st, rows, keys = _break_releases(alignment_release, structure_release, tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(UserInputError) as info:
+        prepare_dataset(out, alignment_dir=al, structure_dir=st, progress=False)
+    message = str(info.value)
+    assert "train_list.json" in message and "record #1" in message and "'element_score'" in message
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    rows[1]["element_score"] = "{}"
+    rows[2]["prompt"] = "restored"
+    (al / "train_list.json").write_text(json.dumps(rows))
+    with pytest.raises(UserInputError, match=r"record #3 .*'img_path': image file .* does not exist"):
+        prepare_dataset(out, alignment_dir=al, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    with pytest.raises(UserInputError, match=rf"val_info.json: record '{keys[0]}': field 'bbox_info'.*3 points"):
+        prepare_dataset(out, structure_dir=st, progress=False)
+    assert not out.exists()
+
+
+def test_skip_invalid_writes_the_rest_and_a_report(alignment_release, structure_release, tmp_path):
+    al, st, rows, keys = _break_releases(alignment_release, structure_release, tmp_path)
+    result = prepare_dataset(tmp_path / "out", alignment_dir=al, structure_dir=st, skip_invalid=True,
+                             progress=False)
+    assert len(result.skipped) == 6
+    report = [json.loads(line) for line in result.skipped_report.read_text().splitlines()]
+    found = {(r["file"].rsplit("/", 1)[-1], r["record"].split(" ")[0], r["field"]): r["reason"] for r in report}
+    assert set(found) == {
+        ("train_list.json", "#1", "element_score"), ("train_list.json", "#2", "prompt"),
+        ("train_list.json", "#3", "img_path"), ("train_list.json", "#4", "img_path"),
+        ("val_info.json", repr(keys[0]), "bbox_info"), ("val_info.json", repr(keys[1]), "<image>"),
+    }
+    assert "does not exist" in found["train_list.json", "#3", "img_path"]
+    assert "corrupt" in found["train_list.json", "#4", "img_path"]
+    assert "corrupt" in found["val_info.json", repr(keys[1]), "<image>"]
+    ds = _load(tmp_path / "out", "alignment", tmp_path, split="train")
+    assert len(ds) == len(rows) - 4
+    assert set(ds["img_path"]) == {r["img_path"] for r in rows} - {r["img_path"] for r in rows[1:5]}
+    val = _load(tmp_path / "out", "structure", tmp_path, split="validation")
+    assert set(val["image_name"]) == set(keys) - set(keys[:2])
+    _, text = _card(tmp_path / "out")
+    assert "6 invalid record(s)" in text
+
+
+def test_shards_and_overwrite(alignment_release, tmp_path):
+    out = tmp_path / "sharded"
+    prepare_dataset(out, alignment_dir=alignment_release, num_shards=3, progress=False, num_workers=1)
+    files = sorted(p.name for p in (out / "alignment").glob("train-*"))
+    assert files == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
+    ds = _load(out, "alignment", tmp_path, split="train")
+    records = load_alignment_records(alignment_release / "train_list.json")
+    assert ds["img_path"] == [r.img_path for r in records]  # order kept across shards and threads
+    with pytest.raises(UserInputError, match="already exists"):
+        prepare_dataset(out, alignment_dir=alignment_release, progress=False)
+    small = prepare_dataset(out, alignment_dir=alignment_release, overwrite=True, max_shard_size="20KB",
+                            num_workers=2, progress=False)
+    many = sorted((out / "alignment").glob("train-*"))
+    assert len(many) > 3 and all(p.name.endswith(f"-of-{len(many):05d}.parquet") for p in many)
+    assert small.num_rows["alignment"]["train"] == len(records)
+    assert _load(out, "alignment", tmp_path / "again", split="train")["img_path"] == [r.img_path for r in records]
+
+
+def test_mask_min_votes(structure_release, tmp_path):
+    union = prepare_dataset(tmp_path / "u", structure_dir=structure_release, progress=False)
+    major = prepare_dataset(tmp_path / "m", structure_dir=structure_release, mask_min_votes=2, progress=False)
+    a = _load(union.path, "structure", tmp_path, split="train")
+    b = _load(major.path, "structure", tmp_path, split="train")
+    total_a = total_b = 0
+    for ra, rb in zip(a, b):
+        ma, mb = np.asarray(ra["mask"]) > 0, np.asarray(rb["mask"]) > 0
+        assert (mb <= ma).all()
+        total_a, total_b = total_a + ma.sum(), total_b + mb.sum()
+    assert total_b < total_a
+
+
+def test_arguments_are_checked(tmp_path):
+    with pytest.raises(UserInputError, match="nothing to prepare"):
+        prepare_dataset(tmp_path / "x")
+    with pytest.raises(UserInputError, match="does not exist"):
+        prepare_dataset(tmp_path / "x", alignment_dir=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="no structure split file"):
+        prepare_dataset(tmp_path / "x", structure_dir=tmp_path / "empty")
+    with pytest.raises(UserInputError, match="max_shard_size"):
+        prepare_dataset(tmp_path / "x", structure_dir=tmp_path / "empty", max_shard_size="lots")
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_cli_synthetic_then_prepare_data(tmp_path, capsys):
+    from evalmuse_models.cli import main
+
+    assert main(["synthetic", "alignment", str(tmp_path / "al"), "--num-prompts", "3", "--seed", "1"]) == 0
+    assert main(["synthetic", "structure", str(tmp_path / "st"), "--num-images", "6", "--layout", "flat"]) == 0
+    assert (tmp_path / "al" / "train_list.json").is_file() and list((tmp_path / "st").glob("*.jpg"))
+    out = tmp_path / "evalmuse"
+    code = main(["prepare-data", "--alignment", str(tmp_path / "al"), "--structure", str(tmp_path / "st"),
+                 str(out), "--no-progress", "--num-shards", "2"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "alignment: train" in printed and f"wrote {out}" in printed
+    assert len(list((out / "structure").glob("train-*-of-00002.parquet"))) == 2
+    # an existing folder is refused with a clear message, and --overwrite replaces it
+    assert main(["prepare-data", "--structure", str(tmp_path / "st"), str(out), "--no-progress"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["prepare-data", "--structure", str(tmp_path / "st"), str(out), "--overwrite", "--no-progress"]) == 0
+    assert not (out / "alignment").exists()
+    assert main(["prepare-data", str(out)]) == 2
+
+
+def test_cli_skip_invalid_prints_the_count(structure_release, tmp_path, capsys):
+    from evalmuse_models.cli import main
+
+    st = _copy(structure_release, tmp_path / "st")
+    info = json.loads((st / "test_info.json").read_text())
+    key = next(iter(info))
+    info[key]["mos"] = "??"
+    (st / "test_info.json").write_text(json.dumps(info))
+    assert main(["prepare-data", "--structure", str(st), str(tmp_path / "o1"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "test_info.json" in err and key in err and "'mos'" in err
+    assert main(["prepare-data", "--structure", str(st), str(tmp_path / "o2"), "--skip-invalid",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 invalid record(s)" in printed and "skipped_records.jsonl" in printed
+
+
+def test_encoded_mask_png_is_grayscale(prepared_dataset, tmp_path):
+    from datasets import Image
+    from PIL import Image as PILImage
+
+    ds = _load(prepared_dataset, "structure", tmp_path, split="test").cast_column("mask", Image(decode=False))
+    png = ds[0]["mask"]["bytes"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and PILImage.open(io.BytesIO(png)).mode == "L"
