@@ -1,0 +1,37 @@
+"""``evalmuse report``: a static HTML report (leaderboard, plots, per-image cards) of a results file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a static HTML report of `evalmuse score` results",
+        description="Write OUT/index.html: per-generator leaderboard and plots, score distributions and "
+        "sortable, filterable per-image cards with the distortion heatmap and the element checklist.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("results", help="results .jsonl written by `evalmuse score`")
+    parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--title", default="EvalMuse report")
+    parser.add_argument("--max-cards", type=int, default=1000, help="at most this many per-image cards")
+    parser.add_argument("--thumb-size", type=int, default=256, help="thumbnail size in pixels")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..report import build_report
+    from ..utils import UserInputError
+
+    try:
+        index = build_report(args.results, args.out, title=args.title, max_cards=args.max_cards,
+                             thumb_size=args.thumb_size)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report written to {index}")
+    return 0
