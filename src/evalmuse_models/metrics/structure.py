@@ -302,7 +302,9 @@ def structure_final_score(
             "giou": float((fg_iou if idx is None else fg_iou[idx]).mean()),
             "plcc": plcc,
             "srcc": srcc,
-            "final_score": float(w_f1 * f1 + w_plcc * plcc + w_srcc * srcc),
+            "final_score": float(
+                w_f1 * f1 + w_plcc * (plcc + srcc) if w_plcc == w_srcc else w_f1 * f1 + w_plcc * plcc + w_srcc * srcc
+            ),
             "_fallback": fallback,
         }
 
