@@ -86,6 +86,19 @@ def yes_probability(logits, yes_id: int, no_id: int):
     return (logits[..., yes_id].float() - logits[..., no_id].float()).sigmoid()
 
 
+def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Bound the image resolution of a Qwen2-VL-style processor (``size`` shortest/longest edge, in pixels)."""
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None or (min_pixels is None and max_pixels is None):
+        return
+    size = dict(getattr(image_processor, "size", None) or {})
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    image_processor.size = size
+
+
 # ----------------------------------------------------------------------------- inputs
 def _load_image(image, index: int):
     from PIL import Image
@@ -213,12 +226,8 @@ class MLLMAlignmentScorer:
             if merge_adapter:
                 model = model.merge_and_unload()
         model.to(device).eval()
-        proc_kwargs = {}
-        if min_pixels is not None:
-            proc_kwargs["min_pixels"] = min_pixels
-        if max_pixels is not None:
-            proc_kwargs["max_pixels"] = max_pixels
-        processor = AutoProcessor.from_pretrained(processor_id or adapter or model_id, **proc_kwargs)
+        processor = AutoProcessor.from_pretrained(processor_id or adapter or model_id)
+        set_pixel_budget(processor, min_pixels, max_pixels)
         return cls(model, processor, **kwargs)
 
     # ------------------------------------------------------------------ text pieces

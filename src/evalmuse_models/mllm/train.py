@@ -25,7 +25,12 @@ from typing import Any
 
 from ..utils import UserInputError, atomic_directory, atomic_write_text
 from .prompts import element_key, level_scale
-from .scoring import DEFAULT_MODEL_ID, MLLMAlignmentScorer, single_token_ids
+from .scoring import (
+    DEFAULT_MODEL_ID,
+    MLLMAlignmentScorer,
+    set_pixel_budget,
+    single_token_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +127,8 @@ def load_model_and_processor(args: MLLMSFTArguments, bf16: bool):
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(args.model_id, **kwargs)
-    proc_kwargs = {k: v for k, v in (("min_pixels", args.min_pixels), ("max_pixels", args.max_pixels)) if v}
-    processor = AutoProcessor.from_pretrained(args.model_id, **proc_kwargs)
+    processor = AutoProcessor.from_pretrained(args.model_id)
+    set_pixel_budget(processor, args.min_pixels, args.max_pixels)
     return model, processor
 
 

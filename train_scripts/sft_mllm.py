@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""TRL SFT (LoRA) of a Qwen2.5-VL alignment scorer on EvalMuse-40K — the NTIRE 2025 winning recipe.
+
+One GPU (H200)::
+
+    python train_scripts/sft_mllm.py --config train_scripts/configs/sft_h200.yaml --dataset_dir data/evalmuse
+
+Eight GPUs::
+
+    accelerate launch --num_processes 8 train_scripts/sft_mllm.py \
+        --config train_scripts/configs/sft_8gpu.yaml --dataset_dir data/evalmuse
+
+CPU smoke run on a random tiny model::
+
+    python train_scripts/sft_mllm.py --config train_scripts/configs/sft_tiny.yaml --dataset_dir data/evalmuse
+
+Any key of the YAML can be overridden with ``--key value`` (lists comma-separated). The run resumes
+from the last checkpoint in ``output_dir`` (``--resume_from_checkpoint none`` to start over), then
+writes ``adapter/`` (PEFT LoRA + processor + model card), ``merged/`` (merged weights), and
+``summary.json`` with the Main Score on the validation split.
+"""
+
+import sys
+
+from evalmuse_models.mllm.train import main
+from evalmuse_models.utils import UserInputError
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
