@@ -332,9 +332,11 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
             ``args.dataset_dir``).
 
     Returns:
-        ``{"initial": {...} | None, "epochs": [{...}], "final": {...}, "threshold": float,
-        "threshold_table": [...], "train": {"steps", "samples", "seconds", "images_per_second",
-        "loss_first", "loss_last"}, "model_dir": str, "test": {...} | None}``; every metrics dict
+        ``{"initial": {...} | None, "initial_test": {...} | None, "epochs": [{...}], "final": {...},
+        "test": {...} | None, "threshold": float, "threshold_table": [...], "train": {"steps", "samples", "seconds", "images_per_second",
+        "loss_first", "loss_last"}, "model_dir": str}``. ``initial*`` score the untrained model (baseline threshold),
+        ``final`` the trained one on ``eval_split`` at the searched threshold and ``test`` on a
+        labelled ``test`` split at that threshold (chosen without it); every metrics dict
         has the official keys ``precision``, ``recall``, ``f1``, ``giou``, ``plcc``, ``srcc``,
         ``final_score``.
     """
@@ -365,6 +367,9 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         eval_split = _subsample(dataset[args.eval_split], args.max_eval_samples, args.seed)
         if any(m is None for m in eval_split["mos"]):
             eval_split = None
+    test_split = None
+    if "test" in dataset and len(dataset["test"]) and all(m is not None for m in dataset["test"]["mos"]):
+        test_split = _subsample(dataset["test"], args.max_eval_samples, args.seed)
     if len(train_split) == 0:
         raise UserInputError(f"dataset {args.dataset_dir!r}: the 'train' split is empty")
 
@@ -393,6 +398,13 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
+    def evaluate_on(split, threshold: float) -> dict[str, Any]:
+        net = accelerator.unwrap_model(model)
+        heat, scores, _ = predict_split(net, split, processor, args.per_device_eval_batch_size, accelerator.device)
+        out = score_predictions(heat, scores, split, threshold, net.config.min_region_area, args.reference_min_votes)
+        out["threshold"] = threshold
+        return out
+
     def evaluate(threshold: float | None = None) -> dict[str, Any] | None:
         if eval_split is None:
             return None
@@ -410,7 +422,8 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     # ---- resume
     ckpt_dir = output_dir / "checkpoints"
     last_ckpt = ckpt_dir / "last"
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "initial": None, "epochs": [], "losses": [],
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "initial": None, "initial_test": None, "epochs": [],
+             "losses": [],
              "unfrozen": False, "seconds": 0.0, "samples": 0}
     if args.resume and (last_ckpt / "trainer_state.json").is_file():
         state.update(json.loads((last_ckpt / "trainer_state.json").read_text()))
@@ -420,6 +433,8 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         accelerator.print(f"resumed from {last_ckpt} at step {state['step']}")
     elif args.eval_before_training:
         state["initial"] = evaluate()
+        if test_split is not None and accelerator.is_main_process:
+            state["initial_test"] = evaluate_on(test_split, accelerator.unwrap_model(model).config.threshold)
 
     def save_checkpoint() -> None:
         tmp = ckpt_dir / f".tmp-step-{state['step']}"
@@ -494,6 +509,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     net = accelerator.unwrap_model(model)
     result: dict[str, Any] = {
         "initial": state["initial"],
+        "initial_test": state["initial_test"],
         "epochs": state["epochs"],
         "final": None,
         "threshold": float(net.config.threshold),
@@ -533,11 +549,8 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
             result["final"] = score_predictions(heat, scores, eval_split, threshold, net.config.min_region_area,
                                                 args.reference_min_votes)
             result["final"]["threshold"] = threshold
-        if "test" in dataset and len(dataset["test"]) and all(m is not None for m in dataset["test"]["mos"]):
-            test_split = _subsample(dataset["test"], args.max_eval_samples, args.seed)
-            heat, scores, _ = predict_split(net, test_split, processor, args.per_device_eval_batch_size, accelerator.device)
-            result["test"] = score_predictions(heat, scores, test_split, float(net.config.threshold),
-                                               net.config.min_region_area, args.reference_min_votes)
+        if test_split is not None:
+            result["test"] = evaluate_on(test_split, float(net.config.threshold))
         # restore the configured freezing so the saved config describes the model as built
         net.config.freeze_vit, net.config.freeze_cnn, net.config.freeze_text = frozen_at_start
         model_dir = output_dir / "model"

@@ -150,7 +150,9 @@ class EvalMuseStructureConfig(PreTrainedConfig):
             the pretrained towers.
         cnn_name (`str`, *optional*): timm model name built with ``features_only=True``; ``None``
             disables the CNN branch. cnn_kwargs: extra ``timm.create_model`` arguments.
-        cnn_pretrained (`bool`): load timm's pretrained weights for the CNN.
+        cnn_pretrained (`bool`): load timm's pretrained weights for the CNN (from the Hub, or from
+            ``cnn_checkpoint_path``, a local ``.safetensors`` / ``.pth`` state dict of the full timm
+            model, when set).
         cnn_out_indices (`list[int]`): the CNN stages whose features are fused.
         image_size (`int`): square input size in pixels.
         fusion_layers (`list[int]`): ViT layer indices after which CNN features are injected by
@@ -204,6 +206,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
     cnn_name: str | None = "resnet50"
     cnn_kwargs: dict | None = None
     cnn_pretrained: bool = False
+    cnn_checkpoint_path: str | None = None
     cnn_out_indices: list[int] | None = None
 
     image_size: int = 518

@@ -92,13 +92,41 @@ def _build_vit(config) -> nn.Module:
 def _build_cnn(config: EvalMuseStructureConfig, pretrained: bool = False) -> nn.Module:
     import timm
 
+    kwargs = dict(config.cnn_kwargs or {})
+    if pretrained and config.cnn_checkpoint_path:
+        if not os.path.isfile(config.cnn_checkpoint_path):
+            raise FileNotFoundError(f"cnn_checkpoint_path {config.cnn_checkpoint_path!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(config.cnn_checkpoint_path)}
     return timm.create_model(
         config.cnn_name,
         pretrained=pretrained,
         features_only=True,
         out_indices=tuple(config.cnn_out_indices),
-        **dict(config.cnn_kwargs or {}),
+        **kwargs,
     )
+
+
+def _pretrained_tower(model_id: str, kind: str, model_type: str) -> nn.Module:
+    """The vision or text tower of a pretrained checkpoint: the checkpoint itself when it is a
+    single tower, its ``vision_model`` / ``text_model`` when it is a dual encoder (AltCLIP, CLIP)."""
+    from transformers import AltCLIPTextModel, AutoConfig, AutoModel
+
+    pretrained_config = AutoConfig.from_pretrained(model_id)
+    if hasattr(pretrained_config, f"{kind}_config"):
+        full = AutoModel.from_pretrained(model_id)
+        return getattr(full, f"{kind}_model")
+    if kind == "text":
+        return AltCLIPTextModel.from_pretrained(model_id)
+    return _vit_class(model_type).from_pretrained(model_id)
+
+
+def _copy_weights(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    missing, _unexpected = module.load_state_dict(state_dict, strict=False)
+    if missing:
+        raise ValueError(
+            f"the pretrained weights of {source} do not fit this config: {len(missing)} missing, e.g. {missing[:3]}; "
+            "make vit_config / text_config match the checkpoint"
+        )
 
 
 class _ViTRunner:
@@ -316,15 +344,19 @@ def label_regions(mask: torch.Tensor, min_area: int = 0) -> tuple[torch.Tensor, 
     if not torch.any(m):
         empty = torch.zeros((b, h, w), dtype=torch.int64, device=m.device)
         return (empty[0], torch.zeros(0, dtype=torch.int64)) if single else (empty, [torch.zeros(0, dtype=torch.int64)] * b)
-    # label = negated raster index of the component's first pixel, propagated with max-pool
+    # label = (h*w + 1) - raster index of a pixel of the same component; labels only grow, by
+    # 3 x 3 max-pool propagation inside the mask plus pointer jumping (a pixel takes the label of
+    # the pixel its label points to), until they settle on the component's first pixel
     index = torch.arange(h * w, device=m.device, dtype=torch.float32).view(1, 1, h, w)
     big = float(h * w + 1)
-    lab = torch.where(m[:, None], big - index, torch.zeros((), device=m.device))
     fg = m[:, None].float()
+    lab = (big - index) * fg
     while True:
-        new = lab
-        for _ in range(4):
-            new = F.max_pool2d(new, 3, stride=1, padding=1) * fg
+        new = F.max_pool2d(lab, 3, stride=1, padding=1) * fg
+        flat = new.view(b, -1)
+        pointer = (big - flat).clamp(0, h * w - 1).long()
+        flat = torch.maximum(flat, torch.gather(flat, 1, pointer) * fg.view(b, -1))
+        new = flat.view(b, 1, h, w)
         if torch.equal(new, lab):
             break
         lab = new
@@ -490,22 +522,18 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
 
     def load_pretrained_backbones(self) -> None:
         """Copy pretrained weights into the backbones: the ViT from ``config.vit_pretrained_id``, the
-        text embeddings from ``config.text_pretrained_id`` (a Hub id or a local folder of a full
-        AltCLIP / CLIP / DINOv2 checkpoint), and timm's pretrained CNN when ``config.cnn_pretrained``."""
+        text embeddings from ``config.text_pretrained_id`` (a Hub id or a local folder; a full
+        dual-encoder checkpoint such as ``BAAI/AltCLIP`` or a CLIP model gives its towers) and
+        timm's pretrained CNN when ``config.cnn_pretrained`` (``config.cnn_checkpoint_path`` for a
+        local file)."""
         cfg = self.config
         if cfg.vit_pretrained_id:
-            cls = _vit_class(cfg.vit_config.model_type)
-            pretrained = cls.from_pretrained(cfg.vit_pretrained_id)
-            missing, _unexpected = self.vit.load_state_dict(pretrained.state_dict(), strict=False)
-            if missing:
-                raise ValueError(
-                    f"{cfg.vit_pretrained_id} does not match vit_config: {len(missing)} missing weights, e.g. {missing[:3]}"
-                )
+            tower = _pretrained_tower(cfg.vit_pretrained_id, "vision", cfg.vit_config.model_type)
+            _copy_weights(self.vit, tower.state_dict(), cfg.vit_pretrained_id)
         if cfg.text_pretrained_id and self.text_embeddings is not None:
-            from transformers import AltCLIPTextModel
-
-            text = AltCLIPTextModel.from_pretrained(cfg.text_pretrained_id)
-            self.text_embeddings.load_state_dict(text.roberta.embeddings.state_dict())
+            tower = _pretrained_tower(cfg.text_pretrained_id, "text", cfg.text_config.model_type)
+            embeddings = tower.roberta.embeddings if hasattr(tower, "roberta") else tower.embeddings
+            _copy_weights(self.text_embeddings, embeddings.state_dict(), cfg.text_pretrained_id)
         if cfg.cnn_pretrained and self.cnn is not None:
             self.cnn.load_state_dict(_build_cnn(cfg, pretrained=True).state_dict())
 

@@ -1,0 +1,483 @@
+"""EvalMuse structure model: presets, forward / losses, composition with the backbones, predict()
+contract, post-processing (torch and OpenCV), save / load through the Auto classes, pretrained
+backbones from local folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evalmuse_models.models.evalmuse_structure import (
+    EvalMuseStructureConfig,
+    EvalMuseStructureModel,
+    EvalMuseStructureProcessor,
+    binarize_heatmap,
+    label_regions,
+    regions_from_labels,
+)
+from evalmuse_models.models.evalmuse_structure import postprocess as pp
+from evalmuse_models.utils import UserInputError
+
+torch.set_num_threads(2)
+
+TINY_ALTCLIP_VISION = {
+    "model_type": "altclip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "patch_size": 8, "image_size": 32,
+}
+TINY_ALTCLIP_TEXT = {
+    "model_type": "altclip_text_model", "vocab_size": 256, "hidden_size": 32, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 80, "pad_token_id": 0,
+    "bos_token_id": 2, "eos_token_id": 3, "project_dim": 32, "type_vocab_size": 1,
+}
+
+
+def tiny_em_rahf(**overrides) -> EvalMuseStructureConfig:
+    """The EM-RAHF design (AltCLIP vision + text embeddings, self-attention, transposed-conv decoder,
+    conv score head) at test size."""
+    kwargs = {
+        "vit_config": TINY_ALTCLIP_VISION, "text_config": TINY_ALTCLIP_TEXT, "vit_pretrained_id": None,
+        "text_pretrained_id": None, "image_size": 64, "num_self_attention_blocks": 2, "fusion_hidden_size": 32,
+        "fusion_num_heads": 2, "decoder_channels": [32, 16, 8], "score_hidden_size": 16, "max_text_length": 16,
+    }
+    kwargs.update(overrides)
+    return EvalMuseStructureConfig.from_preset("em-rahf", **kwargs)
+
+
+def tiny_tokenizer():
+    from evalmuse_models.models.evalmuse_align import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(["human", "artifact", "hand", "face"])
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).eval()
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_presets_hold_the_published_designs():
+    assert EvalMuseStructureConfig.available_presets() == ["em-rahf", "hnu-vpai", "tiny"]
+    hnu = EvalMuseStructureConfig.from_preset("hnu-vpai")
+    assert hnu.vit_config.model_type == "dinov2" and hnu.vit_config.hidden_size == 1024
+    assert hnu.vit_config.num_hidden_layers == 24 and hnu.vit_config.patch_size == 14
+    assert hnu.image_size == 518 and hnu.patch_grid == 37
+    assert hnu.cnn_name == "resnet50" and hnu.cnn_out_indices == [1, 2, 3, 4]
+    assert (hnu.fusion_latent_dim, hnu.fusion_num_heads) == (64, 4)
+    assert hnu.freeze_vit and hnu.freeze_cnn and hnu.vit_pretrained_id == "facebook/dinov2-large"
+    rahf = EvalMuseStructureConfig.from_preset("em-rahf")
+    assert rahf.vit_config.model_type == "altclip_vision_model" and rahf.image_size == 448
+    assert rahf.patch_grid == 32 and rahf.text_config.model_type == "altclip_text_model"
+    assert rahf.cnn_name is None and rahf.num_self_attention_blocks == 6
+    assert rahf.text_prefix == "human artifact " and rahf.freeze_schedule_fraction == 0.5
+    # 32 x 32 grid, 4 transposed x2 stages -> 512
+    assert rahf.patch_grid * 2 ** (len(rahf.decoder_channels) - 1) == 512
+    assert rahf.decoder_upsample == "transposed" and not rahf.decoder_use_skips
+    assert abs(EvalMuseStructureConfig.from_preset("tiny").threshold - 40 / 255) < 1e-12
+
+
+def test_config_round_trips_and_rejects_bad_values(tmp_path):
+    config = EvalMuseStructureConfig.from_preset("tiny", rank_loss_weight=0.3)
+    config.save_pretrained(tmp_path)
+    loaded = EvalMuseStructureConfig.from_pretrained(tmp_path)
+    assert loaded.rank_loss_weight == 0.3 and loaded.vit_config.hidden_size == 48
+    assert loaded.cnn_kwargs == {"channels": [16, 32, 64, 128], "stem_width": 8} and loaded.preset == "tiny"
+    with pytest.raises(ValueError, match="unknown EvalMuse structure preset 'huge'"):
+        EvalMuseStructureConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="heatmap_loss"):
+        EvalMuseStructureConfig.from_preset("tiny", heatmap_loss="l1")
+    with pytest.raises(ValueError, match="fusion_layers"):
+        EvalMuseStructureConfig.from_preset("tiny", fusion_layers=[9])
+    with pytest.raises(ValueError, match="threshold"):
+        EvalMuseStructureConfig.from_preset("tiny", threshold=2.0)
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+
+def test_forward_shapes_ranges_and_losses(tiny_model):
+    inputs = tiny_model.dummy_inputs
+    out = tiny_model(**inputs)
+    assert out.heatmap.shape == (2, 512, 512) and out.structure_score.shape == (2,)
+    assert out.loss is None
+    assert float(out.heatmap.detach().min()) >= 0 and float(out.heatmap.detach().max()) <= 1
+    assert torch.all((out.structure_score > 1) & (out.structure_score < 5))
+    target = torch.zeros(2, 512, 512)
+    target[0, 100:200, 100:300] = 1.0
+    out = tiny_model(**inputs, heatmap_labels=target, score_labels=torch.tensor([2.0, float("nan")]))
+    assert torch.isfinite(out.loss) and torch.allclose(out.loss, out.heatmap_loss + out.score_loss)
+    # the unlabelled image adds nothing to the score loss
+    only_first = tiny_model(pixel_values=inputs["pixel_values"][:1], score_labels=torch.tensor([2.0]))
+    expected = torch.nn.functional.mse_loss(torch.sigmoid(only_first.score_logits), torch.tensor([0.25]))
+    assert torch.allclose(out.score_loss, expected, atol=1e-5)
+    assert tiny_model(**inputs, return_dict=False)[0].shape == (2, 512, 512)
+
+
+def test_loss_terms_follow_the_config():
+    torch.manual_seed(0)
+    base = EvalMuseStructureConfig.from_preset("tiny", dice_loss_weight=0.0, plcc_loss_weight=0.0)
+    model = EvalMuseStructureModel(base).eval()
+    inputs = model.dummy_inputs
+    heat = torch.rand(2, 512, 512)
+    out = model(**inputs, heatmap_labels=heat)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.heatmap_logits, heat)
+    assert torch.allclose(out.heatmap_loss, expected, atol=1e-6)
+    model.config.heatmap_loss = "mse"
+    out = model(**inputs, heatmap_labels=heat)
+    assert torch.allclose(out.heatmap_loss, torch.nn.functional.mse_loss(out.heatmap, heat), atol=1e-6)
+    model.config.dice_loss_weight = 1.0
+    with_dice = model(**inputs, heatmap_labels=heat)
+    assert with_dice.heatmap_loss > out.heatmap_loss
+    scores = torch.tensor([1.0, 5.0])
+    plain = model(**inputs, score_labels=scores).score_loss
+    model.config.rank_loss_weight = 1.0
+    model.config.rank_loss_margin = 10.0  # every pair violates the margin
+    ranked = model(**inputs, score_labels=scores).score_loss
+    assert ranked > plain
+
+
+def test_loss_helpers():
+    from evalmuse_models.models.evalmuse_structure.modeling_evalmuse_structure import (
+        dice_loss,
+        plcc_loss,
+        rank_loss,
+    )
+
+    t = torch.tensor([0.1, 0.5, 0.9])
+    assert float(plcc_loss(t * 2 + 1, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(plcc_loss(-t, t)) == pytest.approx(1.0, abs=1e-6)
+    assert float(plcc_loss(t, torch.ones(3))) == 0.0
+    assert float(rank_loss(t, t, margin=0.0)) == 0.0 and float(rank_loss(-t, t)) > 0
+    mask = torch.zeros(1, 4, 4)
+    assert float(dice_loss(mask, mask)) == 0.0
+    mask[0, :2] = 1
+    assert float(dice_loss(mask, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(dice_loss(1 - mask, mask)) > 0.9
+
+
+def test_untrained_fusion_keeps_the_backbone_features(tiny_model):
+    """Zero-initialised injections: the layer-by-layer ViT run equals Dinov2Model's own forward."""
+    pixel_values = tiny_model.dummy_inputs["pixel_values"]
+    with torch.no_grad():
+        hidden, features = tiny_model._encode(pixel_values)
+        reference = tiny_model.vit(pixel_values).last_hidden_state
+    assert torch.allclose(hidden, reference, atol=1e-5)
+    assert [f.shape[1] for f in features] == [16, 32, 64, 128]
+    # once a fusion block has weights, the CNN changes the ViT tokens
+    model = EvalMuseStructureModel(tiny_model.config).eval()
+    model.load_state_dict(tiny_model.state_dict())
+    torch.nn.init.normal_(model.fusion_blocks[0].out_proj.weight, std=0.5)
+    with torch.no_grad():
+        changed, _ = model._encode(pixel_values)
+    assert not torch.allclose(changed, reference, atol=1e-3)
+
+
+def test_frozen_backbones_get_no_gradient_and_stay_in_eval_mode():
+    config = EvalMuseStructureConfig.from_preset("tiny", freeze_vit=True, freeze_cnn=True)
+    model = EvalMuseStructureModel(config).train()
+    assert not model.vit.training and not model.cnn.training and model.decoder.training
+    out = model(**model.dummy_inputs, heatmap_labels=torch.zeros(2, 512, 512), score_labels=torch.tensor([1.0, 4.0]))
+    out.loss.backward()
+    assert all(p.grad is None for p in model.vit.parameters())
+    assert all(p.grad is None for p in model.cnn.parameters())
+    assert all(p.grad is not None for p in model.fusion_blocks.parameters())
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    model.freeze_backbones(False, False, False)
+    assert model.vit.training and model.cnn.training
+    model.zero_grad()
+    model(**model.dummy_inputs, heatmap_labels=torch.zeros(2, 512, 512)).loss.backward()
+    assert all(p.grad is not None for p in model.vit.encoder.layer[0].parameters())
+
+
+def test_em_rahf_design_with_text():
+    torch.manual_seed(0)
+    model = EvalMuseStructureModel(tiny_em_rahf()).eval()
+    assert model.cnn is None and len(model.self_attention_blocks) == 2
+    assert isinstance(model.decoder.upsamplers[0], torch.nn.ConvTranspose2d)
+    inputs = model.dummy_inputs
+    assert set(inputs) == {"pixel_values", "input_ids", "attention_mask"}
+    out = model(**inputs, heatmap_labels=torch.zeros(2, 512, 512), score_labels=torch.tensor([3.0, 1.0]))
+    assert out.heatmap.shape == (2, 512, 512) and torch.isfinite(out.loss)
+    # the prompt matters
+    other = dict(inputs, input_ids=inputs["input_ids"].flip(1) * inputs["attention_mask"])
+    assert (model(**other).fused_tokens - out.fused_tokens).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="input_ids"):
+        model(pixel_values=inputs["pixel_values"])
+
+
+def test_processor_sizes_normalises_and_tokenises(tmp_path):
+    config = tiny_em_rahf()
+    processor = EvalMuseStructureProcessor.from_model_config(config, tokenizer=tiny_tokenizer())
+    image = Image.new("RGB", (300, 200), (255, 0, 0))
+    batch = processor(images=[image, image], text=["a hand", "a face with many fingers"], return_tensors="pt")
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    red = (1.0 - config.image_mean[0]) / config.image_std[0]
+    assert torch.allclose(batch["pixel_values"][0, 0], torch.full((64, 64), red), atol=1e-2)
+    assert batch["input_ids"].shape[0] == 2 and "token_type_ids" not in batch
+    decoded = processor.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert decoded.startswith("human artifact")
+    processor.save_pretrained(tmp_path / "with_text")
+    again = EvalMuseStructureProcessor.from_pretrained(tmp_path / "with_text")
+    assert again.tokenizer is not None and again.text_prefix == "human artifact "
+    assert torch.equal(again(images=[image], text=["a hand"])["input_ids"], processor(images=[image], text=["a hand"])["input_ids"])
+
+    image_only = EvalMuseStructureProcessor.from_model_config(EvalMuseStructureConfig.from_preset("tiny"))
+    image_only.save_pretrained(tmp_path / "image_only")
+    loaded = EvalMuseStructureProcessor.from_pretrained(tmp_path / "image_only")
+    assert loaded.tokenizer is None
+    assert torch.equal(loaded(images=[image])["pixel_values"], image_only(images=[image])["pixel_values"])
+    with pytest.raises(ValueError, match="no tokenizer"):
+        loaded(images=[image], text=["x"])
+    with pytest.raises(ValueError, match="text_pretrained_id"):
+        EvalMuseStructureProcessor.from_model_config(config)
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+def test_predict_contract(tiny_model, tmp_path):
+    path = tmp_path / "img.jpg"
+    Image.new("RGB", (120, 90), (10, 200, 30)).save(path)
+    images = [Image.new("RGB", (300, 200)), str(path), Image.new("L", (64, 64))]
+    results = tiny_model.predict(images, batch_size=2)
+    assert len(results) == 3
+    for result, size in zip(results, [(300, 200), (120, 90), (64, 64)], strict=True):
+        assert set(result) == {"score", "heatmap", "mask", "mask_512", "regions"}
+        assert isinstance(result["score"], float) and 1 <= result["score"] <= 5
+        assert result["heatmap"].dtype == np.float32 and result["heatmap"].shape == (512, 512)
+        assert 0 <= result["heatmap"].min() and result["heatmap"].max() <= 1
+        assert result["mask_512"].dtype == np.uint8 and result["mask_512"].shape == (512, 512)
+        assert result["mask"].dtype == np.uint8 and result["mask"].shape == (size[1], size[0])
+        assert set(np.unique(result["mask"])) <= {0, 1}
+    # threshold 0 keeps every pixel, threshold 1 none
+    full = tiny_model.predict(images[:1], threshold=0.0)[0]
+    assert full["mask"].all() and full["regions"] == [{"bbox": [0, 0, 300, 200], "area": 60000}]
+    assert tiny_model.predict(images[:1], threshold=1.0)[0]["regions"] == []
+    # the mask follows the heatmap and the threshold
+    r = results[0]
+    expected = (np.round(r["heatmap"] * 255) > 40).astype(np.uint8)
+    labels, _ = label_regions(torch.from_numpy(expected), min_area=tiny_model.config.min_region_area)
+    assert np.array_equal(r["mask_512"], (labels.numpy() > 0).astype(np.uint8))
+
+
+def test_predict_errors(tiny_model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        tiny_model.predict([str(tmp_path / "missing.jpg")])
+    with pytest.raises(TypeError, match="PIL images or paths"):
+        tiny_model.predict([np.zeros((4, 4, 3))])
+    with pytest.raises(ValueError, match="one prompt per image"):
+        tiny_model.predict([Image.new("RGB", (8, 8))], prompts=["a", "b"])
+    with pytest.raises(ValueError, match="threshold"):
+        tiny_model.predict([Image.new("RGB", (8, 8))], threshold=3)
+
+
+def test_predict_with_prompts_for_text_presets():
+    model = EvalMuseStructureModel(tiny_em_rahf()).eval()
+    processor = EvalMuseStructureProcessor.from_model_config(model.config, tokenizer=tiny_tokenizer())
+    images = [Image.new("RGB", (100, 80)), Image.new("RGB", (50, 70), (200, 10, 10))]
+    results = model.predict(images, prompts=["a hand", "a face"], processor=processor)
+    assert [r["mask"].shape for r in results] == [(80, 100), (70, 50)]
+    with pytest.raises(ValueError, match="prompts"):
+        model.predict(images, processor=processor)
+
+
+# ------------------------------------------------------------------------------------------ post-processing
+
+
+def test_baseline_threshold_rule():
+    heat = np.array([[40 / 255, 41 / 255], [40.4 / 255, 40.6 / 255]], np.float32)
+    assert pp.heatmap_to_mask(heat).tolist() == [[0, 1], [0, 1]]
+    assert binarize_heatmap(torch.from_numpy(heat), 40 / 255).tolist() == [[0, 1], [0, 1]]
+    assert pp.heatmap_to_mask(heat, 0.0).all()
+    with pytest.raises(UserInputError, match="threshold"):
+        pp.heatmap_to_mask(heat, -0.1)
+    with pytest.raises(UserInputError, match="2-D"):
+        pp.heatmap_to_mask(np.zeros(3))
+
+
+def test_torch_components_match_opencv():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        mask = (rng.random((96, 128)) < (0.3 if trial % 2 else 0.55)).astype(np.uint8)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        labels, areas = label_regions(torch.from_numpy(mask), min_area=5)
+        _n, _cv_labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        cv_areas = sorted(int(a) for a in stats[1:, cv2.CC_STAT_AREA] if a >= 5)
+        assert sorted(areas.tolist()) == cv_areas
+        assert np.array_equal(labels.numpy() > 0, pp.remove_small_regions(mask, 5) > 0)
+        torch_regions = sorted(map(str, regions_from_labels(labels.numpy())))
+        cv_regions = sorted(map(str, pp.mask_to_regions(pp.remove_small_regions(mask, 5))))
+        assert torch_regions == cv_regions
+    # a batch gives the same labels as one by one
+    batch = torch.from_numpy(np.stack([mask, 1 - mask]))
+    batch_labels, _ = label_regions(batch)
+    assert torch.equal(batch_labels[1], label_regions(batch[1])[0])
+    empty, empty_areas = label_regions(torch.zeros(5, 5, dtype=torch.uint8))
+    assert not empty.any() and len(empty_areas) == 0
+
+
+def test_postprocess_heatmap_regions_and_resize():
+    heat = np.zeros((512, 512), np.float32)
+    heat[100:200, 50:150] = 0.9
+    heat[300:305, 300:305] = 0.9  # 25 px: below the minimum area
+    out = pp.postprocess_heatmap(heat, min_area=158, original_size=(1024, 256))
+    assert out["mask_512"].sum() == 100 * 100
+    assert out["mask"].shape == (256, 1024)
+    assert out["regions"] == [{"bbox": [100, 50, 300, 100], "area": 200 * 50}]
+    assert pp.mask_to_regions(np.zeros((4, 4))) == []
+    assert pp.resize_mask(np.eye(2), (4, 4)).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+def _blob(y, x, r=40):
+    mask = np.zeros((512, 512), np.uint8)
+    mask[y - r : y + r, x - r : x + r] = 1
+    return mask
+
+
+def test_threshold_search_and_total_evaluation():
+    truth = [_blob(100, 100), _blob(300, 300), _blob(200, 400), np.zeros((512, 512), np.uint8)]
+    heatmaps = []
+    for t in truth:
+        h = np.full((512, 512), 0.3, np.float32)  # a uniform 0.3 floor: thresholds below it flood the image
+        h[t > 0] = 0.8
+        heatmaps.append(h)
+    mos = [2.0, 3.0, 1.5, 4.7]
+    scores = [2.1, 3.2, 1.4, 4.0]
+    best, table = pp.search_threshold(heatmaps, scores, truth, mos, thresholds=[0.1, 0.5, 0.9])
+    assert best == 0.5
+    rows = {round(r["threshold"], 6): r for r in table}
+    assert rows[0.5]["f1"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[0.9]["no_predicted_regions"] and rows[0.9]["f1"] == 0.0
+    assert rows[0.9]["final_score"] == pytest.approx(0.15 * (rows[0.9]["plcc"] + rows[0.9]["srcc"]))
+    assert round(40 / 255, 6) in rows  # the baseline threshold is always tried
+    constant = pp.evaluate_structure([3.0] * 4, mos, [pp.heatmap_to_mask(h, 0.5) for h in heatmaps], truth)
+    assert constant["constant_scores"] and constant["plcc"] == 0.0
+    assert constant["final_score"] == pytest.approx(0.7 * constant["f1"])
+    with pytest.raises(UserInputError, match="differ in length"):
+        pp.evaluate_structure(scores[:3], mos, heatmaps, truth)
+
+
+# ------------------------------------------------------------------------------------------ save / load
+
+
+def test_save_and_load_through_auto_classes(tiny_model, tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    tiny_model.config.threshold = 0.3
+    try:
+        tiny_model.save_pretrained(tmp_path)
+        EvalMuseStructureProcessor.from_model_config(tiny_model.config).save_pretrained(tmp_path)
+    finally:
+        tiny_model.config.threshold = 40 / 255
+    assert (tmp_path / "modeling_evalmuse_structure.py").is_file()
+    assert (tmp_path / "configuration_evalmuse_structure.py").is_file()
+    assert (tmp_path / "processing_evalmuse_structure.py").is_file()
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, EvalMuseStructureConfig) and config.threshold == 0.3
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(model, EvalMuseStructureModel)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, EvalMuseStructureProcessor)
+    inputs = tiny_model.dummy_inputs
+    with torch.no_grad():
+        a, b = tiny_model(**inputs), model(**inputs)
+    assert torch.allclose(a.heatmap, b.heatmap, atol=1e-6)
+    assert torch.allclose(a.structure_score, b.structure_score, atol=1e-6)
+
+
+REMOTE_SCRIPT = r"""
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "evalmuse_models" or name.startswith("evalmuse_models."):
+            raise ImportError("evalmuse_models is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, Block())
+import torch
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert "evalmuse_models" not in sys.modules
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+pixel_values = torch.load(folder + "/pixels.pt")
+with torch.no_grad():
+    out = model(pixel_values=pixel_values)
+result = model.predict([Image.new("RGB", (40, 30))], processor=processor)[0]
+print(json.dumps({"score": out.structure_score.tolist(), "heat": float(out.heatmap.mean()),
+                  "mask_shape": list(result["mask"].shape), "processor": type(processor).__name__}))
+"""
+
+
+def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    tiny_model.save_pretrained(tmp_path)
+    EvalMuseStructureProcessor.from_model_config(tiny_model.config).save_pretrained(tmp_path)
+    pixels = tiny_model.dummy_inputs["pixel_values"]
+    torch.save(pixels, tmp_path / "pixels.pt")
+    with torch.no_grad():
+        expected = tiny_model(pixel_values=pixels)
+    env = {
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
+        "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "HOME": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path)], check=False, capture_output=True, text=True, env=env,
+        cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["processor"] == "EvalMuseStructureProcessor" and got["mask_shape"] == [30, 40]
+    assert np.allclose(got["score"], expected.structure_score.tolist(), atol=1e-5)
+    assert got["heat"] == pytest.approx(float(expected.heatmap.mean()), abs=1e-6)
+
+
+def test_pretrained_backbones_load_from_local_folders(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+    from transformers import AltCLIPConfig, AltCLIPModel, Dinov2Config, Dinov2Model
+
+    tiny = EvalMuseStructureConfig.from_preset("tiny")
+    dinov2 = Dinov2Model(Dinov2Config(**tiny.vit_config.to_dict()))
+    dinov2.save_pretrained(tmp_path / "dinov2")
+    cnn = timm.create_model("resnet10t", **tiny.cnn_kwargs)
+    save_file(cnn.state_dict(), str(tmp_path / "cnn.safetensors"))
+    config = EvalMuseStructureConfig.from_preset(
+        "tiny", vit_pretrained_id=str(tmp_path / "dinov2"), cnn_pretrained=True,
+        cnn_checkpoint_path=str(tmp_path / "cnn.safetensors"),
+    )
+    model = EvalMuseStructureModel(config, load_pretrained_backbones=True)
+    for name, value in dinov2.state_dict().items():
+        assert torch.equal(model.vit.state_dict()[name], value), name
+    assert torch.equal(model.cnn.conv1[0].weight, cnn.conv1[0].weight)
+    # without the flag the ids are only recorded: random backbones, no loading
+    random_model = EvalMuseStructureModel(config)
+    assert not torch.equal(random_model.cnn.conv1[0].weight, cnn.conv1[0].weight)
+
+    # EM-RAHF: vision tower and text embeddings taken from one full AltCLIP checkpoint
+    alt = AltCLIPModel(AltCLIPConfig(
+        vision_config={k: v for k, v in TINY_ALTCLIP_VISION.items() if k != "model_type"},
+        text_config={k: v for k, v in TINY_ALTCLIP_TEXT.items() if k != "model_type"}, projection_dim=16,
+    ))
+    alt.save_pretrained(tmp_path / "altclip")
+    rahf = tiny_em_rahf(vit_pretrained_id=str(tmp_path / "altclip"), text_pretrained_id=str(tmp_path / "altclip"))
+    model = EvalMuseStructureModel(rahf, load_pretrained_backbones=True)
+    assert torch.equal(
+        model.vit.embeddings.patch_embedding.weight, alt.vision_model.embeddings.patch_embedding.weight
+    )
+    assert torch.equal(
+        model.text_embeddings.word_embeddings.weight, alt.text_model.roberta.embeddings.word_embeddings.weight
+    )
