@@ -108,6 +108,11 @@ def check_scores(values, name: str, image_ids: Sequence[str] | None = None) -> n
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise UserInputError(
+                    f"{name}: score of image {describe(i, image_ids)} is {v!r}; expected a number"
+                ) from None
         raise UserInputError(f"{name}: expected one number per image ({exc})") from None
     if arr.ndim != 1:
         raise UserInputError(f"{name}: expected a flat list with one number per image, got shape {arr.shape}")
