@@ -304,3 +304,38 @@ def test_encoded_mask_png_is_grayscale(prepared_dataset, tmp_path):
     ds = _load(prepared_dataset, "structure", tmp_path, split="test").cast_column("mask", Image(decode=False))
     png = ds[0]["mask"]["bytes"]
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and PILImage.open(io.BytesIO(png)).mode == "L"
+
+
+def test_dataset_script_builds_with_its_template(alignment_release, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "dataset_scripts" / "build_evalmuse_dataset.py"
+    spec = importlib.util.spec_from_file_location("build_evalmuse_dataset", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    template = tmp_path / "card.md"
+    template.write_text("---\n{{ card_data }}\n---\n\nCUSTOM CARD\n{{ split_table }}\n", encoding="utf-8")
+    out = tmp_path / "evalmuse"
+    assert module.main([str(out), "--alignment", str(alignment_release), "--card-template", str(template)]) == 0
+    meta, text = _card(out)
+    assert "CUSTOM CARD" in text and "| `alignment` | train |" in text
+    assert [c["config_name"] for c in meta["configs"]] == ["alignment"]
+    assert module.main([str(tmp_path / "x"), "--alignment", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # the default template beside the script is the packaged one
+    assert (script.parent / "dataset_card_template.md").read_text() == (
+        Path(__import__("evalmuse_models.data.export").data.export.CARD_TEMPLATE).read_text())
+
+
+def test_importing_the_data_package_is_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, evalmuse_models.data, evalmuse_models.commands.prepare_data, "
+        "evalmuse_models.commands.synthetic; "
+        "print(sorted(m for m in ('datasets', 'cv2', 'pyarrow', 'tqdm.auto') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"

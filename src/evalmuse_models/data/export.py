@@ -280,7 +280,9 @@ def _write_split(
 # Dataset card
 
 
-def _render_card(out: Path, infos: dict, data_files: dict, num_rows: dict, skipped: int, mask_min_votes: int):
+def _render_card(
+    out: Path, infos: dict, data_files: dict, num_rows: dict, skipped: int, mask_min_votes: int, template: Path
+):
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -302,7 +304,7 @@ def _render_card(out: Path, infos: dict, data_files: dict, num_rows: dict, skipp
     )
     card = DatasetCard.from_template(
         card_data,
-        template_path=str(CARD_TEMPLATE),
+        template_path=str(template),
         split_table=table,
         configs=list(num_rows),
         skipped=skipped,
@@ -334,6 +336,7 @@ def prepare_dataset(
     mask_min_votes: int = 1,
     num_workers: int | None = None,
     progress: bool | None = None,
+    card_template=None,
 ) -> PreparedDataset:
     """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
 
@@ -356,6 +359,9 @@ def prepare_dataset(
             (1 = union, the default).
         num_workers: threads decoding and encoding images (default ``min(4, cpu count)``).
         progress: show tqdm progress bars (default: when stderr is a terminal).
+        card_template: a Jinja dataset card template (default: the packaged one, also in
+            ``dataset_scripts/``); it receives ``card_data``, ``split_table``, ``configs``,
+            ``skipped`` and ``mask_min_votes``.
 
     Returns:
         A :class:`PreparedDataset` with the rows written per config and split and the skipped
@@ -386,6 +392,9 @@ def prepare_dataset(
     num_workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     progress = sys.stderr.isatty() if progress is None else progress
     out_dir = Path(out_dir)
+    card_template = Path(card_template) if card_template is not None else CARD_TEMPLATE
+    if not card_template.is_file():
+        raise UserInputError(f"dataset card template {card_template} does not exist")
     if out_dir.exists() and not overwrite:
         raise UserInputError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
 
@@ -433,7 +442,7 @@ def prepare_dataset(
             raise UserInputError("every record was invalid: nothing to write (see the skipped records)")
         if skipped:
             write_skipped_report(tmp / SKIPPED_REPORT_NAME, skipped)
-        _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes)
+        _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes, card_template)
     if skipped:
         result.skipped_report = out_dir / SKIPPED_REPORT_NAME
     return result
