@@ -158,7 +158,7 @@ def test_fit_fallback_is_flagged_not_silent():
         ({"predictions": [1.0, float("nan"), 2.0, 3.0]}, r"predictions: score of image 'b.png' is nan"),
         ({"references": [1.0, 2.0, float("inf"), 3.0]}, r"references: score of image 'c.png' is inf"),
         ({"predictions": [2.0, 2.0, 2.0, 2.0]}, "constant predictions"),
-        ({"predictions": [2.0, None, 2.0, 2.0]}, r"predictions: score of image 'b.png' is None; expected a number"),
+        ({"predictions": [2.0, None, 2.0, 2.0]}, r"predictions: score of image 'b.png' is None; every score must be a finite"),
         ({"prediction_element_scores": [[0.5], [1.2], [0.1], [0.0]]}, r"element #0 of image 'b.png' is 1.2"),
         ({"prediction_element_scores": [[0.5], [0.2], [float("nan")], [0.0]]}, r"image 'c.png' is nan"),
         ({"prediction_element_scores": [[0.5], [0.2, 0.3], [0.1], [0.0]]}, r"image 'b.png': 2 predicted but 1"),

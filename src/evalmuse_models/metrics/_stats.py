@@ -119,9 +119,10 @@ def check_scores(values, name: str, image_ids: Sequence[str] | None = None) -> n
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         i = int(bad[0])
+        shown = "None" if values[i] is None else repr(float(arr[i]))
         raise UserInputError(
-            f"{name}: score of image {describe(i, image_ids)} is {float(arr[i])!r}; every score must be a finite number "
-            f"({bad.size} non-finite value(s) in total)"
+            f"{name}: score of image {describe(i, image_ids)} is {shown}; every score must be a finite number "
+            f"({bad.size} missing or non-finite value(s) in total)"
         )
     return arr
 
