@@ -195,3 +195,35 @@ def test_pixel_budget_changes_the_number_of_image_tokens(tiny, tmp_path):
     set_pixel_budget(proc, max_pixels=112 * 112)
     large = proc.image_processor(images=[img], return_tensors="pt")["image_grid_thw"].prod()
     assert large > small
+
+
+def test_pseudo_labels_become_training_records(tiny, prepared_dataset, tmp_path):
+    import datasets
+
+    from evalmuse_models.mllm.data import (
+        ConversationOptions,
+        build_sft_dataset,
+        pseudo_label_dataset,
+        save_pseudo_labels,
+    )
+    from evalmuse_models.mllm.train import MLLMSFTArguments, _load_splits
+
+    model, processor = tiny
+    test = datasets.load_dataset(str(prepared_dataset), "alignment", split="test").select(range(3))
+    assert test[0]["total_score"] is None
+    scorer = MLLMAlignmentScorer(model, processor)
+    labelled = pseudo_label_dataset(scorer, test, batch_size=2, progress=False)
+    keys = [[f"{e['phrase']} ({e['category']})" for e in els] for els in test["elements"]]
+    preds = scorer.score(test["image"], test["prompt"], keys, prompt_types=test["prompt_type"])
+    assert labelled["total_score"] == pytest.approx([p["overall"] for p in preds], abs=1e-6)
+    first = labelled[0]["elements"]
+    assert [e["score"] for e in first] == pytest.approx(list(preds[0]["elements"].values()), abs=1e-6)
+    assert all(labelled["pseudo_label"])
+    path = save_pseudo_labels(labelled, tmp_path / "pseudo" / "test.parquet")
+    reloaded = datasets.load_dataset("parquet", data_files=path, split="train")
+    sft = build_sft_dataset(reloaded, ConversationOptions())
+    assert len(sft) == 3 and sft[0]["messages"][1]["content"] in {"bad", "poor", "fair", "good", "excellent"}
+    train, _ = _load_splits(MLLMSFTArguments(dataset_dir=str(prepared_dataset), extra_train_files=[path]))
+    base = datasets.load_dataset(str(prepared_dataset), "alignment", split="train")
+    assert len(train) == len(base) + 3
+    assert train[len(base)]["total_score"] == pytest.approx(preds[0]["overall"], abs=1e-6)
