@@ -145,8 +145,6 @@ class MLLMScorer(AlignScorer):
         if not isinstance(spec, str):
             return cls(spec, None, describe_spec(spec))
         target = spec.removeprefix("mllm:")
-        if _FACTORY.match(target) and not Path(target).exists():
-            return cls(_load_factory(target, device, dtype), None, spec)
         try:
             from ..mllm import load_scorer
         except ImportError as err:

@@ -1,0 +1,64 @@
+"""``evalmuse push``: publish a model folder, the prepared dataset or the metric Space to the Hub."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="publish a model (card filled from model_cards/), the dataset or the metric Space to the Hub",
+        description=(
+            "Stage FOLDER, check it (models: card with model-index results, loads with trust_remote_code=True "
+            "without evalmuse_models; datasets: every config loads; metric: the evaluate module computes), "
+            "then upload it to REPO_ID with huggingface_hub. Offline it stops before the upload."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("folder", help="model folder (save_pretrained), prepared dataset folder, or metric folder "
+                        "(for --type metric; default: the module shipped in the package)", nargs="?")
+    parser.add_argument("repo_id", help="target repository, org/name")
+    parser.add_argument("--type", choices=["model", "dataset", "metric"], default="model", dest="kind")
+    parser.add_argument("--metrics", help="model: JSON file {'task','dataset','split','metrics'} (default: "
+                        "FOLDER/eval_results.json, written by `evalmuse demo`)")
+    parser.add_argument("--dataset", action="append", dest="datasets", help="model: training dataset id (repeatable)")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--template", help="model: card template name in model_cards/ (default: from model_type)")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--token", help="Hub token (default: the one saved by `hf auth login`)")
+    parser.add_argument("--stage-dir", help="where to build the folder that gets uploaded (default: a temp folder)")
+    parser.add_argument("--skip-load-check", action="store_true", help="model: skip the trust_remote_code check")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from .. import hub
+    from ..utils import UserInputError
+
+    try:
+        if args.kind == "model":
+            if not args.folder:
+                raise UserInputError("pass the model folder: evalmuse push MODEL_DIR org/name")
+            result = hub.push_model(args.folder, args.repo_id, metrics=args.metrics, datasets=args.datasets,
+                                    license=args.license, template=args.template, private=args.private,
+                                    token=args.token, stage_dir=args.stage_dir,
+                                    check_loading=not args.skip_load_check)
+        elif args.kind == "dataset":
+            if not args.folder:
+                raise UserInputError("pass the dataset folder: evalmuse push DATASET_DIR org/name --type dataset")
+            result = hub.push_dataset(args.folder, args.repo_id, private=args.private, token=args.token,
+                                      stage_dir=args.stage_dir)
+        else:
+            result = hub.push_metric_space(args.repo_id, args.folder, private=args.private, token=args.token,
+                                           stage_dir=args.stage_dir)
+    except hub.HubOfflineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"uploaded {result.staged_dir} to {result.url}")
+    return 0

@@ -1,0 +1,304 @@
+"""The end-to-end demo on the embedded synthetic data (``evalmuse demo``, ``make demo``).
+
+With no network and no weights it:
+
+1. writes the synthetic EvalMuse-40K and EvalMuse-Structure releases (exact raw formats);
+2. prepares the Hub-ready dataset folder (``alignment`` and ``structure`` configs);
+3. trains the tiny alignment model (FGA-BLIP2 recipe) and the tiny structure model for a small
+   step budget on CPU (or the GPU with ``device="cuda"``);
+4. scores the held-out test splits with ``evalmuse score``'s engine;
+5. computes both official NTIRE 2025 scores next to a chance baseline (random predictions,
+   averaged over several draws);
+6. writes the HTML report and ``summary.json``.
+
+Every step is seeded: the same ``seed`` gives the same numbers on the same machine. Each step
+reuses its output when it is already complete, so an interrupted demo resumes.
+
+Example::
+
+    from evalmuse_models.demo import run_demo
+    summary = run_demo("demo_output", seed=0)
+    print(summary["alignment"]["trained"]["main_score"], summary["alignment"]["chance"]["main_score"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .utils import UserInputError, atomic_write_text
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and budgets of the demo (defaults: about 5 minutes on 2 CPU cores)."""
+
+    seed: int = 0
+    device: str = "auto"
+    num_prompts: int = 60
+    num_structure_images: int = 160
+    align_steps: int = 150
+    align_learning_rate: float = 2e-3
+    align_batch_size: int = 14
+    structure_epochs: int = 6
+    structure_batch_size: int = 8
+    time_budget_s: float | None = 150.0
+    score_batch_size: int = 16
+    num_workers: int = 0
+    chance_draws: int = 20
+    report: bool = True
+    progress: bool = True
+
+
+def _log(message: str) -> None:
+    print(f"[evalmuse demo] {message}", flush=True)
+
+
+def _done(marker: Path) -> bool:
+    return marker.is_file()
+
+
+def _mark(marker: Path, payload: Any = None) -> None:
+    atomic_write_text(marker, json.dumps(payload if payload is not None else {}, default=str))
+
+
+def _configure_device(device: str) -> str:
+    import torch
+
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "1"
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserInputError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+        return device
+    if device != "auto":
+        raise UserInputError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def chance_alignment(references: list[float], reference_elements: list[dict], draws: int, seed: int) -> dict:
+    """Official Main Score of uniformly random predictions (overall in [1, 5], elements in [0, 1]), mean over draws."""
+    from .metrics import alignment_main_score
+
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(draws):
+        pred = rng.uniform(1, 5, size=len(references)).tolist()
+        pred_elements = [{k: float(rng.uniform()) for k in ref} for ref in reference_elements]
+        scores.append(alignment_main_score(pred, references, pred_elements, reference_elements))
+    return {key: float(np.mean([s[key] for s in scores])) for key in ("srcc", "plcc", "acc", "main_score")}
+
+
+def chance_structure(references: list[float], reference_masks: list[np.ndarray], draws: int, seed: int) -> dict:
+    """Official Final Score of random predictions: a uniform score and one random box per image
+    (a quarter of the image in area, anywhere), mean over draws."""
+    from .metrics import structure_final_score
+
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(draws):
+        pred = rng.uniform(1, 5, size=len(references)).tolist()
+        masks = []
+        for _ in references:
+            mask = np.zeros((64, 64), np.uint8)
+            y, x = rng.integers(0, 33, size=2)
+            mask[y:y + 32, x:x + 32] = 1
+            masks.append(mask)
+        scores.append(structure_final_score(pred, references, masks, reference_masks, progress=False))
+    return {key: float(np.mean([s[key] for s in scores])) for key in ("precision", "recall", "f1", "plcc", "srcc",
+                                                                      "final_score")}
+
+
+def evaluate_alignment(results: Path, truth_file: Path) -> tuple[dict, list[float], list[dict]]:
+    """Official Main Score of the ``alignment`` rows of ``results`` against an ``eval.json`` truth file."""
+    from .metrics import alignment_main_score, read_alignment_file
+    from .scoring import read_results
+
+    truth = {rec["img_path"]: rec for rec in read_alignment_file(truth_file)}
+    rows = {row["id"]: row for row in read_results(results) if row.get("status") == "ok" and "alignment" in row}
+    missing = sorted(set(truth) - set(rows))
+    if missing:
+        raise UserInputError(f"{results}: no alignment result for {len(missing)} test image(s), e.g. {missing[0]}")
+    keys = sorted(truth)
+    references = [float(truth[k]["total_score"]) for k in keys]
+    reference_elements = [dict(truth[k]["element_score"]) for k in keys]
+    scores = alignment_main_score(
+        [rows[k]["alignment"]["overall"] for k in keys], references,
+        [rows[k]["alignment"]["elements"] for k in keys], reference_elements, image_ids=keys,
+    )
+    return scores, references, reference_elements
+
+
+def evaluate_structure(results: Path, dataset_dir: Path, min_votes: int = 1) -> tuple[dict, list[float], list]:
+    """Official Final Score of the ``structure`` rows of ``results`` against the labelled test split."""
+    import datasets
+
+    from .metrics import structure_final_score
+    from .scoring import read_results, rle_to_mask
+    from .training.structure import reference_masks
+
+    split = datasets.load_dataset(str(dataset_dir), "structure", split="test")
+    rows = {row["id"]: row for row in read_results(results) if row.get("status") == "ok" and "structure" in row}
+    names = list(split["image_name"])
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise UserInputError(f"{results}: no structure result for {len(missing)} test image(s), e.g. {missing[0]}")
+    references = [float(m) for m in split["mos"]]
+    truth_masks = reference_masks(split, min_votes)
+    scores = structure_final_score(
+        [rows[n]["structure"]["score"] for n in names], references,
+        [rle_to_mask(rows[n]["structure"]["mask"]) for n in names], truth_masks, image_ids=names, progress=False,
+    )
+    return scores, references, truth_masks
+
+
+def format_table(summary: dict) -> str:
+    """The demo's score table (what ``evalmuse demo`` prints)."""
+    lines = []
+    a, s = summary["alignment"], summary["structure"]
+    lines.append(f"Alignment track (EvalMuse-40K synthetic test split, {a['num_images']} images)")
+    lines.append(f"  {'':<22}{'SRCC':>8}{'PLCC':>8}{'ACC':>8}{'Main':>8}")
+    for label, key in (("tiny FGA-BLIP2 (trained)", "trained"), ("chance baseline", "chance")):
+        m = a[key]
+        lines.append(f"  {label:<22}{m['srcc']:>8.4f}{m['plcc']:>8.4f}{m['acc']:>8.4f}{m['main_score']:>8.4f}")
+    lines.append(f"Structure track (EvalMuse-Structure synthetic test split, {s['num_images']} images)")
+    lines.append(f"  {'':<22}{'P':>8}{'R':>8}{'F1':>8}{'PLCC':>8}{'SRCC':>8}{'Final':>8}")
+    for label, key in (("tiny structure (trained)", "trained"), ("chance baseline", "chance")):
+        m = s[key]
+        lines.append(f"  {label:<22}{m['precision']:>8.4f}{m['recall']:>8.4f}{m['f1']:>8.4f}{m['plcc']:>8.4f}"
+                     f"{m['srcc']:>8.4f}{m['final_score']:>8.4f}")
+    return "\n".join(lines)
+
+
+def run_demo(out_dir: str | os.PathLike = "demo_output", config: DemoConfig | None = None, **overrides) -> dict:
+    """Run the whole demo into ``out_dir``; returns (and writes to ``summary.json``) the scores.
+
+    Keyword arguments override :class:`DemoConfig` fields, e.g. ``run_demo("out", seed=1, device="cuda")``.
+    """
+    import torch
+
+    from .data import prepare_dataset
+    from .data.synthetic import write_alignment_release, write_structure_release
+    from .scoring import read_results, score
+    from .scoring.results import ResultsWriter
+    from .training.align import TrainAlignArguments, train_align
+    from .training.structure import TrainStructureArguments, train_structure
+
+    config = config or DemoConfig()
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TypeError(f"unknown demo option {key!r}")
+        setattr(config, key, value)
+    device = _configure_device(config.device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    marks = out / ".steps"
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    torch.manual_seed(config.seed)
+
+    def step(name: str):
+        timings[name] = round(time.perf_counter() - step.t0, 1)
+        step.t0 = time.perf_counter()
+
+    step.t0 = time.perf_counter()
+
+    raw_align, raw_structure, dataset_dir = out / "raw" / "evalmuse-40k", out / "raw" / "evalmuse-structure", out / "dataset"
+    if not _done(marks / "data"):
+        _log(f"writing the synthetic releases (seed {config.seed})")
+        write_alignment_release(raw_align, num_prompts=config.num_prompts, seed=config.seed)
+        write_structure_release(raw_structure, num_images=config.num_structure_images, seed=config.seed)
+        _log("preparing the dataset (Parquet, alignment + structure configs)")
+        prepare_dataset(dataset_dir, alignment_dir=raw_align, structure_dir=raw_structure, overwrite=True)
+        _mark(marks / "data")
+    step("data")
+
+    align_run = out / "runs" / "align"
+    if not _done(marks / "align"):
+        _log(f"training the tiny alignment model ({config.align_steps} steps max, {config.time_budget_s}s budget)")
+        metrics = train_align(TrainAlignArguments(
+            dataset_dir=str(dataset_dir), output_dir=str(align_run), preset="tiny",
+            learning_rate=config.align_learning_rate, warmup_steps=10, max_steps=config.align_steps,
+            num_epochs=1000, per_device_train_batch_size=config.align_batch_size, seed=config.seed,
+            time_budget_s=config.time_budget_s, eval_on_start=False, show_progress=config.progress,
+            num_workers=config.num_workers,
+        ))
+        _mark(marks / "align", metrics)
+    align_model = align_run / "model"
+    step("train_align")
+
+    structure_run = out / "runs" / "structure"
+    if not _done(marks / "structure"):
+        _log(f"training the tiny structure model ({config.structure_epochs} epochs)")
+        metrics = train_structure(TrainStructureArguments(
+            dataset_dir=str(dataset_dir), output_dir=str(structure_run), preset="tiny",
+            num_epochs=config.structure_epochs, per_device_train_batch_size=config.structure_batch_size,
+            seed=config.seed, eval_before_training=False, show_progress=config.progress,
+            num_workers=config.num_workers,
+        ))
+        _mark(marks / "structure", metrics)
+    structure_metrics = json.loads((marks / "structure").read_text())
+    structure_model = Path(structure_metrics.get("model_dir") or structure_run / "model")
+    threshold = structure_metrics.get("threshold")
+    step("train_structure")
+
+    _log("scoring the held-out test splits")
+    common = {"batch_size": config.score_batch_size, "num_workers": config.num_workers, "device": device,
+              "threshold": threshold, "progress": config.progress}
+    align_results, structure_results = out / "results_alignment.jsonl", out / "results_structure.jsonl"
+    score(dataset_dir, config="alignment", split="test", out=align_results, align=str(align_model),
+          structure=str(structure_model), **common)
+    score(dataset_dir, config="structure", split="test", out=structure_results, structure=str(structure_model),
+          **common)
+    step("score")
+
+    _log("computing the official scores")
+    align_scores, align_refs, align_ref_elements = evaluate_alignment(align_results, raw_align / "test_eval.json")
+    structure_scores, structure_refs, structure_masks = evaluate_structure(structure_results, dataset_dir)
+    summary = {
+        "seed": config.seed,
+        "device": device,
+        "config": asdict(config),
+        "alignment": {
+            "num_images": len(align_refs),
+            "trained": align_scores,
+            "chance": chance_alignment(align_refs, align_ref_elements, config.chance_draws, config.seed),
+        },
+        "structure": {
+            "num_images": len(structure_refs),
+            "trained": structure_scores,
+            "chance": chance_structure(structure_refs, structure_masks, config.chance_draws, config.seed),
+            "threshold": threshold,
+        },
+        "models": {"alignment": str(align_model), "structure": str(structure_model)},
+    }
+    step("evaluate")
+
+    if config.report:
+        combined = out / "results.jsonl"
+        combined.unlink(missing_ok=True)
+        with ResultsWriter(combined) as writer:
+            writer.write(read_results(align_results))
+            writer.write(read_results(structure_results))
+        from .report import build_report
+
+        index = build_report(combined, out / "report", title="EvalMuse demo: tiny models on synthetic data",
+                             progress=config.progress)
+        summary["report"] = str(index)
+    step("report")
+    summary["timings_s"] = timings
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    for model_dir, key in ((align_model, "alignment"), (structure_model, "structure")):
+        # The measured test scores travel with the model: `evalmuse push` puts them in the card.
+        atomic_write_text(Path(model_dir) / "eval_results.json", json.dumps({
+            "task": key, "dataset": "evalmuse-synthetic", "split": "test", "metrics": summary[key]["trained"],
+        }, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=float))
+    return summary
