@@ -339,3 +339,81 @@ def test_importing_the_data_package_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def _rows_without_decoding(path, tmp_path):
+    from datasets import Image
+
+    out = {}
+    for split, ds in _load(path, "alignment", tmp_path).items():
+        out[split] = ds.cast_column("image", Image(decode=False)).to_dict()
+    return out
+
+
+def test_an_interrupted_build_resumes_after_the_last_complete_shard(alignment_release, tmp_path, monkeypatch,
+                                                                   capsys):
+    from evalmuse_models.data import export
+
+    real = export.alignment_row
+    calls = []
+
+    def interrupted(record, root):
+        calls.append(record.img_path)
+        if len(calls) == 100:
+            raise KeyboardInterrupt
+        return real(record, root)
+
+    def counted(record, root):
+        calls.append(record.img_path)
+        return real(record, root)
+
+    options = dict(alignment_dir=alignment_release, max_shard_size="30KB", num_workers=1, progress=False)
+    out = tmp_path / "evalmuse"
+    monkeypatch.setattr(export, "alignment_row", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(out, **options)
+    assert not out.exists()
+    partial = tmp_path / ".evalmuse.partial"
+    progress = json.loads((partial / ".progress.json").read_text())
+    resumed_from = progress["splits"]["alignment/train"]["shards"][-1]["seen"]
+    assert 50 < resumed_from < 100
+    assert "run the same command again to resume" in capsys.readouterr().err
+
+    total = sum(len(json.loads((alignment_release / n).read_text()))
+                for n in ("train_list.json", "val_list.json", "test.json"))
+    calls.clear()
+    monkeypatch.setattr(export, "alignment_row", counted)
+    prepare_dataset(out, **options)
+    assert len(calls) == total - resumed_from  # only the records after the last complete shard
+    assert not partial.exists() and not (out / ".progress.json").exists()
+    fresh = prepare_dataset(tmp_path / "fresh", resume=False, **options)
+    assert fresh.num_records == total
+    assert _rows_without_decoding(out, tmp_path / "a") == _rows_without_decoding(tmp_path / "fresh", tmp_path / "b")
+
+
+def test_a_changed_release_is_not_resumed(alignment_release, tmp_path, monkeypatch):
+    import os
+
+    from evalmuse_models.data import export
+
+    al = _copy(alignment_release, tmp_path / "al")
+    real = export.alignment_row
+    calls = []
+
+    def interrupted(record, root):
+        calls.append(record)
+        if len(calls) == 60:
+            raise KeyboardInterrupt
+        return real(record, root)
+
+    monkeypatch.setattr(export, "alignment_row", interrupted)
+    options = dict(alignment_dir=al, max_shard_size="20KB", num_workers=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(tmp_path / "out", **options)
+    assert (tmp_path / ".out.partial" / ".progress.json").is_file()
+    stat = (al / "train_list.json").stat()
+    os.utime(al / "train_list.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the release changed
+    calls.clear()
+    monkeypatch.setattr(export, "alignment_row", lambda r, root: (calls.append(r), real(r, root))[1])
+    result = prepare_dataset(tmp_path / "out", **options)
+    assert len(calls) == result.num_records  # everything rebuilt

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="annotators needed for a pixel of the 'mask' column (default 1 = union)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="threads decoding and encoding images (default: min(4, CPUs))")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start from scratch even if an interrupted run of the same command left "
+                        "completed shards in .OUT_DIR.partial (resumed by default)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
@@ -60,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
             mask_min_votes=args.mask_min_votes,
             num_workers=args.num_workers,
             progress=False if args.no_progress else None,
+            resume=not args.no_resume,
         )
     except UserInputError as error:
         print(f"error: {error}", file=sys.stderr)

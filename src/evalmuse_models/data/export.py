@@ -16,18 +16,21 @@ work offline, and the folder can be pushed to the Hub as is
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..utils import UserInputError, atomic_directory
+from ..utils import UserInputError, atomic_write_text
 from .alignment import AlignmentRecord, find_alignment_files, load_alignment_records
 from .errors import RecordError, SkippedRecord, write_skipped_report
 from .masks import _resize_nearest, heatmap_levels, vote_map
@@ -171,58 +174,85 @@ def structure_row(record: StructureRecord, *, mask_min_votes: int = 1) -> dict[s
 
 class _ShardedParquetWriter:
     """Writes rows to ``<directory>/<split>-XXXXX.parquet`` shards, starting a new shard when the
-    current one reaches ``max_bytes`` (or at fixed row boundaries when ``num_shards`` is given);
-    :meth:`finish` renames them ``<split>-XXXXX-of-YYYYY.parquet``."""
+    current one reaches ``max_bytes`` (or at fixed record boundaries when ``num_shards`` is given);
+    :meth:`finish` renames them ``<split>-XXXXX-of-YYYYY.parquet``.
 
-    def __init__(self, directory: Path, split: str, features, *, max_bytes: int, num_shards: int | None, total: int):
+    ``state`` (a dict persisted by the caller) records every completed shard and how many records
+    had been offered when it completed, so an interrupted split resumes after its last complete
+    shard; ``on_checkpoint`` is called each time a shard completes.
+    """
+
+    def __init__(self, directory: Path, split: str, features, *, max_bytes: int, num_shards: int | None,
+                 total: int, state: dict, on_checkpoint: Callable[[], None]):
         self.directory, self.split, self.features = directory, split, features
         self.max_bytes, self.num_shards, self.total = max_bytes, num_shards, total
-        self.paths: list[Path] = []
+        self.state = state
+        state.setdefault("shards", [])  # [{"name", "seen", "rows", "bytes"}] of completed shards
+        self.on_checkpoint = on_checkpoint
         self.writer = None
         self.shard_bytes = 0
-        self.seen = 0  # records offered (written or skipped), for fixed shard boundaries
-        self.num_rows = 0
-        self.num_bytes = 0
+        self.shard_rows = 0
+        self.seen = state["shards"][-1]["seen"] if state["shards"] else 0  # records offered so far
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s["rows"] for s in self.state["shards"])
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(s["bytes"] for s in self.state["shards"])
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"{self.split}-{index:05d}.parquet"
 
     def _open(self):
         from datasets.arrow_writer import ParquetWriter
 
-        path = self.directory / f"{self.split}-{len(self.paths):05d}.parquet"
-        self.paths.append(path)
-        self.writer = ParquetWriter(features=self.features, path=str(path))
-        self.shard_bytes = 0
+        self.writer = ParquetWriter(features=self.features, path=str(self._path(len(self.state["shards"]))))
+        self.shard_bytes = self.shard_rows = 0
 
-    def _close(self):
+    def _complete(self):
         if self.writer is not None:
             _, num_bytes = self.writer.finalize()
-            self.num_bytes += num_bytes
+            self.writer = None
+            index = len(self.state["shards"])
+            self.state["shards"].append(
+                {"name": self._path(index).name, "seen": self.seen, "rows": self.shard_rows, "bytes": num_bytes})
+            self.on_checkpoint()
+
+    def abort(self):
+        """Close an unfinished shard without recording it (it is rewritten on resume)."""
+        if self.writer is not None:
+            self.writer.close()
             self.writer = None
 
     def _boundary(self) -> bool:
         if self.num_shards:
             shard = min(self.seen * self.num_shards // max(self.total, 1), self.num_shards - 1)
-            return shard >= len(self.paths)
+            return shard >= len(self.state["shards"]) + 1
         return self.shard_bytes >= self.max_bytes
 
     def offer(self, row: dict[str, Any] | None) -> None:
         """Write ``row`` (``None`` for a skipped record, which still counts towards boundaries)."""
         if row is not None:
-            if self.writer is None or self._boundary():
-                self._close()
+            if self.writer is not None and self._boundary():
+                self._complete()
+            if self.writer is None:
                 self._open()
             self.writer.write(self.features.encode_example(row))
-            self.num_rows += 1
+            self.shard_rows += 1
             self.shard_bytes += sum(
                 len(v["bytes"]) for v in row.values() if isinstance(v, dict) and isinstance(v.get("bytes"), bytes)
             ) + 256
         self.seen += 1
 
     def finish(self) -> list[Path]:
-        self._close()
+        self._complete()
+        shards = self.state["shards"]
         final = []
-        for i, path in enumerate(self.paths):
-            target = path.with_name(f"{self.split}-{i:05d}-of-{len(self.paths):05d}.parquet")
-            os.replace(path, target)
+        for i, shard in enumerate(shards):
+            target = self.directory / f"{self.split}-{i:05d}-of-{len(shards):05d}.parquet"
+            os.replace(self.directory / shard["name"], target)
             final.append(target)
         return final
 
@@ -253,27 +283,43 @@ def _rows_in_order(
 
 def _write_split(
     records: list, make_row, directory: Path, split: str, features, *, skip_invalid: bool,
-    skipped: list[SkippedRecord], max_bytes: int, num_shards: int | None, num_workers: int,
+    state: dict, checkpoint: Callable[[], None], max_bytes: int, num_shards: int | None, num_workers: int,
     progress: bool, desc: str,
-) -> tuple[int, int, list[Path]]:
+) -> list[Path]:
+    """Write one split; ``state`` holds its completed shards and the records skipped while
+    writing them (``state["skipped"]``), so a second call after an interruption resumes."""
     from tqdm.auto import tqdm
 
+    state.setdefault("skipped", [])
+    skipped_so_far = list(state["skipped"])
+
+    def save():
+        state["skipped"] = list(skipped_so_far)
+        checkpoint()
+
     writer = _ShardedParquetWriter(
-        directory, split, features, max_bytes=max_bytes, num_shards=num_shards, total=len(records)
+        directory, split, features, max_bytes=max_bytes, num_shards=num_shards, total=len(records),
+        state=state, on_checkpoint=save,
     )
+    start = writer.seen
     try:
-        with tqdm(total=len(records), desc=desc, unit="rec", disable=not progress) as bar:
-            for _record, row, error in _rows_in_order(make_row, records, num_workers):
+        with tqdm(total=len(records), initial=start, desc=desc, unit="rec", disable=not progress) as bar:
+            for _record, row, error in _rows_in_order(make_row, records[start:], num_workers):
                 if error is not None:
                     if not skip_invalid:
                         raise error
-                    skipped.append(SkippedRecord.from_error(error))
-                writer.offer(row)
+                    pending = asdict(SkippedRecord.from_error(error))
+                else:
+                    pending = None
+                writer.offer(row)  # may complete a shard: the checkpoint covers records before this one
+                if pending is not None:
+                    skipped_so_far.append(pending)
                 bar.update()
         paths = writer.finish()
-    finally:
-        writer._close()
-    return writer.num_rows, writer.num_bytes, paths
+    except BaseException:
+        writer.abort()
+        raise
+    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +383,7 @@ def prepare_dataset(
     num_workers: int | None = None,
     progress: bool | None = None,
     card_template=None,
+    resume: bool = True,
 ) -> PreparedDataset:
     """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
 
@@ -362,6 +409,12 @@ def prepare_dataset(
         card_template: a Jinja dataset card template (default: the packaged one, also in
             ``dataset_scripts/``); it receives ``card_data``, ``split_table``, ``configs``,
             ``skipped`` and ``mask_min_votes``.
+        resume: the dataset is built in a hidden sibling folder ``.<name>.partial`` with a
+            progress file; after an interruption (Ctrl-C, a crash, a full disk) the same call
+            continues after the last completed shard. The run must be the same: same raw JSON
+            files (size and modification time) and options, otherwise it starts again. Pass
+            ``False`` to always start from scratch. Bad input (an error naming a record) removes
+            the partial folder.
 
     Returns:
         A :class:`PreparedDataset` with the rows written per config and split and the skipped
@@ -400,52 +453,137 @@ def prepare_dataset(
 
     # Parse every JSON file first: bad records are reported before any image is read.
     skipped: list[SkippedRecord] = []
-    jobs = []  # (config, split, records, make_row, features)
+    jobs = []  # (config, split, json path, records, make_row, features)
     if alignment_dir is not None:
         root = Path(alignment_dir)
         files = _split_files(root, find_alignment_files, "alignment", "train_list.json, val_list.json, test.json")
         features = alignment_features()
         for split, path in files.items():
             records = load_alignment_records(path, skip_invalid=skip_invalid, skipped=skipped)
-            jobs.append(("alignment", split, records, lambda r, root=root: alignment_row(r, root), features))
+            jobs.append(("alignment", split, path, records, lambda r, root=root: alignment_row(r, root), features))
     if structure_dir is not None:
         root = Path(structure_dir)
         files = _split_files(root, find_structure_files, "structure", "train_info.json, val_info.json, test_info.json")
         features = structure_features()
         for split, path in files.items():
             records = load_structure_records(path, skip_invalid=skip_invalid, skipped=skipped)
-            jobs.append(("structure", split, records,
+            jobs.append(("structure", split, path, records,
                          lambda r: structure_row(r, mask_min_votes=mask_min_votes), features))
 
+    fingerprint = _fingerprint(
+        [(config, split, path) for config, split, path, *_ in jobs],
+        {"skip_invalid": skip_invalid, "num_shards": num_shards, "max_bytes": max_bytes,
+         "mask_min_votes": mask_min_votes},
+    )
+    staging = _Staging(out_dir, fingerprint, resume=resume)
     result = PreparedDataset(path=out_dir, skipped=skipped)
     infos: dict[str, DatasetInfo] = {}
     data_files: dict[str, dict[str, str]] = {}
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        for config, split, records, make_row, features in jobs:
+    try:
+        tmp = staging.path
+        for config, split, _path, records, make_row, features in jobs:
             directory = tmp / config
             directory.mkdir(exist_ok=True)
-            num_rows, num_bytes, paths = _write_split(
-                records, make_row, directory, split, features, skip_invalid=skip_invalid, skipped=skipped,
-                max_bytes=max_bytes, num_shards=num_shards, num_workers=num_workers, progress=progress,
-                desc=f"{config}/{split}",
-            )
+            state = staging.split_state(f"{config}/{split}")
+            if state.get("done"):
+                paths = [directory / name for name in state["final"]]
+            else:
+                paths = _write_split(
+                    records, make_row, directory, split, features, skip_invalid=skip_invalid, state=state,
+                    checkpoint=staging.save, max_bytes=max_bytes, num_shards=num_shards, num_workers=num_workers,
+                    progress=progress, desc=f"{config}/{split}",
+                )
+                state.update(done=True, final=[p.name for p in paths])
+                staging.save()
+            skipped.extend(SkippedRecord(**item) for item in state["skipped"])
+            num_rows = sum(s["rows"] for s in state["shards"])
             if num_rows == 0:
                 for path in paths:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
                 print(f"note: {config}/{split} has no valid record and is left out", file=sys.stderr)
                 continue
             result.num_rows.setdefault(config, {})[split] = num_rows
             data_files.setdefault(config, {})[split] = f"{config}/{split}-*.parquet"
             info = infos.setdefault(config, DatasetInfo(config_name=config, features=features, splits=SplitDict()))
-            info.splits.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=num_rows))
+            info.splits.add(SplitInfo(name=split, num_bytes=sum(s["bytes"] for s in state["shards"]),
+                                      num_examples=num_rows))
         if not data_files:
             raise UserInputError("every record was invalid: nothing to write (see the skipped records)")
         if skipped:
             write_skipped_report(tmp / SKIPPED_REPORT_NAME, skipped)
         _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes, card_template)
+        staging.publish(overwrite=overwrite)
+    except UserInputError:
+        staging.discard()  # bad input: nothing worth resuming
+        raise
+    except BaseException:
+        if staging.has_progress():
+            print(f"interrupted: completed shards are kept in {staging.path}; run the same command again "
+                  "to resume", file=sys.stderr)
+        else:
+            staging.discard()
+        raise
     if skipped:
         result.skipped_report = out_dir / SKIPPED_REPORT_NAME
     return result
+
+
+def _fingerprint(files: list[tuple[str, str, Path]], options: dict) -> str:
+    """Identifies a run: the raw JSON files (path, size, modification time) and the options."""
+    described = [
+        [config, split, str(Path(path).resolve()), Path(path).stat().st_size, Path(path).stat().st_mtime_ns]
+        for config, split, path in files
+    ]
+    text = json.dumps({"files": described, "options": options, "version": 1}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class _Staging:
+    """The hidden sibling ``.<name>.partial`` where the dataset is built, with a progress file
+    listing completed shards; moved into place in one rename at the end."""
+
+    PROGRESS = ".progress.json"
+
+    def __init__(self, out_dir: Path, fingerprint: str, *, resume: bool):
+        self.out_dir = out_dir
+        self.path = out_dir.parent / f".{out_dir.name}.partial"
+        self.state = {"fingerprint": fingerprint, "splits": {}}
+        previous = None
+        if resume and (self.path / self.PROGRESS).is_file():
+            try:
+                previous = json.loads((self.path / self.PROGRESS).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = None
+        if previous is not None and previous.get("fingerprint") == fingerprint:
+            self.state = previous
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def split_state(self, key: str) -> dict:
+        return self.state["splits"].setdefault(key, {})
+
+    def has_progress(self) -> bool:
+        return any(s.get("shards") for s in self.state["splits"].values())
+
+    def save(self) -> None:
+        atomic_write_text(self.path / self.PROGRESS, json.dumps(self.state))
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def publish(self, *, overwrite: bool) -> None:
+        (self.path / self.PROGRESS).unlink(missing_ok=True)
+        if self.out_dir.exists():
+            if not overwrite:
+                raise UserInputError(f"{self.out_dir} appeared while it was being built; pass --overwrite")
+            old = self.out_dir.with_name(f".{self.out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.out_dir, old)
+            os.replace(self.path, self.out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.path, self.out_dir)
 
 
 def _split_files(root: Path, finder, kind: str, expected: str) -> dict[str, Path]:
