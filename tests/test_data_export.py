@@ -367,7 +367,7 @@ def test_an_interrupted_build_resumes_after_the_last_complete_shard(alignment_re
         calls.append(record.img_path)
         return real(record, root)
 
-    options = dict(alignment_dir=alignment_release, max_shard_size="30KB", num_workers=1, progress=False)
+    options = {"alignment_dir": alignment_release, "max_shard_size": "30KB", "num_workers": 1, "progress": False}
     out = tmp_path / "evalmuse"
     monkeypatch.setattr(export, "alignment_row", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -407,7 +407,7 @@ def test_a_changed_release_is_not_resumed(alignment_release, tmp_path, monkeypat
         return real(record, root)
 
     monkeypatch.setattr(export, "alignment_row", interrupted)
-    options = dict(alignment_dir=al, max_shard_size="20KB", num_workers=1, progress=False)
+    options = {"alignment_dir": al, "max_shard_size": "20KB", "num_workers": 1, "progress": False}
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(tmp_path / "out", **options)
     assert (tmp_path / ".out.partial" / ".progress.json").is_file()
