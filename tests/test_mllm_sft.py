@@ -164,7 +164,8 @@ def test_sft_lora_steps_save_reload_score_resume(prepared_dataset, tmp_path):
     before = ref.score(val["image"], val["prompt"], keys, prompt_types=val["prompt_type"])
     tuned = PeftModel.from_pretrained(base, str(adapter)).eval()
     with_adapter = MLLMAlignmentScorer(tuned, processor, overall_mode="cot", prompt_type_hint=True)
-    merged = load_scorer(str(out / "merged"), device="cpu", overall_mode="cot", prompt_type_hint=True)
+    merged = load_scorer(str(out / "merged"), device="cpu")  # settings come from evalmuse_mllm.json
+    assert (merged.overall_mode, merged.prompt_type_hint) == ("cot", True)
     a = with_adapter.score(val["image"], val["prompt"], keys, prompt_types=val["prompt_type"], batch_size=2)
     b = merged.score(val["image"], val["prompt"], keys, prompt_types=val["prompt_type"], batch_size=3)
     for x, y in zip(a, b):

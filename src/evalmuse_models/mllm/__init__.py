@@ -39,12 +39,18 @@ from .scoring import (
     yes_probability,
 )
 
+#: File written next to trained checkpoints with the scorer settings they were trained for.
+SCORER_SETTINGS = "evalmuse_mllm.json"
+_SETTING_KEYS = {"levels", "prompt_type_hint", "overall_mode"}
+
 
 def load_scorer(spec: str, device=None, dtype=None, weights=None, **kwargs):
     """A scorer from a spec: a merged model folder / Hub id, a PEFT adapter folder, or ``"tiny"``.
 
     Several specs separated by commas give an :class:`EnsembleScorer` (``weights`` optional).
     A folder holding ``adapter_config.json`` is loaded on top of its ``base_model_name_or_path``.
+    Settings saved by the training recipe (``evalmuse_mllm.json``: levels, prompt-type hint,
+    chain of thought) are applied unless overridden by ``kwargs``.
     """
     from ..utils import UserInputError
 
@@ -63,6 +69,13 @@ def load_scorer(spec: str, device=None, dtype=None, weights=None, **kwargs):
             model.to(device)
         return MLLMAlignmentScorer(model, processor, **kwargs)
     dtype = "auto" if dtype is None else dtype
+    settings = Path(target) / SCORER_SETTINGS
+    if settings.is_file():  # how the checkpoint was trained: levels, hints, chain of thought
+        try:
+            saved = json.loads(settings.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"{settings} cannot be read: {err}") from err
+        kwargs = {**{k: v for k, v in saved.items() if k in _SETTING_KEYS}, **kwargs}
     adapter_cfg = Path(target) / "adapter_config.json"
     if adapter_cfg.is_file():
         try:

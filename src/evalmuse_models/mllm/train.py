@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import UserInputError, atomic_directory, atomic_write_text
+from . import SCORER_SETTINGS
 from .prompts import element_key, level_scale
 from .scoring import (
     DEFAULT_MODEL_ID,
@@ -223,48 +224,28 @@ def _write_card(folder: Path, args: MLLMSFTArguments, metrics: dict | None, kind
     atomic_write_text(folder / "README.md", str(card))
 
 
-def run_sft(args: MLLMSFTArguments) -> dict[str, Any]:
-    """Train, save ``<output_dir>/adapter`` (+ ``merged``), evaluate the Main Score, write the cards.
-
-    Returns a summary ``{"train": trainer metrics, "metrics": Main Score dict or None, "paths": {...}}``
-    (also written to ``<output_dir>/summary.json``).
-    """
+def make_trainer(args: MLLMSFTArguments, train_ds, model, processor, bf16: bool):
+    """The ``LevelSFTTrainer`` (TRL ``SFTTrainer`` + LoRA + soft-label loss) for ``train_ds`` (from :func:`build_sft_dataset`)."""
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from .data import ConversationOptions, build_sft_dataset
     from .sft import (
         LevelTargetCollator,
         build_level_sft_trainer_class,
         make_lora_config,
     )
 
-    bf16 = _use_bf16(args.bf16)
-    out = Path(args.output_dir)
-    train_raw, eval_raw = _load_splits(args)
-    options = ConversationOptions(
-        levels=args.levels, include_elements=args.include_elements, element_turns=args.element_turns,
-        chain_of_thought=args.chain_of_thought, prompt_type_hint=args.prompt_type_hint,
-        score_noise=args.score_noise, soft_labels=args.soft_labels,
-        soft_label_min_sigma=args.soft_label_min_sigma, seed=args.seed,
-    )
-    train_ds = build_sft_dataset(train_raw, options)
-
-    model, processor = load_model_and_processor(args, bf16)
     ensure_training_template(processor)
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    levels = level_scale(args.levels)
-    level_ids = single_token_ids(tokenizer, levels.words, "level word")
+    level_ids = single_token_ids(tokenizer, level_scale(args.levels).words, "level word")
     end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if end_id is None or end_id == tokenizer.unk_token_id:
         end_id = tokenizer.eos_token_id
-
     config = SFTConfig(
-        output_dir=str(out),
+        output_dir=str(args.output_dir),
         learning_rate=args.learning_rate,
         num_train_epochs=args.num_train_epochs,
         max_steps=args.max_steps,
@@ -301,6 +282,33 @@ def run_sft(args: MLLMSFTArguments) -> dict[str, Any]:
         level_ids=level_ids,
         soft_label_weight=args.soft_label_weight,
     )
+    return trainer
+
+
+def run_sft(args: MLLMSFTArguments) -> dict[str, Any]:
+    """Train, save ``<output_dir>/adapter`` (+ ``merged``), evaluate the Main Score, write the cards.
+
+    Returns a summary ``{"train": trainer metrics, "metrics": Main Score dict or None, "paths": {...}}``
+    (also written to ``<output_dir>/summary.json``).
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import ConversationOptions, build_sft_dataset
+
+    bf16 = _use_bf16(args.bf16)
+    out = Path(args.output_dir)
+    train_raw, eval_raw = _load_splits(args)
+    options = ConversationOptions(
+        levels=args.levels, include_elements=args.include_elements, element_turns=args.element_turns,
+        chain_of_thought=args.chain_of_thought, prompt_type_hint=args.prompt_type_hint,
+        score_noise=args.score_noise, soft_labels=args.soft_labels,
+        soft_label_min_sigma=args.soft_label_min_sigma, seed=args.seed,
+    )
+    train_ds = build_sft_dataset(train_raw, options)
+
+    model, processor = load_model_and_processor(args, bf16)
+    levels = level_scale(args.levels)
+    trainer = make_trainer(args, train_ds, model, processor, bf16)
     resume = args.resume_from_checkpoint
     if resume == "auto":
         resume = get_last_checkpoint(str(out)) if out.is_dir() else None
@@ -330,6 +338,10 @@ def run_sft(args: MLLMSFTArguments) -> dict[str, Any]:
                                      overall_mode="cot" if args.chain_of_thought else "direct")
         summary["metrics"] = evaluate_main_score(scorer, eval_raw, batch_size=args.eval_batch_size)
         logger.info("Main Score on %s: %s", args.eval_split, summary["metrics"])
+    settings = json.dumps({"levels": args.levels, "prompt_type_hint": args.prompt_type_hint,
+                           "overall_mode": "cot" if args.chain_of_thought else "direct"}, indent=2)
+    for folder in [adapter_dir] + ([out / "merged"] if args.save_merged else []):
+        atomic_write_text(folder / SCORER_SETTINGS, settings + "\n")
     _write_card(adapter_dir, args, summary["metrics"], "adapter")
     if args.save_merged:
         _write_card(out / "merged", args, summary["metrics"], "merged")
