@@ -66,7 +66,9 @@ class TrainStructureArguments:
             (default: the config's; 1.0 = always frozen; 0.5 = the baseline).
         mixed_precision: ``"auto"`` (bf16 on CUDA, none on CPU), ``"no"``, ``"bf16"``, ``"fp16"``.
         hflip: random horizontal flips of image and heatmap.
-        eval_split: split used for per-epoch evaluation and the threshold search.
+        eval_split: split used for per-epoch evaluation and the threshold search (``None``: no
+            evaluation). evaluate_test: also score a labelled ``test`` split (threshold chosen on
+            ``eval_split``).
         eval_before_training: also score the untrained model (``metrics["initial"]``).
         threshold_search / thresholds: search the heatmap threshold on ``eval_split`` at the end.
         reference_min_votes: annotators needed for a truth pixel (1 = union of annotators).
@@ -98,7 +100,8 @@ class TrainStructureArguments:
     freeze_schedule_fraction: float | None = None
     mixed_precision: str = "auto"
     hflip: bool = True
-    eval_split: str = "validation"
+    eval_split: str | None = "validation"
+    evaluate_test: bool = True
     eval_before_training: bool = True
     threshold_search: bool = True
     thresholds: list[float] | None = None
@@ -363,12 +366,18 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     dataset = _load_dataset(args, dataset)
     train_split = _subsample(dataset["train"], args.max_train_samples, args.seed)
     eval_split = None
-    if args.eval_split in dataset:
+    if args.eval_split and args.eval_split not in dataset:
+        raise UserInputError(
+            f"dataset {args.dataset_dir!r} has no split {args.eval_split!r} (splits: {list(dataset)}); "
+            "set eval_split to one of them, or to None to train without evaluation"
+        )
+    if args.eval_split:
         eval_split = _subsample(dataset[args.eval_split], args.max_eval_samples, args.seed)
         if any(m is None for m in eval_split["mos"]):
             eval_split = None
     test_split = None
-    if "test" in dataset and len(dataset["test"]) and all(m is not None for m in dataset["test"]["mos"]):
+    if (args.evaluate_test and "test" in dataset and len(dataset["test"])
+            and all(m is not None for m in dataset["test"]["mos"])):
         test_split = _subsample(dataset["test"], args.max_eval_samples, args.seed)
     if len(train_split) == 0:
         raise UserInputError(f"dataset {args.dataset_dir!r}: the 'train' split is empty")
@@ -566,4 +575,104 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     return result
 
 
-__all__ = ["TrainStructureArguments", "predict_split", "reference_masks", "score_predictions", "train_structure"]
+
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _field_parser(kind: str):
+    def parse(text: str):
+        if text.lower() in ("none", "null"):
+            return None
+        if kind == "bool":
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true/false, got {text!r}")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "floats":
+            return [float(v) for v in text.split(",") if v.strip()]
+        if kind == "dict":
+            value = json.loads(text)
+            if not isinstance(value, dict):
+                raise ValueError("expected a JSON object")
+            return value
+        return text
+
+    return parse
+
+
+def _field_kind(annotation: str) -> str:
+    for kind in ("bool", "int", "float"):
+        if annotation.startswith(kind):
+            return kind
+    if annotation.startswith("list[float]"):
+        return "floats"
+    if annotation.startswith("dict"):
+        return "dict"
+    return "str"
+
+
+def parse_args(argv: list[str] | None = None) -> TrainStructureArguments:
+    """:class:`TrainStructureArguments` from ``--config file.yaml`` plus ``--field value`` overrides
+    (lists comma-separated, ``config_overrides`` as JSON, ``none`` for None)."""
+    import argparse
+    import dataclasses
+
+    import yaml
+
+    fields = {f.name: f for f in dataclasses.fields(TrainStructureArguments)}
+    parser = argparse.ArgumentParser(
+        prog="train_structure.py",
+        description="Train the EvalMuse structure model (heatmap + score) on a prepared dataset.",
+    )
+    parser.add_argument("--config", help="YAML file with TrainStructureArguments fields")
+    for name, f in fields.items():
+        kind = _field_kind(str(f.type))
+        parser.add_argument(f"--{name}", type=_field_parser(kind), default=argparse.SUPPRESS,
+                            help=f"({kind}) see TrainStructureArguments")
+    ns = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_path = ns.pop("config", None)
+    if config_path:
+        try:
+            loaded = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserInputError(f"cannot read the config file {config_path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise UserInputError(f"{config_path}: expected a mapping of TrainStructureArguments fields")
+        unknown = sorted(set(loaded) - set(fields))
+        if unknown:
+            raise UserInputError(f"{config_path}: unknown fields {unknown}; valid fields: {sorted(fields)}")
+        values.update(loaded)
+    values.update(ns)
+    missing = [n for n in ("dataset_dir", "output_dir") if not values.get(n)]
+    if missing:
+        raise UserInputError(f"missing {', '.join('--' + m for m in missing)} (on the command line or in --config)")
+    return TrainStructureArguments(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: parse the arguments, train, print the final metrics as JSON."""
+    result = train_structure(parse_args(argv))
+    if result:
+        summary = {k: result.get(k) for k in ("initial", "final", "test", "threshold", "model_dir")}
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+__all__ = [
+    "TrainStructureArguments",
+    "main",
+    "parse_args",
+    "predict_split",
+    "reference_masks",
+    "score_predictions",
+    "train_structure",
+]
