@@ -196,3 +196,38 @@ def test_build_sft_dataset_from_prepared_dataset(prepared_dataset):
     assert first[0]["role"] == "user" and first[1]["content"].split("\n")[-1] in FIVE_LEVELS.words
     with pytest.raises(UserInputError, match="lacks the column"):
         build_sft_dataset(train.remove_columns("image"))
+
+
+class _CountingScorer:
+    """Scores overall = index in the prompt text; records how many images it was asked to score."""
+
+    def __init__(self, fail_after=None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def score(self, images, prompts, elements=None, batch_size=8, prompt_types=None, progress=False):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise RuntimeError("interrupted")
+        self.calls += len(images)
+        return [{"overall": float(p.split()[-1]), "elements": {k: 0.25 for k in els}, "level_probs": [1.0]}
+                for p, els in zip(prompts, elements)]
+
+
+def test_score_dataset_resumes_from_its_cache(tmp_path):
+    from evalmuse_models.mllm.data import pseudo_label_dataset, score_dataset
+
+    rows = [{**_record(image=Image.new("RGB", (8, 8))), "prompt": f"prompt {i}"} for i in range(5)]
+    ds = records_from_rows(rows)
+    cache = tmp_path / "scores.jsonl"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        score_dataset(_CountingScorer(fail_after=2), ds, chunk_size=2, cache_path=cache, progress=False)
+    with open(cache, "a", encoding="utf-8") as handle:
+        handle.write('{"index": 4, "outp')  # a torn line from the interruption
+    again = _CountingScorer()
+    out = score_dataset(again, ds, chunk_size=2, cache_path=cache, progress=False)
+    assert again.calls == 3  # rows 0-1 came from the cache
+    assert [o["overall"] for o in out] == [0, 1, 2, 3, 4]
+    assert list(out[0]["elements"]) == ["red cats (animal)", "two (counting)", "on (spatial)", "wooden (material)"]
+    labelled = pseudo_label_dataset(_CountingScorer(), ds, chunk_size=3, progress=False)
+    assert labelled["total_score"] == [0, 1, 2, 3, 4]
+    assert [e["score"] for e in labelled[2]["elements"]] == [0.25] * 4
+    assert labelled[2]["total_score_votes"] == [] and labelled[2]["pseudo_label"] is True

@@ -286,27 +286,79 @@ def build_sft_dataset(dataset, options: ConversationOptions | None = None, image
     return out
 
 
+# ----------------------------------------------------------------------------- scoring a split
+def dataset_element_keys(dataset) -> list[list[str]]:
+    """The official element keys ``"<phrase> (<category>)"`` of every row of an alignment split."""
+    if "elements" not in dataset.column_names:
+        return [[] for _ in range(len(dataset))]
+    return [[element_key(e["phrase"], e.get("category")) for e in (els or [])] for els in dataset["elements"]]
+
+
+def score_dataset(scorer, dataset, batch_size: int = 8, chunk_size: int = 256,
+                  cache_path: str | os.PathLike | None = None, progress: bool = True) -> list[dict]:
+    """``scorer.score`` over an alignment split, ``chunk_size`` rows at a time (images are decoded per chunk).
+
+    With ``cache_path`` every finished chunk is appended to a JSON-lines file (one
+    ``{"index", "output"}`` per row) and a rerun skips the rows already there, so an interrupted
+    long job resumes where it stopped (a torn last line is ignored).
+    """
+    import json
+
+    from tqdm.auto import tqdm
+
+    n = len(dataset)
+    keys = dataset_element_keys(dataset)
+    has_types = "prompt_type" in dataset.column_names
+    done: dict[int, dict] = {}
+    if cache_path is not None and os.path.exists(cache_path):
+        with open(cache_path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by an interruption
+                if isinstance(row, dict) and isinstance(row.get("index"), int) and 0 <= row["index"] < n:
+                    done[row["index"]] = row["output"]
+    todo = [i for i in range(n) if i not in done]
+    bar = tqdm(total=n, initial=n - len(todo), desc="MLLM scoring", unit="img", disable=not progress)
+    for start in range(0, len(todo), chunk_size):
+        idx = todo[start:start + chunk_size]
+        chunk = dataset.select(idx)
+        outs = scorer.score(chunk["image"], chunk["prompt"], elements=[keys[i] for i in idx], batch_size=batch_size,
+                            prompt_types=chunk["prompt_type"] if has_types else None)
+        for i, out in zip(idx, outs):
+            done[i] = out
+        if cache_path is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+            with open(cache_path, "a", encoding="utf-8") as handle:
+                handle.write("".join(json.dumps({"index": i, "output": o}) + "\n" for i, o in zip(idx, outs)))
+                handle.flush()
+                os.fsync(handle.fileno())
+        bar.update(len(idx))
+    bar.close()
+    return [done[i] for i in range(n)]
+
+
 # ----------------------------------------------------------------------------- pseudo-labels
-def pseudo_label_dataset(scorer, dataset, batch_size: int = 8, progress: bool = True):
+def pseudo_label_dataset(scorer, dataset, batch_size: int = 8, progress: bool = True, chunk_size: int = 256,
+                         cache_path: str | os.PathLike | None = None):
     """Score an unlabelled split and return it with the predictions as labels (training records).
 
     ``total_score`` becomes the predicted overall score, every element's ``score`` its predicted
     probability (``votes`` stay empty); ``total_score_votes`` is ``[]`` and a ``pseudo_label``
     column marks the rows. The columns otherwise match the prepared ``alignment`` configuration.
+    ``cache_path`` makes the scoring resumable (see :func:`score_dataset`).
     """
-    images = dataset["image"]
-    prompts = dataset["prompt"]
-    elements = dataset["elements"] if "elements" in dataset.column_names else [[] for _ in prompts]
-    keys = [[element_key(e["phrase"], e.get("category")) for e in (els or [])] for els in elements]
-    types = dataset["prompt_type"] if "prompt_type" in dataset.column_names else None
-    outputs = scorer.score(images, prompts, elements=keys, batch_size=batch_size, prompt_types=types,
-                           progress=progress)
+    outputs = score_dataset(scorer, dataset, batch_size=batch_size, chunk_size=chunk_size, cache_path=cache_path,
+                            progress=progress)
+    keys = dataset_element_keys(dataset)
 
-    def relabel(example, idx):
+    def relabel(elements, idx):
         pred = outputs[idx]
-        new_elements = []
-        for el, key in zip(example.get("elements") or [], keys[idx]):
-            new_elements.append({**el, "score": float(pred["elements"][key]), "votes": []})
+        new_elements = [
+            {**el, "score": float(pred["elements"][key]), "votes": []}
+            for el, key in zip(elements or [], keys[idx])
+        ]
         return {
             "total_score": float(pred["overall"]),
             "total_score_votes": [],
@@ -314,7 +366,10 @@ def pseudo_label_dataset(scorer, dataset, batch_size: int = 8, progress: bool = 
             "pseudo_label": True,
         }
 
-    return dataset.map(relabel, with_indices=True, desc="pseudo-labels")
+    if "elements" not in dataset.column_names:
+        raise UserInputError("the dataset has no 'elements' column; pass the prepared 'alignment' configuration")
+    # only the text column is decoded; the images are carried over untouched
+    return dataset.map(relabel, with_indices=True, input_columns=["elements"], desc="pseudo-labels")
 
 
 def save_pseudo_labels(dataset, path: str | os.PathLike) -> str:

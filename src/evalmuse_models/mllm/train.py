@@ -25,7 +25,7 @@ from typing import Any
 
 from ..utils import UserInputError, atomic_directory, atomic_write_text
 from . import SCORER_SETTINGS
-from .prompts import element_key, level_scale
+from .prompts import level_scale
 from .scoring import (
     DEFAULT_MODEL_ID,
     MLLMAlignmentScorer,
@@ -175,14 +175,13 @@ def _load_splits(args: MLLMSFTArguments):
     return train, evaluation
 
 
-def evaluate_main_score(scorer, dataset, batch_size: int = 8) -> dict[str, Any]:
-    """Score a labelled split with ``scorer`` and compute the official Main Score."""
+def evaluate_main_score(scorer, dataset, batch_size: int = 8, cache_path: str | None = None) -> dict[str, Any]:
+    """Score a labelled split with ``scorer`` (chunked, resumable with ``cache_path``) and compute the Main Score."""
     from ..metrics import alignment_main_score
+    from .data import dataset_element_keys, score_dataset
 
-    keys = [[element_key(e["phrase"], e.get("category")) for e in (els or [])] for els in dataset["elements"]]
-    types = dataset["prompt_type"] if "prompt_type" in dataset.column_names else None
-    preds = scorer.score(dataset["image"], dataset["prompt"], elements=keys, batch_size=batch_size,
-                         prompt_types=types, progress=True)
+    preds = score_dataset(scorer, dataset, batch_size=batch_size, cache_path=cache_path)
+    keys = dataset_element_keys(dataset)
     ref_elements = [
         {k: float(e["score"]) for k, e in zip(ks, els or []) if e.get("score") is not None}
         for ks, els in zip(keys, dataset["elements"])
@@ -333,7 +332,7 @@ def run_sft(args: MLLMSFTArguments) -> dict[str, Any]:
             processor.save_pretrained(tmp)
         summary["paths"]["merged"] = str(merged_dir)
 
-    if eval_raw is not None and len(eval_raw) and eval_raw[0].get("total_score") is not None:
+    if eval_raw is not None and len(eval_raw) and eval_raw.select_columns(["total_score"])[0]["total_score"] is not None:
         scorer = MLLMAlignmentScorer(model, processor, levels=levels, prompt_type_hint=args.prompt_type_hint,
                                      overall_mode="cot" if args.chain_of_thought else "direct")
         summary["metrics"] = evaluate_main_score(scorer, eval_raw, batch_size=args.eval_batch_size)
