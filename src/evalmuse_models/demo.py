@@ -284,9 +284,20 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", config: DemoConfig | No
     if config.report:
         combined = out / "results.jsonl"
         combined.unlink(missing_ok=True)
+        from .metrics import read_alignment_file
+
+        truth = {rec["img_path"]: rec for rec in read_alignment_file(raw_align / "test_eval.json")}
+        align_rows = read_results(align_results)
+        for row in align_rows:  # the hidden test labels, shown next to the predictions in the report
+            if row["id"] in truth:
+                row["reference"] = {"overall": truth[row["id"]]["total_score"],
+                                    "elements": truth[row["id"]]["element_score"]}
+        structure_rows = read_results(structure_results)
+        for row in structure_rows:
+            row["generator"] = row.get("generator") or "EvalMuse-Structure test"
         with ResultsWriter(combined) as writer:
-            writer.write(read_results(align_results))
-            writer.write(read_results(structure_results))
+            writer.write(align_rows)
+            writer.write(structure_rows)
         from .report import build_report
 
         index = build_report(combined, out / "report", title="EvalMuse demo: tiny models on synthetic data",

@@ -238,6 +238,8 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, metrics: str | os.
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UserInputError(f"model folder {model_dir} does not exist")
+    if not (model_dir / "config.json").is_file():
+        raise UserInputError(f"{model_dir} is not a model folder (no config.json); pass a save_pretrained folder")
     staged = _stage(model_dir, stage_dir, ignore=("eval_results.json",))
     checks: dict[str, Any] = {}
     if check_loading:
