@@ -13,19 +13,23 @@ import pytest
 import torch
 
 from evalmuse_models.training import structure as training
-from evalmuse_models.training.structure import TrainStructureArguments, parse_args, train_structure
+from evalmuse_models.training.structure import (
+    TrainStructureArguments,
+    parse_args,
+    train_structure,
+)
 from evalmuse_models.utils import UserInputError
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # small ops: one thread is faster on a shared 2-core machine
 REPO = Path(__file__).resolve().parents[1]
 
 
 def small_args(dataset_dir, output_dir, **overrides) -> TrainStructureArguments:
-    values = dict(
-        dataset_dir=str(dataset_dir), output_dir=str(output_dir), preset="tiny", max_steps=4,
-        max_train_samples=8, per_device_train_batch_size=4, eval_split=None, evaluate_test=False,
-        eval_before_training=False, threshold_search=False, show_progress=False,
-    )
+    values = {
+        "dataset_dir": str(dataset_dir), "output_dir": str(output_dir), "preset": "tiny", "max_steps": 4,
+        "max_train_samples": 8, "per_device_train_batch_size": 4, "eval_split": None, "evaluate_test": False,
+        "eval_before_training": False, "threshold_search": False, "show_progress": False,
+    }
     values.update(overrides)
     return TrainStructureArguments(**values)
 
@@ -95,7 +99,10 @@ def test_training_resumes_after_an_interruption(prepared_dataset, tmp_path, monk
 def test_freeze_schedule_unfreezes_the_backbones(prepared_dataset, tmp_path):
     from accelerate.utils import set_seed
 
-    from evalmuse_models.models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
+    from evalmuse_models.models.evalmuse_structure import (
+        EvalMuseStructureConfig,
+        EvalMuseStructureModel,
+    )
 
     overrides = {"freeze_vit": True, "freeze_cnn": True}
     set_seed(0)
@@ -151,7 +158,7 @@ def test_training_script_runs(prepared_dataset, tmp_path):
          "--config", str(REPO / "train_scripts" / "configs" / "structure_tiny.yaml"),
          "--dataset_dir", str(prepared_dataset), "--output_dir", str(tmp_path / "cli"),
          "--max_steps", "2", "--max_train_samples", "8", "--eval_before_training", "false",
-         "--threshold_search", "false", "--show_progress", "false"],
+         "--threshold_search", "false", "--show_progress", "false", "--num_threads", "1"],
         check=False, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
