@@ -141,6 +141,11 @@ def test_test_file_has_no_variance(tmp_path):
     assert records[1].generator == "PixArt-alpha"
 
 
+def test_re_rated_items_with_six_ratings_are_averaged():
+    record = parse_alignment_record(train_row(scores=(1, 3, 3, 4, 4, 4)))
+    assert record.total_score == 3.166667 and record.total_score_votes == [1, 3, 3, 4, 4, 4]
+
+
 def test_correct_spelling_of_prompt_meaningless_is_accepted():
     row = train_row()
     row["prompt_meaningless"] = row.pop("promt_meaningless")

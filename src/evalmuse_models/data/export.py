@@ -115,7 +115,7 @@ def _read_image(path: Path, source: str, record_id: str, field_name: str) -> tup
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as error:
         raise RecordError(source, record_id, field_name, f"image {path} is corrupt or not an image ({error})") from None
     return data, width, height
 
