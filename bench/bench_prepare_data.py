@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
         write_structure_release(st_raw, num_images=args.structure_images, seed=args.seed)
         st_gen = time.perf_counter() - start
         al_records, st_records = _count(al_raw, find_alignment_files), _count(st_raw, find_structure_files)
+        # warm-up: first-use imports (pyarrow.parquet, huggingface_hub, cv2) stay out of the timings
+        write_alignment_release(work / "warm_al", num_prompts=2, seed=args.seed)
+        write_structure_release(work / "warm_st", num_images=3, seed=args.seed)
+        prepare_dataset(work / "warm_out", alignment_dir=work / "warm_al", structure_dir=work / "warm_st",
+                        progress=False, overwrite=True)
         report["alignment"] = {
             "records": al_records, "raw_mb": round(_size(al_raw) / 2**20, 2),
             "synthetic_write_s": round(al_gen, 2),
