@@ -182,6 +182,22 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", config: DemoConfig | No
 
     Keyword arguments override :class:`DemoConfig` fields, e.g. ``run_demo("out", seed=1, device="cuda")``.
     """
+    config = config or DemoConfig()
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise TypeError(f"unknown demo option {key!r}")
+        setattr(config, key, value)
+    saved_env = os.environ.get("ACCELERATE_USE_CPU")
+    try:
+        return _run(out_dir, config)
+    finally:
+        if saved_env is None:
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+        else:
+            os.environ["ACCELERATE_USE_CPU"] = saved_env
+
+
+def _run(out_dir, config: DemoConfig) -> dict:
     import torch
 
     from .data import prepare_dataset
@@ -191,11 +207,6 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", config: DemoConfig | No
     from .training.align import TrainAlignArguments, train_align
     from .training.structure import TrainStructureArguments, train_structure
 
-    config = config or DemoConfig()
-    for key, value in overrides.items():
-        if not hasattr(config, key):
-            raise TypeError(f"unknown demo option {key!r}")
-        setattr(config, key, value)
     device = _configure_device(config.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
