@@ -481,3 +481,14 @@ def test_pretrained_backbones_load_from_local_folders(tmp_path):
     assert torch.equal(
         model.text_embeddings.word_embeddings.weight, alt.text_model.roberta.embeddings.word_embeddings.weight
     )
+
+
+def test_model_card_renders(tiny_model, tmp_path):
+    from evalmuse_models.training.structure import write_model_card
+
+    path = write_model_card(tmp_path, tiny_model)
+    text = path.read_text()
+    assert text.startswith("---") and "license: apache-2.0" in text and "library_name: transformers" in text
+    assert "EvalMuse structure model (`tiny` preset)" in text and "timm resnet10t" in text
+    assert "Final 0.6098" in text  # no run metrics: the published baseline is quoted
+    assert "{{" not in text and "{%" not in text

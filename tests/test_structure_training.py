@@ -63,6 +63,9 @@ def test_tiny_training_beats_the_untrained_model(prepared_dataset, tmp_path):
     assert model.config.threshold == pytest.approx(result["threshold"])
     assert json.loads((out / "metrics.json").read_text())["final"]["final_score"] == pytest.approx(final["final_score"])
     assert not (out / "checkpoints").exists()
+    card = (out / "model" / "README.md").read_text()
+    assert "EvalMuse structure model (`tiny` preset)" in card and "final_score (validation)" in card
+    assert f"{round(final['final_score'], 4)}" in card
     from datasets import load_dataset
 
     row = load_dataset(str(prepared_dataset), "structure", split="test")[0]

@@ -571,6 +571,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         with atomic_directory(model_dir, overwrite=args.overwrite_output) as tmp:
             net.save_pretrained(tmp)
             processor.save_pretrained(tmp)
+            write_model_card(tmp, net, result)
         result["model_dir"] = str(model_dir)
         result = _jsonable(result)
         atomic_write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
@@ -581,6 +582,42 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
 
 
 
+
+
+def write_model_card(folder, model, result: dict[str, Any] | None = None) -> Path:
+    """Render ``model_cards/evalmuse-structure.md`` for a structure model into ``folder/README.md``
+    (metrics of a training run from ``result`` when given)."""
+    from huggingface_hub import ModelCardData
+
+    from ..cards import render_model_card
+
+    cfg = model.config
+    fields: dict[str, Any] = {
+        "preset": cfg.preset,
+        "vit": f"{cfg.vit_config.model_type} ({cfg.vit_pretrained_id or 'random init'})",
+        "cnn": f"timm {cfg.cnn_name}" if cfg.cnn_name else None,
+        "uses_text": cfg.uses_text,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "threshold": round(float(cfg.threshold), 6),
+    }
+    if result and result.get("final"):
+        final = result["final"]
+        fields["metrics"] = {
+            f"{key} (validation)": round(float(final[key]), 4)
+            for key in ("precision", "recall", "f1", "plcc", "srcc", "final_score")
+            if final.get(key) is not None
+        }
+        if result.get("test"):
+            fields["metrics"]["final_score (test)"] = round(float(result["test"]["final_score"]), 4)
+    card_data = ModelCardData(
+        license="apache-2.0", library_name="transformers", pipeline_tag="image-segmentation",
+        tags=["evalmuse", "image-quality-assessment", "text-to-image", "structure-distortion"],
+    )
+    card = render_model_card("evalmuse-structure", card_data, **fields)
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, str(card))
+    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,4 +717,5 @@ __all__ = [
     "reference_masks",
     "score_predictions",
     "train_structure",
+    "write_model_card",
 ]
