@@ -295,6 +295,9 @@ TINY_VOCAB_WORDS: tuple[str, ...] = (
     "be", "has", "have", "made", "stands", "sits", "lies", "next", "photo", "image", "picture",
     "painting", "drawing", "render", "style", "realistic", "cartoon", "anime", "oil", "watercolor",
     "sketch", "digital", "art", "scene", "view", "close", "up",
+    "circles", "squares", "triangles", "stars", "houses", "trees", "apples", "waving", "striped", "checkered",
+    "night", "grass", "highly", "detailed", "trending", "artstation", "4k", "minimalism", "illustration",
+    "octane",
 )
 
 
