@@ -10,7 +10,8 @@ The recipe is FGA-BLIP2's (SPEC §4; LAVIS ``fga_blip2.yaml``):
   Optional per-sample weighting of the score term by the prompt variance (``loss_weighting``).
 * AdamW, lr 1e-5, weight decay 0.05 (not on biases / norms / 1-D tensors), 100 linear warm-up steps then a
   cosine decay per epoch (LAVIS ``linear_warmup_cosine_lr``), 5 epochs, batch 14, frozen ViT (its
-  post-LayerNorm, LAVIS's ``ln_vision``, stays trainable), mixed precision on CUDA.
+  post-LayerNorm, LAVIS's ``ln_vision``, stays trainable) when starting from pretrained weights (a preset
+  built from random weights trains its ViT unless ``freeze_vision=True``), mixed precision on CUDA.
 * training images: random resized crop (scale 0.5-1, bicubic) + horizontal flip (``blip2_image_train``);
   evaluation images: plain bicubic resize.
 
@@ -24,7 +25,7 @@ Example::
     from evalmuse_models.training.align import TrainAlignArguments, train_align
 
     metrics = train_align(TrainAlignArguments(dataset_dir="data/evalmuse", output_dir="runs/tiny",
-                                              preset="tiny", learning_rate=2e-3, max_steps=200))
+                                              preset="tiny", learning_rate=1e-3, max_steps=300))
     print(metrics["final"]["main_score"])
 """
 
@@ -73,7 +74,11 @@ class TrainAlignArguments:
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = None
-    freeze_vision: bool = field(default=True, metadata={"help": "freeze the ViT (its post-LayerNorm stays trainable)"})
+    freeze_vision: bool | None = field(
+        default=None,
+        metadata={"help": "freeze the ViT (its post-LayerNorm stays trainable); default: frozen (official) when "
+                  "starting from pretrained weights, trainable for a preset built from random weights"},
+    )
     gradient_checkpointing: bool = False
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16/fp16 on CUDA, none on CPU), no, fp16, bf16"})
     loss_weighting: str = field(default="none", metadata={"help": "none, var, exp_var (per-prompt variance weights)"})
@@ -461,7 +466,8 @@ def train_align(args: TrainAlignArguments) -> dict:
     if train_dataset.skipped:
         logger.warning("skipped %d training samples with an element not found in the prompt", train_dataset.skipped)
 
-    if args.freeze_vision:
+    freeze_vision = args.freeze_vision if args.freeze_vision is not None else bool(args.model_name_or_path)
+    if freeze_vision:
         model.vision_model.requires_grad_(False)
         model.vision_model.post_layernorm.requires_grad_(True)
     if args.gradient_checkpointing:
@@ -522,7 +528,7 @@ def train_align(args: TrainAlignArguments) -> dict:
     out_of_time = False
     while not stop and progress["epoch"] < args.num_epochs:
         model.train()
-        if args.freeze_vision:
+        if freeze_vision:
             accelerator.unwrap_model(model).vision_model.eval()
         epoch_loader = loader
         if progress["batches_in_epoch"]:
@@ -589,6 +595,7 @@ def train_align(args: TrainAlignArguments) -> dict:
             "validation_images": final.get("num_images"),
             "stopped_by_time_budget": out_of_time,
             "runtime_s": round(time.monotonic() - started, 2),
+            "freeze_vision": freeze_vision,
             "arguments": asdict(args),
         }
         _save_final_model(accelerator.unwrap_model(model), processor, output_dir / "model", metrics, args)
