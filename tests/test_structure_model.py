@@ -419,6 +419,7 @@ print(json.dumps({"score": out.structure_score.tolist(), "heat": float(out.heatm
 """
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
     import json
     import subprocess
