@@ -196,3 +196,39 @@ def test_train_script_runs(prepared_dataset, tmp_path):
     bad = subprocess.run([sys.executable, str(root / "train_scripts" / "sft_mllm.py"), "--model_id", "tiny"],
                          check=False, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "dataset_dir is required" in bad.stderr
+
+
+@pytest.mark.slow
+def test_train_script_ddp_two_cpu_processes(prepared_dataset, tmp_path):
+    """The multi-GPU path (DDP) exercised with two CPU processes (gloo), launched by torchrun."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    import signal
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port),
+           str(root / "train_scripts" / "sft_mllm.py"), "--config", str(root / "train_scripts" / "configs" / "sft_tiny.yaml"),
+           "--dataset_dir", str(prepared_dataset), "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+           "--max_train_samples", "8", "--max_eval_samples", "3", "--save_merged", "false"]
+    # own process group, so that a hang kills the workers too
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        stdout, stderr = popen.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.communicate()
+        raise
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    # 2 steps x batch 2 x 2 processes = 8 conversations = one epoch of the 8 training records
+    assert summary["train"]["epoch"] == pytest.approx(1.0)
+    assert proc.stdout.count('"metrics"') == 1  # only the main process reports
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()

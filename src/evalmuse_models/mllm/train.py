@@ -406,5 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"))
     args = arguments_from_cli(argv)
     summary = run_sft(args)
-    print(json.dumps({"metrics": summary["metrics"], "paths": summary["paths"]}, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"metrics": summary["metrics"], "paths": summary["paths"]}, indent=2))
     return 0
