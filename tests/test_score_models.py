@@ -1,0 +1,87 @@
+"""``evalmuse score`` with the package's real (tiny, random) models loaded from local folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evalmuse_models.cli import main
+from evalmuse_models.scoring import read_results, rle_to_mask, score
+from evalmuse_models.utils import UserInputError
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    from evalmuse_models.models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor
+    from evalmuse_models.models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    config = EvalMuseAlignConfig.from_preset("tiny")
+    EvalMuseAlignModel(config).save_pretrained(root / "align")
+    build_tiny_processor(config).save_pretrained(root / "align")
+    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(root / "structure")
+    return root / "align", root / "structure"
+
+
+def test_dataset_split_with_both_models_matches_direct_calls(prepared_dataset, model_dirs, tmp_path):
+    import datasets
+    from transformers import AutoModel, AutoProcessor
+
+    align_dir, structure_dir = model_dirs
+    out = tmp_path / "r.jsonl"
+    assert main(["score", str(prepared_dataset), "--config", "alignment", "--split", "test", "--out", str(out),
+                 "--align", str(align_dir), "--structure", str(structure_dir), "--batch-size", "4",
+                 "--num-workers", "0", "--limit", "6", "--no-progress"]) == 0
+    rows = read_results(out)
+    split = datasets.load_dataset(str(prepared_dataset), "alignment", split="test")
+    assert [r["id"] for r in rows] == split["img_path"][:6]
+    assert all(r["status"] == "ok" for r in rows)
+    assert rows[0]["source"]["config"] == "alignment" and rows[0]["source"]["index"] == 0
+
+    images = [split[i]["image"].convert("RGB") for i in range(2)]
+    model = AutoModel.from_pretrained(align_dir).eval()
+    processor = AutoProcessor.from_pretrained(align_dir)
+    direct = model.score(images, split["prompt"][:2], elements=[rows[i]["elements"] for i in range(2)],
+                         processor=processor)
+    for row, expected in zip(rows, direct):
+        assert row["alignment"]["overall"] == pytest.approx(expected["overall"], abs=1e-5)
+        assert row["alignment"]["elements"] == pytest.approx(expected["elements"], abs=1e-5)
+    structure = AutoModel.from_pretrained(structure_dir).eval()
+    predicted = structure.predict(images, prompts=split["prompt"][:2])
+    for row, expected in zip(rows, predicted):
+        assert row["structure"]["score"] == pytest.approx(expected["score"], abs=1e-5)
+        np.testing.assert_array_equal(rle_to_mask(row["structure"]["mask"]), expected["mask"])
+        assert 1 <= row["structure"]["score"] <= 5 and 1 <= row["alignment"]["overall"] <= 5
+
+
+def test_structure_split_keeps_labels(prepared_dataset, model_dirs, tmp_path):
+    import datasets
+
+    out = tmp_path / "s.jsonl"
+    summary = score(prepared_dataset, config="structure", split="test", out=out, structure=str(model_dirs[1]),
+                    limit=3, progress=False)
+    assert summary["rows"] == 3
+    split = datasets.load_dataset(str(prepared_dataset), "structure", split="test")
+    rows = read_results(out)
+    for i, row in enumerate(rows):
+        assert row["id"] == split[i]["image_name"]
+        assert row["reference"]["mos"] == pytest.approx(split[i]["mos"])
+        truth = (np.asarray(split[i]["mask"]) > 127).astype(np.uint8)
+        np.testing.assert_array_equal(rle_to_mask(row["reference"]["mask"]), truth)
+        assert rle_to_mask(row["structure"]["mask"]).shape == truth.shape
+
+
+def test_wrong_model_kind_and_missing_folder(model_dirs, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (16, 16)).save(folder / "a.png")
+    (folder / "prompts.jsonl").write_text('{"image": "a.png", "prompt": "a cat"}\n')
+    with pytest.raises(UserInputError, match="needs an evalmuse_align model"):
+        score(folder, out=tmp_path / "o.jsonl", align=str(model_dirs[1]), progress=False)
+    with pytest.raises(UserInputError, match="no config.json"):
+        score(folder, out=tmp_path / "o.jsonl", align=str(tmp_path), progress=False)
+    with pytest.raises(UserInputError, match="does not exist locally"):
+        score(folder, out=tmp_path / "o.jsonl", align="no/such/model", progress=False)
