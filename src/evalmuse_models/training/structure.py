@@ -344,7 +344,8 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         ``final`` the trained one on ``eval_split`` at the searched threshold and ``test`` on a
         labelled ``test`` split at that threshold (chosen without it); every metrics dict
         has the official keys ``precision``, ``recall``, ``f1``, ``giou``, ``plcc``, ``srcc``,
-        ``final_score``.
+        ``final_score``. Under multi-process launches only the main process evaluates and saves;
+        the other processes get the dict without ``final``, ``test`` and ``model_dir``.
     """
     import torch
     from accelerate import Accelerator
@@ -703,7 +704,7 @@ def parse_args(argv: list[str] | None = None) -> TrainStructureArguments:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: parse the arguments, train, print the final metrics as JSON."""
     result = train_structure(parse_args(argv))
-    if result:
+    if result.get("model_dir"):  # the main process only
         summary = {k: result.get(k) for k in ("initial", "final", "test", "threshold", "model_dir")}
         print(json.dumps(summary, indent=2))
     return 0
