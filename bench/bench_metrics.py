@@ -28,7 +28,6 @@ from evalmuse_models.metrics import alignment_main_score, structure_final_score
 from evalmuse_models.utils import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
-MOS_CSV = HERE.parent / "tests" / "data" / "evalmuse_structure_train_mos.csv"
 
 
 def naive_structure(pred_scores, true_scores, pred_masks, true_masks, size=512):
@@ -84,11 +83,9 @@ def naive_structure(pred_scores, true_scores, pred_masks, true_masks, size=512):
 
 
 def _mos(n, rng):
-    try:
-        values = np.loadtxt(MOS_CSV, delimiter=",", skiprows=1, usecols=1)
-    except (OSError, ValueError):
-        values = rng.uniform(1, 5, 10_000)
-    return rng.choice(values, n)
+    from evalmuse_models.data.synthetic import real_structure_mos
+
+    return rng.choice(real_structure_mos(), n)
 
 
 def _shape(mask, rng, scale):

@@ -12,8 +12,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-SHARED_MOS_CSV = os.path.join(os.path.dirname(__file__), "data", "evalmuse_structure_train_mos.csv")
-
 
 @pytest.fixture(scope="session")
 def alignment_release(tmp_path_factory):
