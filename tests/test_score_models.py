@@ -85,3 +85,20 @@ def test_wrong_model_kind_and_missing_folder(model_dirs, tmp_path):
         score(folder, out=tmp_path / "o.jsonl", align=str(tmp_path), progress=False)
     with pytest.raises(UserInputError, match="does not exist locally"):
         score(folder, out=tmp_path / "o.jsonl", align="no/such/model", progress=False)
+
+
+def test_mllm_judge_spec(tmp_path):
+    from test_score_engine import write_image_folder
+
+    from evalmuse_models.scoring.submission import write_submission
+
+    folder = tmp_path / "imgs"
+    write_image_folder(folder, count=2, bad=False)
+    out = tmp_path / "m.jsonl"
+    score(folder, out=out, align="mllm:tiny", progress=False)
+    rows = read_results(out)
+    assert rows[0]["meta"]["align_model"] == "mllm:tiny"
+    assert set(rows[0]["alignment"]["elements"]) == set(rows[0]["elements"])
+    assert all(1 <= r["alignment"]["overall"] <= 5 for r in rows)
+    written = write_submission(out, tmp_path / "sub")
+    assert "LLM[1] / Non-LLM[0] : 1" in written["alignment"]["readme"].read_text()
