@@ -17,6 +17,7 @@ Numbers, never pass/fail.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -101,8 +102,9 @@ def bench_sft(preset, steps, batch_size, side, device, seed=0):
     train_ds = build_sft_dataset(records_from_rows(rows), ConversationOptions(chain_of_thought=True, soft_labels=True,
                                                                               prompt_type_hint=True))
     bf16 = device == "cuda"
-    model, processor = build_tiny_qwen2_5_vl(preset, seed=seed, dtype=torch.bfloat16 if bf16 else None)
-    model.to(device).train()
+    model, processor = build_tiny_qwen2_5_vl(preset, seed=seed, dtype=torch.bfloat16 if bf16 else None,
+                                             device=device)
+    model.train()
     with tempfile.TemporaryDirectory() as tmp:
         args = MLLMSFTArguments(output_dir=tmp, model_id=f"tiny:{preset}", max_steps=steps,
                                 per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
@@ -110,7 +112,8 @@ def bench_sft(preset, steps, batch_size, side, device, seed=0):
                                 save_steps=10_000, bf16=bf16, report_to="none")
         trainer = make_trainer(args, train_ds, model, processor, bf16)
         t0 = time.perf_counter()
-        metrics = trainer.train().metrics
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON report
+            metrics = trainer.train().metrics
         dt = time.perf_counter() - t0
     return {
         "steps": steps,
@@ -141,8 +144,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     dtype = torch.bfloat16 if device == "cuda" else None
-    model, processor = build_tiny_qwen2_5_vl(args.preset, seed=0, dtype=dtype)
-    model.to(device).eval()
+    model, processor = build_tiny_qwen2_5_vl(args.preset, seed=0, dtype=dtype, device=device)
     build_s = time.perf_counter() - t0
     images, prompts, keys = _synthetic(args.images, args.elements, side)
     grid = processor.image_processor(images=images[:1], return_tensors="pt")["image_grid_thw"][0]

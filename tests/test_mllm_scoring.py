@@ -227,3 +227,19 @@ def test_pseudo_labels_become_training_records(tiny, prepared_dataset, tmp_path)
     base = datasets.load_dataset(str(prepared_dataset), "alignment", split="train")
     assert len(train) == len(base) + 3
     assert train[len(base)]["total_score"] == pytest.approx(preds[0]["overall"], abs=1e-6)
+
+
+def test_tiny_builder_dtype_and_presets():
+    model, processor = build_tiny_qwen2_5_vl("tiny", seed=3, dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert torch.get_default_dtype() == torch.float32
+    cfg = model.config
+    assert cfg.image_token_id == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert cfg.text_config.vocab_size == len(processor.tokenizer)
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_tiny_qwen2_5_vl("huge")
+    from evalmuse_models.mllm.tiny import tiny_qwen2_5_vl_config
+
+    big = tiny_qwen2_5_vl_config("7b", tokenizer=processor.tokenizer)
+    assert (big.text_config.hidden_size, big.text_config.num_hidden_layers, big.vision_config.depth) == (3584, 28, 32)
+    assert big.text_config.vocab_size == 152064

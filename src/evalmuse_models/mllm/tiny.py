@@ -193,24 +193,30 @@ def tiny_qwen2_5_vl_config(preset: str = "tiny", tokenizer=None, **overrides):
     return config
 
 
-def build_tiny_qwen2_5_vl(preset: str = "tiny", seed: int = 0, dtype=None, **config_overrides):
+def build_tiny_qwen2_5_vl(preset: str = "tiny", seed: int = 0, dtype=None, device=None, **config_overrides):
     """Build ``(model, processor)``: a random-weight Qwen2.5-VL of ``preset`` and its offline processor.
 
-    ``preset="7b"`` gives the real Qwen2.5-VL-7B architecture (random init; allocate it on a GPU,
-    e.g. ``dtype=torch.bfloat16``), with a tiny tokenizer whose ids fit in its 152k vocabulary.
+    ``preset="7b"`` gives the real Qwen2.5-VL-7B architecture (random init) with a tiny tokenizer
+    whose ids fit in its 152k vocabulary; build it directly on the accelerator in bf16
+    (``device="cuda", dtype=torch.bfloat16``) rather than in float32 on the CPU.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    spec = PRESETS.get(preset, None)
+    spec = PRESETS.get(preset)
     if spec is None:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     processor = build_tiny_processor(max_pixels=spec["max_pixels"])
     config = tiny_qwen2_5_vl_config(preset, tokenizer=processor.tokenizer, **config_overrides)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    if dtype is not None:
-        model = model.to(dtype)
+    previous = torch.get_default_dtype()
+    try:
+        if dtype is not None:
+            torch.set_default_dtype(dtype)
+        with torch.device(device or "cpu"):
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.eval()
     return model, processor
 

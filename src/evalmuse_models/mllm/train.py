@@ -90,7 +90,6 @@ class MLLMSFTArguments:
     # outputs
     eval_batch_size: int = 8
     save_merged: bool = True
-    hub_model_id: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> MLLMSFTArguments:
