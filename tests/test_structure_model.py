@@ -275,7 +275,7 @@ def test_predict_errors(tiny_model, tmp_path):
         tiny_model.predict([Image.new("RGB", (8, 8))], threshold=3)
 
 
-def test_predict_with_prompts_for_text_presets():
+def test_predict_with_prompts_for_text_presets(tmp_path):
     model = EvalMuseStructureModel(tiny_em_rahf()).eval()
     processor = EvalMuseStructureProcessor.from_model_config(model.config, tokenizer=tiny_tokenizer())
     images = [Image.new("RGB", (100, 80)), Image.new("RGB", (50, 70), (200, 10, 10))]
@@ -283,6 +283,12 @@ def test_predict_with_prompts_for_text_presets():
     assert [r["mask"].shape for r in results] == [(80, 100), (70, 50)]
     with pytest.raises(ValueError, match="prompts"):
         model.predict(images, processor=processor)
+    # a saved checkpoint brings its processor (tokenizer included): no network, no processor argument
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = EvalMuseStructureModel.from_pretrained(tmp_path).eval()
+    again = loaded.predict(images, prompts=["a hand", "a face"])
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in results], abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ post-processing

@@ -415,6 +415,10 @@ class EvalMuseStructurePreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if module.__class__.__name__ == "AltRobertaEmbeddings":
+            # non-persistent buffers: not in checkpoints, so they must be rebuilt on every load
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
         if getattr(module, "_zero_init", False):
             init.zeros_(module.weight)
             if module.bias is not None:
@@ -704,6 +708,19 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
 
     # ---------------------------------------------------------------- inference
 
+    def _default_processor(self, processor_class):
+        cached = getattr(self, "_cached_processor", None)
+        if cached is not None:
+            return cached
+        processor = None
+        source = getattr(self, "name_or_path", None)
+        if source and os.path.isdir(source) and os.path.isfile(os.path.join(source, "processor_config.json")):
+            processor = processor_class.from_pretrained(source)
+        if processor is None:
+            processor = processor_class.from_model_config(self.config)
+        self._cached_processor = processor
+        return processor
+
     @torch.no_grad()
     def predict(
         self,
@@ -721,7 +738,8 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
             images: PIL images or paths.
             prompts: one prompt per image (needed by presets that embed the prompt).
             batch_size: images per forward pass.
-            processor: an [`EvalMuseStructureProcessor`]; default: built from this config (and the
+            processor: an [`EvalMuseStructureProcessor`]; default: the processor saved with the
+                checkpoint this model was loaded from, else one built from the config (with the
                 tokenizer of ``config.text_pretrained_id`` for text presets).
             threshold: heatmap threshold in [0, 1] (default ``config.threshold``, the baseline's 40/255).
             min_region_area: regions of the 512 x 512 mask with fewer pixels are dropped
@@ -751,7 +769,7 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
             raise ValueError(f"threshold must be in [0, 1] (a heatmap level), got {threshold}")
         min_area = self.config.min_region_area if min_region_area is None else int(min_region_area)
         if processor is None:
-            processor = EvalMuseStructureProcessor.from_model_config(self.config)
+            processor = self._default_processor(EvalMuseStructureProcessor)
         if self.config.uses_text and prompts is None:
             raise ValueError("this preset embeds the prompt: pass prompts=[...] (one per image)")
 
