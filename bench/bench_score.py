@@ -28,8 +28,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def build_models(root: Path) -> tuple[str, str]:
     import torch
 
-    from evalmuse_models.models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor
-    from evalmuse_models.models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
+    from evalmuse_models.models.evalmuse_align import (
+        EvalMuseAlignConfig,
+        EvalMuseAlignModel,
+        build_tiny_processor,
+    )
+    from evalmuse_models.models.evalmuse_structure import (
+        EvalMuseStructureConfig,
+        EvalMuseStructureModel,
+    )
 
     torch.manual_seed(0)
     config = EvalMuseAlignConfig.from_preset("tiny")
@@ -74,6 +81,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     results: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                                  "python": sys.version.split()[0], "torch": torch.__version__,
+                                 "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
                                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                      "images": args.images, "structure_images": args.structure_images, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +101,9 @@ def main() -> int:
                                   args.structure_images)):
             throughput[label] = {}
             for workers in (0, 2):
-                seconds = timed(lambda: run(f"{label}-{workers}.jsonl", n, workers, **models))
+                start = time.perf_counter()
+                run(f"{label}-{workers}.jsonl", n, workers, **models)
+                seconds = time.perf_counter() - start
                 throughput[label][f"workers_{workers}"] = {"seconds": round(seconds, 2),
                                                            "images_per_second": round(n / seconds, 2)}
         results["throughput"] = throughput
@@ -114,6 +124,7 @@ def main() -> int:
             "rows_resumed": rows_resumed,
             "note": "a resume reloads the models and re-reads the results file; overhead_s is that fixed cost",
         }
+    results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     text = json.dumps(results, indent=1)
     print(text)
     out = Path(__file__).resolve().parent / "results" / "score.json"

@@ -14,8 +14,15 @@ from evalmuse_models.utils import UserInputError
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from evalmuse_models.models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor
-    from evalmuse_models.models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
+    from evalmuse_models.models.evalmuse_align import (
+        EvalMuseAlignConfig,
+        EvalMuseAlignModel,
+        build_tiny_processor,
+    )
+    from evalmuse_models.models.evalmuse_structure import (
+        EvalMuseStructureConfig,
+        EvalMuseStructureModel,
+    )
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
