@@ -176,6 +176,24 @@ def test_untrained_fusion_keeps_the_backbone_features(tiny_model):
     assert not torch.allclose(changed, reference, atol=1e-3)
 
 
+def test_clip_vision_backbone_option():
+    clip = {
+        "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "patch_size": 8, "image_size": 32,
+    }
+    torch.manual_seed(0)
+    model = EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny", vit_config=clip, fusion_layers=[0, 1]))
+    model.eval()
+    pixel_values = model.dummy_inputs["pixel_values"]  # 64 px on a 32-px CLIP: interpolated positions
+    with torch.no_grad():
+        hidden, _ = model._encode(pixel_values)
+        vit_out = model.vit(pixel_values, interpolate_pos_encoding=True).last_hidden_state
+        reference = model.vit.post_layernorm(vit_out)
+        out = model(pixel_values=pixel_values)
+    assert torch.allclose(hidden, reference, atol=1e-5)
+    assert out.heatmap.shape == (2, 512, 512)
+
+
 def test_frozen_backbones_get_no_gradient_and_stay_in_eval_mode():
     config = EvalMuseStructureConfig.from_preset("tiny", freeze_vit=True, freeze_cnn=True)
     model = EvalMuseStructureModel(config).train()
