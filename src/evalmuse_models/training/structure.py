@@ -185,13 +185,12 @@ def _heatmap_array(value, name: str, size: int) -> np.ndarray:
 
 
 class _Collator:
-    def __init__(self, processor, heatmap_size: int, uses_text: bool, train: bool, hflip: bool, seed: int):
+    def __init__(self, processor, heatmap_size: int, uses_text: bool, train: bool, hflip: bool):
         self.processor = processor
         self.heatmap_size = heatmap_size
         self.uses_text = uses_text
         self.train = train
         self.hflip = hflip
-        self.rng = np.random.default_rng(seed)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -201,7 +200,8 @@ class _Collator:
         for row in rows:
             image = row["image"].convert("RGB")
             heat = _heatmap_array(row.get("heatmap"), row.get("image_name", "?"), self.heatmap_size)
-            if self.train and self.hflip and self.rng.random() < 0.5:
+            # torch's generator: seeded by set_seed in the main process and per worker by the DataLoader
+            if self.train and self.hflip and float(torch.rand(())) < 0.5:
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)
                 heat = heat[:, ::-1]
             images.append(image)
@@ -225,7 +225,7 @@ def predict_split(model, split, processor, batch_size: int, device, show_progres
     import torch
     from tqdm.auto import tqdm
 
-    collate = _Collator(processor, model.config.heatmap_size, model.config.uses_text, train=False, hflip=False, seed=0)
+    collate = _Collator(processor, model.config.heatmap_size, model.config.uses_text, train=False, hflip=False)
     heatmaps, scores = [], []
     was_training = model.training
     model.eval()
@@ -395,7 +395,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     unfreeze_fraction = config.freeze_schedule_fraction if args.freeze_schedule_fraction is None else args.freeze_schedule_fraction
     frozen_at_start = config.freeze_vit, config.freeze_cnn, config.freeze_text
 
-    collate = _Collator(processor, config.heatmap_size, config.uses_text, train=True, hflip=args.hflip, seed=args.seed)
+    collate = _Collator(processor, config.heatmap_size, config.uses_text, train=True, hflip=args.hflip)
     loader = DataLoader(
         train_split, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate,
         num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
