@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
 
-    key = f"{args.device}:{torch.cuda.get_device_name(0)}" if gpu else "cpu"
+    key = f"cuda:{torch.cuda.get_device_name(0)}" if gpu else f"cpu ({torch.get_num_threads()} torch threads)"
     output = Path(args.output)
     previous = json.loads(output.read_text()) if output.is_file() else {}
     results = previous.get("results", {}) if isinstance(previous, dict) else {}

@@ -507,16 +507,26 @@ def train_align(args: TrainAlignArguments) -> dict:
             )
 
     def save_checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            return
+        # Every process calls save_state (accelerate writes per-process RNG states); the folder is built
+        # under a partial name and renamed into place by the main process, so a crash never leaves a
+        # half-written checkpoint that a resume would pick up.
         target = checkpoints / f"step-{progress['step']}"
-        with atomic_directory(target, overwrite=True) as tmp:
-            accelerator.save_state(str(tmp))
-            (tmp / "progress.json").write_text(json.dumps(progress, indent=2))
-        kept = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name)))
-        for _, old in kept[: -args.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        partial = checkpoints / f".step-{progress['step']}.partial"
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_text(partial / "progress.json", json.dumps(progress, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(partial, target)
+            kept = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name)))
+            for _, old in kept[: -args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     if args.eval_on_start and progress["initial"] is None and accelerator.is_main_process:
         progress["initial"] = evaluate()
@@ -578,10 +588,10 @@ def train_align(args: TrainAlignArguments) -> dict:
 
     accelerator.wait_for_everyone()
     metrics: dict[str, Any] = {}
+    if accelerator.is_main_process and (not progress["history"] or progress["history"][-1]["step"] != progress["step"]):
+        progress["history"].append({"step": progress["step"], **evaluate()})
+    save_checkpoint()
     if accelerator.is_main_process:
-        if not progress["history"] or progress["history"][-1]["step"] != progress["step"]:
-            progress["history"].append({"step": progress["step"], **evaluate()})
-        save_checkpoint()
         final = {k: v for k, v in progress["history"][-1].items() if k not in ("step", "epoch")}
         metrics = {
             "initial": progress["initial"],

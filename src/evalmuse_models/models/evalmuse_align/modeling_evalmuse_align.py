@@ -77,6 +77,14 @@ class EvalMuseAlignOutput(ModelOutput):
     image_embeds: torch.FloatTensor | None = None
 
 
+class EvalMuseAlignMaskLinear(nn.Linear):
+    """A linear layer of ``mask_proj``; knows the head's input width for FGA-BLIP2's init."""
+
+    def __init__(self, in_features: int, out_features: int, head_input_size: int):
+        super().__init__(in_features, out_features)
+        self.head_input_size = head_input_size
+
+
 class EvalMuseAlignMaskHead(nn.Module):
     """``mask_proj``: Linear/ReLU stack down to one logit, sigmoid output (FGA-BLIP2's ``MLP``).
 
@@ -90,8 +98,8 @@ class EvalMuseAlignMaskHead(nn.Module):
         sizes = [input_size, *hidden_sizes]
         modules: list[nn.Module] = []
         for in_size, out_size in itertools.pairwise(sizes):
-            modules += [nn.Linear(in_size, out_size), nn.ReLU()]
-        modules.append(nn.Linear(sizes[-1], 1))
+            modules += [EvalMuseAlignMaskLinear(in_size, out_size, input_size), nn.ReLU()]
+        modules.append(EvalMuseAlignMaskLinear(sizes[-1], 1, input_size))
         self.layers = nn.Sequential(*modules)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -118,6 +126,12 @@ class EvalMuseAlignPreTrainedModel(PreTrainedModel):
     ]
 
     def _init_weights(self, module):
+        if isinstance(module, EvalMuseAlignMaskLinear):
+            # FGA-BLIP2 initialises every layer of the mask MLP with N(0, 1/(input+1)) and zero bias,
+            # "input" being the head's input width (the Q-Former hidden size) for all layers.
+            init.normal_(module.weight, mean=0.0, std=1.0 / (module.head_input_size + 1))
+            init.zeros_(module.bias)
+            return
         super()._init_weights(module)
         std = self.config.initializer_range
         if isinstance(module, Blip2VisionEmbeddings):
@@ -125,13 +139,6 @@ class EvalMuseAlignPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.class_embedding, mean=0.0, std=std)
         elif isinstance(module, Blip2TextEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-        elif isinstance(module, EvalMuseAlignMaskHead):
-            # FGA-BLIP2 initialises every layer of the mask MLP with N(0, 1/(input+1)) and zero bias.
-            for name, param in module.layers.named_parameters():
-                if name.endswith("weight"):
-                    init.normal_(param, mean=0.0, std=1.0 / (module.input_size + 1))
-                else:
-                    init.zeros_(param)
         elif isinstance(module, EvalMuseAlignModel):
             # LAVIS draws the query tokens from N(0, initializer_range).
             init.normal_(module.query_tokens, mean=0.0, std=std)
@@ -247,8 +254,8 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             prompt_variance (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): per-prompt variance
                 of the overall scores, used when ``config.loss_weighting`` is ``"var"``/``"exp_var"``.
             image_embeds (`torch.FloatTensor`, *optional*): precomputed vision features (skips the encoder).
-            predict_element_mask (`bool`, *optional*): run ``mask_proj`` (defaults to `True` when
-                `token_mask_labels` is given, else `False`).
+            predict_element_mask (`bool`, *optional*, defaults to `True`): run ``mask_proj`` on the text-only
+                Q-Former pass (``score`` turns it off: it is a training signal).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if input_ids is None:
@@ -256,7 +263,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if predict_element_mask is None:
-            predict_element_mask = token_mask_labels is not None
+            predict_element_mask = True
 
         if image_embeds is None:
             if pixel_values is None:
@@ -408,6 +415,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
                     input_ids=inputs["input_ids"].to(device),
                     attention_mask=inputs["attention_mask"].to(device),
                     element_mask=inputs["element_mask"].to(device) if "element_mask" in inputs else None,
+                    predict_element_mask=False,
                 )
                 overall = outputs.alignment_score.float().cpu().tolist()
                 token_scores = outputs.token_scores.float().cpu()
