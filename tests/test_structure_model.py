@@ -517,3 +517,17 @@ def test_model_card_renders(tiny_model, tmp_path):
     assert "EvalMuse structure model (`tiny` preset)" in text and "timm resnet10t" in text
     assert "Final 0.6098" in text  # no run metrics: the published baseline is quoted
     assert "{{" not in text and "{%" not in text
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from evalmuse_models.models.evalmuse_structure import (
+        configuration_evalmuse_structure,
+        modeling_evalmuse_structure,
+        processing_evalmuse_structure,
+    )
+
+    for module in (configuration_evalmuse_structure, modeling_evalmuse_structure, processing_evalmuse_structure):
+        failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert attempted > 0 and failed == 0, module.__name__

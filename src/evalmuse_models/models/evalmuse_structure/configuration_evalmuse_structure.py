@@ -189,6 +189,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
     >>> out = model(**model.dummy_inputs)
     >>> out.heatmap.shape, out.structure_score.shape
     (torch.Size([2, 512, 512]), torch.Size([2]))
+
     ```
     """
 
@@ -312,6 +313,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
         >>> config = EvalMuseStructureConfig.from_preset("hnu-vpai", freeze_cnn=False)
         >>> config.vit_config.hidden_size, config.image_size
         (1024, 518)
+
         ```
         """
         if name not in PRESETS:

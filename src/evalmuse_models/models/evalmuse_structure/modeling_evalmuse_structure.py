@@ -447,6 +447,7 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
     >>> result = model.predict([Image.new("RGB", (300, 200))])[0]
     >>> result["mask"].shape, sorted(result)
     ((200, 300), ['heatmap', 'mask', 'mask_512', 'regions', 'score'])
+
     ```
     """
 

@@ -45,6 +45,7 @@ class EvalMuseStructureProcessor(ProcessorMixin):
     >>> processor = EvalMuseStructureProcessor.from_model_config(EvalMuseStructureConfig.from_preset("tiny"))
     >>> processor(images=[Image.new("RGB", (300, 200))], return_tensors="pt")["pixel_values"].shape
     torch.Size([1, 3, 64, 64])
+
     ```
     """
 
