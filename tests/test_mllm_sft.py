@@ -232,3 +232,21 @@ def test_train_script_ddp_two_cpu_processes(prepared_dataset, tmp_path):
     assert summary["train"]["epoch"] == pytest.approx(1.0)
     assert proc.stdout.count('"metrics"') == 1  # only the main process reports
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_lora_config_wraps_the_chosen_towers():
+    from peft import get_peft_model
+
+    from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+
+    for towers, want_vision, want_language in ((["language"], False, True), (["language", "vision"], True, True),
+                                              (["vision"], True, False)):
+        model, _ = build_tiny_qwen2_5_vl(seed=0)
+        peft_model = get_peft_model(model, make_lora_config(r=2, towers=towers))
+        names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+        assert all("lora_" in n for n in names)
+        assert any(".visual." in n for n in names) == want_vision
+        assert any(".language_model." in n for n in names) == want_language
+    model, _ = build_tiny_qwen2_5_vl(seed=0)
+    only_q = get_peft_model(model, make_lora_config(r=2, towers=["language"], language_modules=["q_proj"]))
+    assert {n.split(".")[-4] for n, p in only_q.named_parameters() if p.requires_grad} == {"q_proj"}

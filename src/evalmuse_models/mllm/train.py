@@ -32,6 +32,7 @@ from .scoring import (
     set_pixel_budget,
     single_token_ids,
 )
+from .sft import LANGUAGE_LORA_MODULES, VISION_LORA_MODULES
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class MLLMSFTArguments:
     lora_alpha: int | None = 32
     lora_dropout: float = 0.05
     lora_towers: list[str] = field(default_factory=lambda: ["language", "vision"])
+    lora_language_modules: list[str] = field(default_factory=lambda: list(LANGUAGE_LORA_MODULES))
+    lora_vision_modules: list[str] = field(default_factory=lambda: list(VISION_LORA_MODULES))
     # optimisation
     learning_rate: float = 4e-5
     num_train_epochs: float = 3.0
@@ -215,7 +218,8 @@ def _write_card(folder: Path, args: MLLMSFTArguments, metrics: dict | None, kind
         levels=level_scale(args.levels).words,
         recipe={k: getattr(args, k) for k in (
             "chain_of_thought", "prompt_type_hint", "element_turns", "soft_labels", "soft_label_weight",
-            "score_noise", "lighting", "lora_r", "lora_alpha", "lora_towers", "learning_rate",
+            "score_noise", "lighting", "lora_r", "lora_alpha", "lora_towers", "lora_language_modules",
+            "lora_vision_modules", "learning_rate",
             "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps")},
         metrics=metrics,
     )
@@ -276,7 +280,8 @@ def make_trainer(args: MLLMSFTArguments, train_ds, model, processor, bf16: bool)
         train_dataset=train_ds,
         processing_class=processor,
         data_collator=collator,
-        peft_config=make_lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_towers),
+        peft_config=make_lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_towers,
+                                     args.lora_language_modules, args.lora_vision_modules),
         level_ids=level_ids,
         soft_label_weight=args.soft_label_weight,
     )
