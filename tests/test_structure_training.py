@@ -126,6 +126,12 @@ def test_freeze_schedule_unfreezes_the_backbones(prepared_dataset, tmp_path):
     assert unfrozen.config.freeze_vit and unfrozen.config.freeze_cnn
 
 
+def test_time_budget_stops_training(prepared_dataset, tmp_path):
+    result = train_structure(small_args(prepared_dataset, tmp_path / "budget", max_steps=1000, time_budget_s=0.01))
+    assert result["train"]["stopped_by_time_budget"] and result["train"]["steps"] == 1
+    assert (tmp_path / "budget" / "model" / "config.json").is_file()
+
+
 def test_bad_input_is_reported(prepared_dataset, tmp_path):
     with pytest.raises(UserInputError, match="structure"):
         train_structure(small_args(tmp_path / "nowhere", tmp_path / "out"))
@@ -133,6 +139,8 @@ def test_bad_input_is_reported(prepared_dataset, tmp_path):
         train_structure(small_args(prepared_dataset, tmp_path / "out", eval_split="dev"))
     with pytest.raises(UserInputError, match="per_device_train_batch_size"):
         train_structure(small_args(prepared_dataset, tmp_path / "out", per_device_train_batch_size=0))
+    with pytest.raises(UserInputError, match="time_budget_s"):
+        train_structure(small_args(prepared_dataset, tmp_path / "out", time_budget_s=0))
     with pytest.raises(UserInputError, match="preset"):
         train_structure(small_args(prepared_dataset, tmp_path / "out", preset="giant"))
 

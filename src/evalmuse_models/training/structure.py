@@ -57,6 +57,8 @@ class TrainStructureArguments:
         pretrained_backbones: load the preset's pretrained backbones (Hub ids / timm weights).
         config_overrides: extra ``EvalMuseStructureConfig`` fields (e.g. loss weights).
         num_epochs / max_steps: length of training; ``max_steps`` (optimizer steps) wins.
+        time_budget_s: stop training (then evaluate and save as usual) once this many seconds
+            have passed in this call (per-epoch evaluations included); ``metrics["train"]["stopped_by_time_budget"]`` says so.
         max_train_samples / max_eval_samples: subsample the splits (first N after a seeded shuffle).
         per_device_train_batch_size / per_device_eval_batch_size / gradient_accumulation_steps.
         learning_rate: head learning rate (default per preset: tiny 3e-3, hnu-vpai 1e-4, em-rahf 2e-5).
@@ -89,6 +91,7 @@ class TrainStructureArguments:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     num_epochs: int = 1
     max_steps: int | None = None
+    time_budget_s: float | None = None
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     per_device_train_batch_size: int = 8
@@ -136,6 +139,8 @@ class TrainStructureArguments:
             raise bad("freeze_schedule_fraction", "a fraction in [0, 1]")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise bad("mixed_precision", "'auto', 'no', 'bf16' or 'fp16'")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise bad("time_budget_s", "None or a positive number of seconds")
         if self.thresholds is not None and any(not 0.0 <= float(t) <= 1.0 for t in self.thresholds):
             raise bad("thresholds", "heatmap levels in [0, 1]")
 
@@ -472,7 +477,9 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     bar = tqdm(total=total_steps, initial=state["step"], desc="train structure", disable=not show)
     started = time.perf_counter()
     samples_before = state["samples"]
-    while state["step"] < total_steps:
+    stopped_by_budget = False
+    wall_started = time.perf_counter()
+    while state["step"] < total_steps and not stopped_by_budget:
         epoch_loader = loader
         if state["batches_in_epoch"]:
             epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
@@ -502,18 +509,23 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
                     save_checkpoint()
                 if state["step"] >= total_steps:
                     break
+                if args.time_budget_s:
+                    over = torch.tensor([time.perf_counter() - wall_started > args.time_budget_s], device=accelerator.device)
+                    if bool(accelerator.gather(over).any()):  # every process stops at the same step
+                        stopped_by_budget = True
+                        break
         else:
             # a full pass over the loader: end of epoch
             state["epoch"] += 1
             state["batches_in_epoch"] = 0
             state["seconds"] += time.perf_counter() - started
-            started = time.perf_counter()
             metrics = evaluate()
             state["epochs"].append({"epoch": state["epoch"], "step": state["step"], **(metrics or {})})
             if metrics:
                 accelerator.print(f"epoch {state['epoch']}: final score {metrics['final_score']:.4f}")
             if state["step"] < total_steps:
                 save_checkpoint()
+            started = time.perf_counter()  # training throughput excludes evaluation and checkpoints
             continue
         break
     bar.close()
@@ -539,6 +551,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
             "loss_last": float(np.mean(state["losses"][-max(1, args.log_every):])) if state["losses"] else None,
             "learning_rate": lr,
             "unfrozen_at_step": unfreeze_step,
+            "stopped_by_time_budget": stopped_by_budget,
         },
         "args": asdict(args),
     }
