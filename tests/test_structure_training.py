@@ -126,6 +126,12 @@ def test_freeze_schedule_unfreezes_the_backbones(prepared_dataset, tmp_path):
     assert unfrozen.config.freeze_vit and unfrozen.config.freeze_cnn
 
 
+def test_gradient_accumulation_counts_optimizer_steps(prepared_dataset, tmp_path):
+    result = train_structure(small_args(prepared_dataset, tmp_path / "acc", max_steps=3, per_device_train_batch_size=2,
+                                        gradient_accumulation_steps=2))
+    assert result["train"]["steps"] == 3 and result["train"]["samples"] == 12  # 2 batches of 2 per step
+
+
 def test_time_budget_stops_training(prepared_dataset, tmp_path):
     result = train_structure(small_args(prepared_dataset, tmp_path / "budget", max_steps=1000, time_budget_s=0.01))
     assert result["train"]["stopped_by_time_budget"] and result["train"]["steps"] == 1
