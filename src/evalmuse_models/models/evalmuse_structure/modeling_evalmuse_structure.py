@@ -456,7 +456,6 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
         vit_cfg = config.vit_config
         self.vit = _build_vit(vit_cfg)
         vit_dim = vit_cfg.hidden_size
-        self.num_register_tokens = int(getattr(vit_cfg, "num_register_tokens", 0) or 0)
 
         self.cnn = _build_cnn(config) if config.cnn_name else None
         cnn_channels: list[int] = []
