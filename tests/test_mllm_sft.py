@@ -250,3 +250,39 @@ def test_lora_config_wraps_the_chosen_towers():
     model, _ = build_tiny_qwen2_5_vl(seed=0)
     only_q = get_peft_model(model, make_lora_config(r=2, towers=["language"], language_modules=["q_proj"]))
     assert {n.split(".")[-4] for n, p in only_q.named_parameters() if p.requires_grad} == {"q_proj"}
+
+
+def test_compact_soft_label_loss_matches_the_full_logits_loss():
+    from PIL import Image
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from evalmuse_models.mllm.data import ConversationOptions, build_conversations
+    from evalmuse_models.mllm.scoring import single_token_ids
+    from evalmuse_models.mllm.sft import compact_soft_label_sft_loss
+    from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+
+    model, proc = build_tiny_qwen2_5_vl(seed=0)
+    tok = proc.tokenizer
+    level_ids = single_token_ids(tok, ["bad", "poor", "fair", "good", "excellent"])
+    examples = []
+    for i, total in enumerate((1.4, 3.7, 4.6)):
+        record = {"prompt": f"scene {i}", "prompt_type": "real", "total_score": total, "total_score_votes": [3, 4, 4],
+                  "elements": [{"phrase": "cat", "category": "animal", "score": 1.0, "votes": [1, 1, 1]}] * (i + 1)}
+        conv = build_conversations(record, ConversationOptions(chain_of_thought=i == 1, soft_labels=True))[0]
+        examples.append({"image": Image.new("RGB", (40 + 8 * i, 40), (10 * i, 200, 30)), "messages": conv["messages"],
+                         "level_target": conv["level_target"] if i != 2 else [0.0] * 5})
+    base = DataCollatorForVisionLanguageModeling(processor=proc, assistant_only_loss=True)
+    batch = LevelTargetCollator(base, level_ids, tok.convert_tokens_to_ids("<|im_end|>"))(examples)
+    targets, positions, labels = batch.pop("level_targets"), batch.pop("level_positions"), batch.pop("labels")
+    assert positions[2] == -1 and (positions[:2] > 0).all()
+    with torch.no_grad():
+        full = model(**batch).logits
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        flat = model(**batch, logits_to_keep=keep).logits
+    assert flat.shape == (int(keep.sum()), full.shape[-1])
+    torch.testing.assert_close(flat, full[keep], atol=1e-5, rtol=1e-5)
+    ref = soft_label_sft_loss(full, labels, targets, positions, level_ids, 0.5)
+    got, level_logits, level_targets = compact_soft_label_sft_loss(flat, labels, keep, targets, positions, level_ids, 0.5)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert level_logits.shape == (2, 5) and level_targets.shape == (2, 5)

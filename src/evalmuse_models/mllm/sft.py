@@ -186,23 +186,23 @@ def build_level_sft_trainer_class():
                                             num_items_in_batch=num_items_in_batch)
             labels = inputs.pop("labels")
             inputs["use_cache"] = False
-            outputs = model(**inputs)
-            logits = outputs.logits
-            loss = soft_label_sft_loss(logits, labels, targets, positions, self.level_ids,
-                                       self.soft_label_weight, num_items_in_batch)
+            # project onto the vocabulary only where a label is predicted (saves the B x L x V logits)
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != -100
+            outputs = model(**inputs, logits_to_keep=keep)
+            loss, level_logits, level_targets = compact_soft_label_sft_loss(
+                outputs.logits, labels, keep, targets, positions, self.level_ids, self.soft_label_weight,
+                num_items_in_batch,
+            )
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             mode = "train" if self.model.training else "eval"
             with torch.no_grad():
-                mask = labels[:, 1:] != -100
-                correct = (logits[:, :-1].argmax(-1) == labels[:, 1:]) & mask
-                self._metrics[mode]["mean_token_accuracy"].append(
-                    (correct.sum() / mask.sum().clamp(min=1)).item()
-                )
-                has = positions >= 0
-                lv = logits[has, positions[has] - 1][:, self.level_ids]
+                flat_labels = labels[:, 1:][keep[:, :-1]].to(outputs.logits.device)
+                correct = (outputs.logits.argmax(-1) == flat_labels).float().mean()
+                self._metrics[mode]["mean_token_accuracy"].append(correct.item())
                 self._metrics[mode]["level_kl"].append(
-                    float(level_kl_loss(lv, targets[has].to(lv.device), reduction="mean"))
+                    float(level_kl_loss(level_logits, level_targets, reduction="mean"))
                 )
             return (loss, outputs) if return_outputs else loss
 
@@ -234,3 +234,31 @@ def soft_label_sft_loss(logits, labels, targets, positions, level_ids, weight: f
     n = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
     n = torch.as_tensor(n, device=logits.device).clamp(min=1)
     return (ce + weight * kl) / n
+
+
+def compact_soft_label_sft_loss(flat_logits, labels, keep, targets, positions, level_ids, weight: float = 1.0,
+                                num_items_in_batch=None):
+    """:func:`soft_label_sft_loss` on logits computed only where ``keep`` is true.
+
+    ``flat_logits`` ``[N, V]`` are the logits at the ``keep`` positions (``logits_to_keep`` with a
+    boolean ``[B, L]`` mask, row-major order); ``keep[:, t]`` marks that position t predicts a
+    labelled token ``labels[:, t + 1]``. Returns ``(loss, level_logits [R, K], level_targets [R, K])``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = flat_logits.device
+    labels, keep, positions = labels.to(device), keep.to(device), positions.to(device)
+    flat_labels = labels[:, 1:][keep[:, :-1]]
+    flat_index = (keep.flatten().long().cumsum(0) - 1).view_as(keep)
+    rows = torch.nonzero(positions >= 0).squeeze(-1)
+    level_index = flat_index[rows, positions[rows] - 1]
+    hard = flat_labels.clone()
+    hard[level_index] = -100
+    ce = F.cross_entropy(flat_logits.float(), hard, ignore_index=-100, reduction="sum")
+    level_logits = flat_logits[level_index][:, list(level_ids)]
+    level_targets = targets[rows].to(device)
+    kl = level_kl_loss(level_logits, level_targets, reduction="sum")
+    n = num_items_in_batch if num_items_in_batch is not None else flat_labels.numel()
+    n = torch.as_tensor(n, device=device).clamp(min=1)
+    return (ce + weight * kl) / n, level_logits, level_targets
