@@ -171,3 +171,21 @@ def test_short_cpu_run_improves_the_validation_main_score(tmp_path_factory):
     assert final["num_images"] == initial["num_images"] > 100
     assert final["main_score"] > initial["main_score"] + 0.05, (initial, final)
     assert final["srcc"] > initial["srcc"]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(prepared_dataset, tmp_path):
+    """The multi-process path (DDP over gloo) on CPU: ``torchrun --nproc_per_node 2``."""
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         str(REPO / "train_scripts/train_align.py"), "--config", str(REPO / "train_scripts/configs/align_tiny.yaml"),
+         "--dataset_dir", str(prepared_dataset), "--output_dir", str(out), "--max_steps", "2",
+         "--eval_every", "2", "--save_every", "2", "--show_progress", "false", "--eval_on_start", "false"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    checkpoint = out / "checkpoints" / "step-2"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    assert EvalMuseAlignModel.from_pretrained(out / "model").config.model_type == "evalmuse_align"

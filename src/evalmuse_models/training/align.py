@@ -102,6 +102,7 @@ class TrainAlignArguments:
     logging_steps: int = 10
     num_workers: int = 0
     torch_num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads for CPU runs"})
+    use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is present"})
     seed: int = 42
     show_progress: bool = True
     overwrite_output_model: bool = True
@@ -411,6 +412,16 @@ def lavis_lr_lambda(args: TrainAlignArguments, steps_per_epoch: int):
     return factor
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return True
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
 def _resolve_mixed_precision(choice: str) -> str:
     import torch
 
@@ -451,6 +462,9 @@ def train_align(args: TrainAlignArguments) -> dict:
     accelerator = Accelerator(
         mixed_precision=_resolve_mixed_precision(args.mixed_precision),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # without an accelerator, `cpu=True` lets accelerate use torch.distributed (gloo) when launched
+        # with several processes (`torchrun --nproc_per_node N`)
+        cpu=args.use_cpu or not _has_accelerator(),
     )
     set_seed(args.seed)
 
@@ -470,6 +484,10 @@ def train_align(args: TrainAlignArguments) -> dict:
     if freeze_vision:
         model.vision_model.requires_grad_(False)
         model.vision_model.post_layernorm.requires_grad_(True)
+    # The ITC projections kept from BLIP-2 are not part of the FGA-BLIP2 loss: freeze them (DDP requires
+    # every trainable parameter to receive a gradient).
+    model.vision_projection.requires_grad_(False)
+    model.text_projection.requires_grad_(False)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
