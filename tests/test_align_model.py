@@ -24,8 +24,6 @@ from evalmuse_models.models.evalmuse_align import (
     find_sublist,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def config():

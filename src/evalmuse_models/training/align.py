@@ -450,13 +450,23 @@ def train_align(args: TrainAlignArguments) -> dict:
     ``output_dir/metrics.json``): ``initial`` (untrained model, when ``eval_on_start``), ``history``
     (each evaluation), ``final`` (last evaluation), ``steps``, ``epochs``, ``train_loss``, ``runtime_s``."""
     import torch
+
+    previous_threads = torch.get_num_threads()
+    if args.torch_num_threads:
+        torch.set_num_threads(args.torch_num_threads)
+    try:
+        return _train_align(args)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_align(args: TrainAlignArguments) -> dict:
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     started = time.monotonic()
-    if args.torch_num_threads:
-        torch.set_num_threads(args.torch_num_threads)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
