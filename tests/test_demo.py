@@ -34,12 +34,12 @@ def test_small_demo_end_to_end_and_deterministic(tmp_path, capsys):
     card_metrics = json.loads((tmp_path / "a" / "runs" / "align" / "model" / "eval_results.json").read_text())
     assert card_metrics["metrics"] == summary["alignment"]["trained"]
 
-    # Same seed in a fresh folder: the same scores, to the last digit.
+    # Same seed in a fresh folder: the same scores (to float round-off of multi-threaded CPU kernels).
     assert main(["demo", "--out", str(tmp_path / "b"), "--seed", "3", "--device", "cpu", "--no-report", *SMALL]) == 0
     again = json.loads((tmp_path / "b" / "summary.json").read_text())
     for track in ("alignment", "structure"):
-        assert again[track]["trained"] == summary[track]["trained"]
-        assert again[track]["chance"] == summary[track]["chance"]
+        assert again[track]["trained"] == pytest.approx(summary[track]["trained"], rel=1e-6, abs=1e-9)
+        assert again[track]["chance"] == pytest.approx(summary[track]["chance"], rel=1e-6, abs=1e-9)
 
     # A rerun in the same folder resumes: finished steps are skipped, the numbers stay.
     assert main(["demo", "--out", str(tmp_path / "b"), "--seed", "3", "--device", "cpu", "--no-report", *SMALL]) == 0
