@@ -37,19 +37,19 @@ from .utils import UserInputError, atomic_write_text
 
 @dataclass
 class DemoConfig:
-    """Sizes and budgets of the demo (defaults: about 6-9 minutes on 2 shared CPU cores)."""
+    """Sizes and budgets of the demo (defaults: about 3 minutes on 2 idle CPU cores)."""
 
     seed: int = 0
     device: str = "auto"
-    num_prompts: int = 60
-    num_structure_images: int = 160
-    align_steps: int = 200
-    align_learning_rate: float = 3e-3
+    num_prompts: int = 600
+    num_structure_images: int = 400
+    align_steps: int = 2000
+    align_learning_rate: float = 2e-3
     align_batch_size: int = 14
     align_freeze_vision: bool = False
-    structure_epochs: int = 5
+    structure_epochs: int = 10
     structure_batch_size: int = 8
-    time_budget_s: float | None = 180.0
+    time_budget_s: float | None = 150.0
     score_batch_size: int = 16
     num_workers: int = 0
     chance_draws: int = 20
