@@ -68,8 +68,8 @@ def timed(fn) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=48, help="images to score per run")
-    parser.add_argument("--structure-images", type=int, default=12, help="images for the structure-model runs")
+    parser.add_argument("--images", type=int, default=480, help="images to score per run")
+    parser.add_argument("--structure-images", type=int, default=120, help="images for the structure-model runs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
