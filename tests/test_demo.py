@@ -17,7 +17,6 @@ SMALL = ["--num-prompts", "12", "--num-structure-images", "60", "--align-steps",
          "--no-progress"]
 
 
-@pytest.mark.slow
 def test_small_demo_end_to_end_and_deterministic(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "a"), "--seed", "3", "--device", "cpu", *SMALL]) == 0
     printed = capsys.readouterr().out

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_score_engine import FakeAlign, FakeStructure, write_image_folder
 
 from evalmuse_models.scoring import read_results, score
@@ -29,6 +30,61 @@ def _free_port() -> int:
 
 def _strip(rows):
     return [{k: v for k, v in row.items() if k != "meta"} for row in rows]
+
+
+def _launch(args: list[str]) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+        "ACCELERATE_USE_CPU": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "-m", "evalmuse_models", "score", *args,
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_ranks_with_the_real_tiny_models(tmp_path):
+    import torch
+
+    from evalmuse_models.models.evalmuse_align import (
+        EvalMuseAlignConfig,
+        EvalMuseAlignModel,
+        build_tiny_processor,
+    )
+    from evalmuse_models.models.evalmuse_structure import (
+        EvalMuseStructureConfig,
+        EvalMuseStructureModel,
+    )
+
+    torch.manual_seed(0)
+    config = EvalMuseAlignConfig.from_preset("tiny")
+    EvalMuseAlignModel(config).save_pretrained(tmp_path / "align")
+    build_tiny_processor(config).save_pretrained(tmp_path / "align")
+    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(tmp_path / "structure")
+    folder = tmp_path / "images"
+    ids = write_image_folder(folder, count=7)
+    models = ["--align", str(tmp_path / "align"), "--structure", str(tmp_path / "structure")]
+    _launch([str(folder), "--out", str(tmp_path / "dist.jsonl"), *models, "--batch-size", "3", "--no-progress",
+             "--num-workers", "0"])
+    score(folder, out=tmp_path / "single.jsonl", align=str(tmp_path / "align"), structure=str(tmp_path / "structure"),
+          batch_size=5, progress=False)
+    merged, single = read_results(tmp_path / "dist.jsonl"), read_results(tmp_path / "single.jsonl")
+    assert [r["id"] for r in merged] == [r["id"] for r in single] == ids
+    for a, b in zip(merged, single):
+        assert a["status"] == b["status"]
+        if a["status"] != "ok":
+            continue
+        assert a["alignment"]["overall"] == pytest.approx(b["alignment"]["overall"], abs=1e-5)
+        assert a["alignment"]["elements"] == pytest.approx(b["alignment"]["elements"], abs=1e-5)
+        assert a["structure"]["score"] == pytest.approx(b["structure"]["score"], abs=1e-5)
+        assert a["structure"]["mask"] == b["structure"]["mask"]
 
 
 def test_two_cpu_ranks_merge_to_the_single_process_output(tmp_path):
