@@ -45,6 +45,9 @@ def test_small_demo_end_to_end_and_deterministic(tmp_path, capsys):
     resumed = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert resumed["alignment"]["trained"] == summary["alignment"]["trained"]
     assert resumed["timings_s"]["train_align"] < 1 and resumed["timings_s"]["train_structure"] < 1
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path / "b"), "--seed", "4", "--device", "cpu", "--no-report", *SMALL]) == 2
+    assert "seed: 3 -> 4" in capsys.readouterr().err
 
 
 def test_demo_rejects_a_missing_gpu(tmp_path, capsys, monkeypatch):

@@ -231,6 +231,19 @@ def _run(out_dir, config: DemoConfig) -> dict:
     step.t0 = time.perf_counter()
 
     raw_align, raw_structure, dataset_dir = out / "raw" / "evalmuse-40k", out / "raw" / "evalmuse-structure", out / "dataset"
+    recipe = {key: getattr(config, key) for key in ("seed", "num_prompts", "num_structure_images", "align_steps",
+                                                     "align_learning_rate", "align_batch_size", "align_freeze_vision",
+                                                     "structure_epochs", "structure_batch_size")}
+    if _done(marks / "recipe"):
+        previous = json.loads((marks / "recipe").read_text())
+        changed = {k: (previous.get(k), v) for k, v in recipe.items() if previous.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise UserInputError(f"{out} holds a demo run with other settings ({detail}); pass a new --out or "
+                                 "delete that folder to start over")
+    else:
+        _mark(marks / "recipe", recipe)
+
     if not _done(marks / "data"):
         _log(f"writing the synthetic releases (seed {config.seed})")
         write_alignment_release(raw_align, num_prompts=config.num_prompts, seed=config.seed)

@@ -220,7 +220,7 @@ def prepare_model_card(model_dir: str | os.PathLike, repo_id: str, *, metrics: s
         return render_model_card(
             name, card_data, repo_id=repo_id, preset=config.get("preset"), num_parameters=num_parameters,
             metrics={k: round(v, 4) if isinstance(v, float) else v for k, v in (measured or {}).get("metrics", {}).items()},
-            training=training, source=f"`{repo_id}`", model_type=model_type,
+            training=training, source=f"`{repo_id}`", model_type=model_type, threshold=config.get("threshold"),
         )
     except FileNotFoundError as err:
         raise UserInputError(str(err)) from None
