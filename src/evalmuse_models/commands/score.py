@@ -15,7 +15,7 @@ def register(subparsers) -> None:
             "(--structure). INPUT is a folder of images with a prompts file (prompts.jsonl / prompts.csv: "
             "image, prompt, optional elements and generator) or a prepared dataset folder / Hub id "
             "(choose --config and --split). Rows are appended to --out as they are scored; rerunning "
-            "the same command resumes. Multi-GPU / multi-node: `accelerate launch -m evalmuse_models.cli score ...`."
+            "the same command resumes. Several GPUs or nodes: `accelerate launch --multi_gpu --num_processes N -m evalmuse_models score ...`."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -203,6 +203,8 @@ def score(
 
     done = results_io.done_ids(out)
     todo = [position for position, record in enumerate(source.records) if record.id not in done]
+    # Every rank must split the same to-do list: nobody appends before all ranks have read.
+    state.wait_for_everyone()
     mine = todo[state.process_index :: state.num_processes]
     target = out if state.num_processes == 1 else results_io.shard_path(out, state.process_index)
 
