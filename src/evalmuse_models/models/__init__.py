@@ -13,6 +13,19 @@ import pkgutil
 _REGISTERED = False
 
 
+def register_family(config_class, model_class, processor_class) -> None:
+    """Register one family with ``AutoConfig``, ``AutoModel`` and ``AutoProcessor`` (idempotent), and mark
+    the classes so that ``save_pretrained`` ships their code (``trust_remote_code=True`` loading)."""
+    from transformers import AutoConfig, AutoModel, AutoProcessor
+
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, model_class, exist_ok=True)
+    AutoProcessor.register(config_class, processor_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class("AutoModel")
+    processor_class.register_for_auto_class("AutoProcessor")
+
+
 def register_with_transformers() -> None:
     global _REGISTERED
     if _REGISTERED:

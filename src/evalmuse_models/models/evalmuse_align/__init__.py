@@ -26,24 +26,12 @@ from .processing_evalmuse_align import (
     find_sublist,
 )
 
-_REGISTERED = False
-
 
 def register() -> None:
-    """Register the family with ``AutoConfig``, ``AutoModel`` and ``AutoProcessor`` (idempotent), and mark
-    the classes so that ``save_pretrained`` ships their code (``trust_remote_code=True`` loading)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AutoConfig, AutoModel, AutoProcessor
+    """Register the family with transformers' Auto classes (see :func:`evalmuse_models.models.register_family`)."""
+    from .. import register_family
 
-    AutoConfig.register(EvalMuseAlignConfig.model_type, EvalMuseAlignConfig, exist_ok=True)
-    AutoModel.register(EvalMuseAlignConfig, EvalMuseAlignModel, exist_ok=True)
-    AutoProcessor.register(EvalMuseAlignConfig, EvalMuseAlignProcessor, exist_ok=True)
-    EvalMuseAlignConfig.register_for_auto_class()
-    EvalMuseAlignModel.register_for_auto_class("AutoModel")
-    EvalMuseAlignProcessor.register_for_auto_class("AutoProcessor")
-    _REGISTERED = True
+    register_family(EvalMuseAlignConfig, EvalMuseAlignModel, EvalMuseAlignProcessor)
 
 
 __all__ = [

@@ -24,24 +24,12 @@ from .modeling_evalmuse_structure import (
 )
 from .processing_evalmuse_structure import EvalMuseStructureProcessor
 
-_REGISTERED = False
-
 
 def register() -> None:
-    """Register the family with ``AutoConfig``, ``AutoModel`` and ``AutoProcessor`` (idempotent), and mark
-    the classes so that ``save_pretrained`` ships their code (``trust_remote_code=True`` loading)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    from transformers import AutoConfig, AutoModel, AutoProcessor
+    """Register the family with transformers' Auto classes (see :func:`evalmuse_models.models.register_family`)."""
+    from .. import register_family
 
-    AutoConfig.register(EvalMuseStructureConfig.model_type, EvalMuseStructureConfig, exist_ok=True)
-    AutoModel.register(EvalMuseStructureConfig, EvalMuseStructureModel, exist_ok=True)
-    AutoProcessor.register(EvalMuseStructureConfig, EvalMuseStructureProcessor, exist_ok=True)
-    EvalMuseStructureConfig.register_for_auto_class()
-    EvalMuseStructureModel.register_for_auto_class("AutoModel")
-    EvalMuseStructureProcessor.register_for_auto_class("AutoProcessor")
-    _REGISTERED = True
+    register_family(EvalMuseStructureConfig, EvalMuseStructureModel, EvalMuseStructureProcessor)
 
 
 __all__ = [
