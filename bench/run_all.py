@@ -21,7 +21,7 @@ def main(argv: list[str]) -> int:
     failed = []
     for script in scripts:
         print(f"== {script.name}", flush=True)
-        if subprocess.run([sys.executable, str(script)]).returncode != 0:
+        if subprocess.run([sys.executable, str(script)], check=False).returncode != 0:
             failed.append(script.name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)

@@ -41,8 +41,9 @@ print(json.dumps({
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_auto_classes_resolve_each_family(model_type):
-    import evalmuse_models  # noqa: F401
     from transformers import AutoConfig, AutoModel
+
+    import evalmuse_models  # noqa: F401
 
     config = AutoConfig.for_model(model_type)
     assert config.model_type == model_type

@@ -1,5 +1,5 @@
 """Small shared helpers (atomic writes, ...)."""
 
-from .io import atomic_write_bytes, atomic_write_text, atomic_directory, UserInputError
+from .io import UserInputError, atomic_directory, atomic_write_bytes, atomic_write_text
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_directory", "UserInputError"]
+__all__ = ["UserInputError", "atomic_directory", "atomic_write_bytes", "atomic_write_text"]
