@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     parser.add_argument("--config", choices=["alignment", "structure"], help="dataset config when INPUT is a dataset")
     parser.add_argument("--split", default="test", help="dataset split when INPUT is a dataset")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=2, help="data-loader worker processes decoding images")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="data-loader worker processes decoding images (default: 0 on CPU, up to 4 on GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: accelerate's device)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--threshold", type=float, help="heatmap threshold for structure masks (model default)")

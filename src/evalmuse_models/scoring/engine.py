@@ -139,7 +139,7 @@ def score(
     config: str | None = None,
     split: str = "test",
     batch_size: int = 8,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: str | None = None,
     dtype: str | None = "auto",
     threshold: float | None = None,
@@ -159,6 +159,8 @@ def score(
             with ``score``); ``None`` to skip alignment.
         structure: structure model spec (object with ``predict``); ``None`` to skip.
         batch_size / num_workers: data-loader settings (workers decode images in parallel).
+            ``num_workers=None``: none on CPU (they would compete with the model for the same
+            cores), ``min(4, cpus // 2)`` when the model runs on a GPU.
         device / dtype: ``auto`` = accelerate's device for this rank, bf16 on CUDA.
         threshold: heatmap threshold for the structure mask (the model's default if ``None``).
         heatmap_size: side of the small heatmap PNG stored per row (0 to store none).
@@ -214,6 +216,8 @@ def score(
     if structure is not None:
         scorers.append(StructureScorer.load(structure, torch_device, torch_dtype, threshold, heatmap_size))
 
+    if num_workers is None:
+        num_workers = 0 if torch_device.type == "cpu" else min(4, (os.cpu_count() or 2) // 2)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(source, mine),
         batch_size=batch_size,
