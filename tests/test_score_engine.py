@@ -190,6 +190,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(UserInputError, match="nothing to score"):
         score(folder, out=tmp_path / "o.jsonl", progress=False)
     (folder / "prompts.jsonl").write_text('{"image": "a.png", "prompt": "x"}\n')
+    with pytest.raises(UserInputError, match="cannot load dataset org/nonexistent"):
+        score("org/nonexistent", config="alignment", out=tmp_path / "o.jsonl", align=FakeAlign(), progress=False)
     with pytest.raises(UserInputError, match="no predict"):
         score(folder, out=tmp_path / "o.jsonl", structure=FakeAlign(), progress=False)
 

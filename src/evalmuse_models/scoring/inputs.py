@@ -207,8 +207,10 @@ def load_dataset_split(dataset: str, config: str | None = None, split: str = "te
         return datasets.load_dataset(str(dataset), config, split=split)
     except ValueError as err:
         raise UserInputError(f"cannot load split {split!r} of config {config!r} from {dataset}: {err}") from None
-    except FileNotFoundError as err:
-        raise UserInputError(f"dataset {dataset} not found ({err}); pass a prepared dataset folder or a Hub id") from None
+    except Exception as err:  # noqa: BLE001 - not found, offline, bad files: all end the run here
+        raise UserInputError(
+            f"cannot load dataset {dataset} ({type(err).__name__}: {err}); pass a prepared dataset folder or a Hub id"
+        ) from None
 
 
 def records_from_dataset(ds, *, config: str) -> list[ScoringRecord]:
