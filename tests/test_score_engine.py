@@ -239,3 +239,35 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(image_folder, tmp_path)
     score(folder, out=reference, align=FakeAlign(), structure=FakeStructure(), progress=False)
     strip = [{k: v for k, v in r.items() if k != "meta"} for r in rows]
     assert strip == _strip(read_results(reference))
+
+
+class PickyAlign(FakeAlign):
+    """Fails on images narrower than 50 px (a data-dependent model error)."""
+
+    def score(self, images, prompts, elements=None, batch_size=16, processor=None):
+        if any(image.width < 50 for image in images):
+            raise ValueError("image too small for this model")
+        return super().score(images, prompts, elements, batch_size, processor)
+
+
+class BrokenAlign(FakeAlign):
+    def score(self, images, prompts, elements=None, batch_size=16, processor=None):
+        raise RuntimeError("weights are garbage")
+
+
+def test_model_errors_on_some_images_are_rows_a_broken_model_stops_the_run(image_folder, tmp_path, monkeypatch):
+    folder, ids = image_folder
+    out = tmp_path / "picky.jsonl"
+    summary = score(folder, out=out, align=PickyAlign(), batch_size=4, progress=False)
+    rows = {r["id"]: r for r in read_results(out)}
+    small = [key for key in ids if key.endswith("png") and rows[key].get("width", 99) < 50]
+    assert small and all("image too small" in rows[key]["error"] for key in small)
+    assert summary["errors"] == len(small) + 2 and summary["rows"] == len(ids)
+    assert rows["gen-a/008.png"]["status"] == "ok"
+
+    with pytest.raises(RuntimeError, match="weights are garbage"):  # every image of a batch fails
+        score(folder, out=tmp_path / "broken.jsonl", align=BrokenAlign(), batch_size=4, progress=False)
+    monkeypatch.setattr("evalmuse_models.scoring.engine.MAX_MODEL_FAILURES_IN_A_ROW", 3)
+    with pytest.raises(RuntimeError, match="failed on 3 images in a row"):  # one image per batch
+        score(folder, out=tmp_path / "broken1.jsonl", align=BrokenAlign(), batch_size=1, progress=False)
+    assert len(read_results(tmp_path / "broken1.jsonl")) == 2, "rows before the stop are kept, the stop batch is not"

@@ -28,6 +28,9 @@ from . import results as results_io
 from .adapters import StructureScorer, describe_spec, load_align
 from .inputs import ScoringSource, keep_items, open_source
 
+#: A run stops when the model fails on this many readable images in a row (a broken model, not bad data).
+MAX_MODEL_FAILURES_IN_A_ROW = 16
+
 
 def resolve_device_dtype(device: str | None = None, dtype: str | None = "auto", state=None):
     """``(torch.device, torch.dtype)``: ``auto`` means accelerate's device, and bf16 on CUDA, fp32 elsewhere."""
@@ -104,13 +107,13 @@ def _run_scorers(scorers: list, items: list[dict]) -> tuple[list[dict], list[str
             for i, out in zip(live, outputs):
                 merged[i].update(out)
         except Exception:
-            if len(live) == 1:
-                raise
             for i in live:
                 try:
                     merged[i].update(scorer([items[i]])[0])
                 except Exception as err:  # noqa: BLE001
                     errors[i] = f"{scorer.kind} model failed: {type(err).__name__}: {err}"
+            if len(live) > 1 and all(errors[i] is not None for i in live):
+                raise  # every image fails: the model, not the data, is broken
     return merged, errors
 
 
@@ -225,7 +228,7 @@ def score(
         collate_fn=keep_items,
         shuffle=False,
     )
-    scored = errors = 0
+    scored = errors = failed_in_a_row = 0
     start = time.perf_counter()
     bar = tqdm(total=len(mine), unit="img", desc=f"scoring (rank {state.process_index})" if state.num_processes > 1
                else "scoring", disable=not (progress and state.is_local_main_process), dynamic_ncols=True)
@@ -244,11 +247,18 @@ def score(
                 if error is None:
                     row["status"] = "ok"
                     row.update(output)
+                    failed_in_a_row = 0
                 else:
                     row["status"] = "error"
                     row["error"] = error
                     errors += 1
+                    if item["error"] is None:  # the image was fine, the model failed on it
+                        failed_in_a_row += 1
                 rows.append(row)
+            if failed_in_a_row >= MAX_MODEL_FAILURES_IN_A_ROW:
+                last = next(r["error"] for r in reversed(rows) if r["status"] == "error")
+                raise RuntimeError(f"the model failed on {failed_in_a_row} images in a row (last: {last}); stopping. "
+                                   "Fix the model or its inputs and rerun: finished rows are kept")
             writer.write(rows)
             scored += len(rows)
             bar.update(len(rows))
