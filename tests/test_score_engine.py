@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evalmuse_models.cli import main as main_cli
 from evalmuse_models.scoring import read_results, rle_to_mask, score
 from evalmuse_models.utils import UserInputError
 
@@ -271,3 +272,20 @@ def test_model_errors_on_some_images_are_rows_a_broken_model_stops_the_run(image
     with pytest.raises(RuntimeError, match="failed on 3 images in a row"):  # one image per batch
         score(folder, out=tmp_path / "broken1.jsonl", align=BrokenAlign(), batch_size=1, progress=False)
     assert len(read_results(tmp_path / "broken1.jsonl")) == 2, "rows before the stop are kept, the stop batch is not"
+
+
+def test_retry_errors_rescores_fixed_images(image_folder, tmp_path):
+    folder, ids = image_folder
+    out = tmp_path / "retry.jsonl"
+    score(folder, out=out, align=FakeAlign(), progress=False)
+    Image.new("RGB", (60, 40), (200, 10, 10)).save(folder / "gen-a" / "corrupt.png")  # the user fixes the file
+    summary = score(folder, out=out, align=FakeAlign(), progress=False)
+    assert summary["scored"] == 0, "a plain resume keeps error rows"
+    assert main_cli(["score", str(folder), "--out", str(out), "--align", "test_score_engine:make_fake_align",
+                     "--retry-errors", "--no-progress"]) == 2  # other model spec: refused before touching the file
+    summary = score(folder, out=out, align=FakeAlign(), progress=False, retry_errors=True)
+    assert summary["scored"] == 2 and summary["errors"] == 1
+    rows = read_results(out)
+    assert [r["id"] for r in rows] == ids
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["gen-a/corrupt.png"]["status"] == "ok" and by_id["gen-b/missing.png"]["status"] == "error"

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     parser.add_argument("--heatmap-size", type=int, default=64, help="side of the heatmap PNG kept per row; 0 = none")
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing --out")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="when resuming, score again the images whose rows are errors")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
             heatmap_size=args.heatmap_size,
             overwrite=args.overwrite,
+            retry_errors=args.retry_errors,
             limit=args.limit,
             progress=not args.no_progress,
         )

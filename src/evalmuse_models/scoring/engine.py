@@ -148,6 +148,7 @@ def score(
     threshold: float | None = None,
     heatmap_size: int = 64,
     overwrite: bool = False,
+    retry_errors: bool = False,
     limit: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -167,6 +168,8 @@ def score(
         device / dtype: ``auto`` = accelerate's device for this rank, bf16 on CUDA.
         threshold: heatmap threshold for the structure mask (the model's default if ``None``).
         heatmap_size: side of the small heatmap PNG stored per row (0 to store none).
+        retry_errors: when resuming, score again the images whose rows are errors (a fixed
+            image file, a model that failed on it).
         limit: score only the first ``limit`` images of the input.
 
     Returns:
@@ -204,6 +207,8 @@ def score(
                 shard.unlink()
         else:
             _check_compatible(out, meta)
+            if retry_errors:
+                results_io.drop_error_rows(out)
     state.wait_for_everyone()
 
     done = results_io.done_ids(out)
@@ -273,7 +278,7 @@ def score(
     state.wait_for_everyone()
     total_rows = None
     if state.is_main_process:
-        if results_io.existing_shards(out):
+        if results_io.existing_shards(out) or retry_errors:  # (retried rows were appended: restore input order)
             total_rows = results_io.merge_results(out, order=source.ids)
         else:
             total_rows = len(results_io.read_results(out, missing_ok=True))

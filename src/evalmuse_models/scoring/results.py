@@ -180,3 +180,18 @@ def merge_results(out_path: str | os.PathLike, order: Sequence[str] | None = Non
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     return len(rows)
+
+
+def drop_error_rows(out_path: str | os.PathLike) -> int:
+    """Remove rows whose ``status`` is not ``"ok"`` from a results file and its shards (atomically),
+    so that a resumed run scores those images again; returns how many rows were removed."""
+    removed = 0
+    for path in [Path(out_path), *existing_shards(out_path)]:
+        rows = read_results(path, missing_ok=True)
+        kept = [row for row in rows if row.get("status") == "ok"]
+        if len(kept) != len(rows):
+            removed += len(rows) - len(kept)
+            atomic_write_text(path, "".join(
+                json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n" for row in kept
+            ))
+    return removed
