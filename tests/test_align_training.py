@@ -19,10 +19,11 @@ from evalmuse_models.models.evalmuse_align import (
 from evalmuse_models.training.align import (
     TrainAlignArguments,
     build_token_targets,
+    effective_warmup_steps,
     hold_out_prompts,
-    lavis_lr_lambda,
     parse_args,
     train_align,
+    warmup_cosine_lr_lambda,
 )
 from evalmuse_models.utils import UserInputError
 
@@ -72,13 +73,33 @@ def test_hold_out_by_prompt():
         hold_out_prompts(datasets.Dataset.from_dict({"prompt": ["a", "a"]}), 0.5, seed=0)
 
 
-def test_lavis_schedule():
+def test_warmup_cosine_schedule_steps_per_optimizer_step():
     args = TrainAlignArguments(dataset_dir="x", output_dir="y", learning_rate=1e-5, warmup_steps=100, num_epochs=5)
-    factor = lavis_lr_lambda(args, steps_per_epoch=1000)
+    factor = warmup_cosine_lr_lambda(args, total_steps=5000)
+    assert effective_warmup_steps(100, 5000) == 100
     assert factor(0) * 1e-5 == pytest.approx(1e-8)
     assert factor(50) * 1e-5 == pytest.approx(1e-8 + (1e-5 - 1e-8) * 0.5)
-    assert factor(500) == pytest.approx(1.0)  # rest of epoch 0: cosine(epoch 0) = full lr
-    assert factor(2500) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 2 / 5)).item()))
+    assert factor(100) == pytest.approx(1.0)
+    halfway = 100 + (5000 - 100) // 2
+    assert factor(halfway) == pytest.approx(0.5)
+    assert factor(101) < 1.0 and factor(2000) > factor(2001)  # decays every step, not once per epoch
+    assert factor(5000) == pytest.approx(0.0) and factor(6000) == pytest.approx(0.0)
+    # a short run warms up for at most a tenth of its steps
+    assert effective_warmup_steps(100, 300) == 30 and effective_warmup_steps(100, 5) == 0
+    short = warmup_cosine_lr_lambda(args, total_steps=5)
+    assert short(0) == pytest.approx(1.0) and short(4) < short(1) < 1.0
+
+
+def test_max_steps_run_decays_the_learning_rate_to_the_minimum(prepared_dataset, tmp_path):
+    """The schedule spans the run's real optimizer steps (max_steps), also across a resume."""
+    out = tmp_path / "lr"
+    args = dict(max_steps=6, save_every=3, eval_every=10**6, eval_on_start=False, warmup_steps=0, min_learning_rate=0.0)
+    train_align(_tiny_args(prepared_dataset, out, **args))
+    scheduler_state = torch.load(out / "checkpoints" / "step-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert scheduler_state["last_epoch"] == 6
+    assert scheduler_state["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
+    middle = torch.load(out / "checkpoints" / "step-3" / "custom_checkpoint_0.pkl", weights_only=False)
+    assert middle["last_epoch"] == 3 and middle["_last_lr"][0] == pytest.approx(1e-3 * 0.5, rel=1e-6)
 
 
 def test_arguments_yaml_and_overrides(tmp_path):

@@ -8,8 +8,9 @@ The recipe is FGA-BLIP2's (SPEC §4; LAVIS ``fga_blip2.yaml``):
   ``element2mask.py``: spans are located on the full prompt ids, then cut to ``max_text_length`` (32); a
   training sample with an element that cannot be located is skipped (``skip_unmatched_elements``).
   Optional per-sample weighting of the score term by the prompt variance (``loss_weighting``).
-* AdamW, lr 1e-5, weight decay 0.05 (not on biases / norms / 1-D tensors), 100 linear warm-up steps then a
-  cosine decay per epoch (LAVIS ``linear_warmup_cosine_lr``), 5 epochs, batch 14, frozen ViT (its
+* AdamW, lr 1e-5, weight decay 0.05 (not on biases / norms / 1-D tensors), 100 linear warm-up steps (at
+  most a tenth of a short run) then a cosine decay over the run's optimizer steps, stepped per optimizer
+  step (LAVIS ``linear_warmup_cosine_lr``), 5 epochs, batch 14, frozen ViT (its
   post-LayerNorm, LAVIS's ``ln_vision``, stays trainable) when starting from pretrained weights (a preset
   built from random weights trains its ViT unless ``freeze_vision=True``), mixed precision on CUDA.
 * training images: random resized crop (scale 0.5-1, bicubic) + horizontal flip (``blip2_image_train``);
@@ -393,20 +394,31 @@ def _parameter_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lavis_lr_lambda(args: TrainAlignArguments, steps_per_epoch: int):
-    """LAVIS ``linear_warmup_cosine_lr`` as a multiplier of ``learning_rate``: linear warm-up from
-    ``warmup_learning_rate`` over the first ``warmup_steps`` steps of epoch 0, and a cosine decay to
-    ``min_learning_rate`` that steps once per epoch."""
+def effective_warmup_steps(warmup_steps: int, total_steps: int) -> int:
+    """Warm-up length actually used: ``warmup_steps``, capped at a tenth of the run for short runs (the
+    official 100 steps are a sliver of FGA-BLIP2's ~14,000; a 300-step run warms up for 30)."""
+    return max(0, min(warmup_steps, total_steps // 10))
+
+
+def warmup_cosine_lr_lambda(args: TrainAlignArguments, total_steps: int):
+    """The learning-rate multiplier of optimizer step ``step`` (LAVIS ``linear_warmup_cosine_lr``, per step):
+    a linear warm-up from ``warmup_learning_rate`` to ``learning_rate`` over
+    :func:`effective_warmup_steps`, then a cosine decay to ``min_learning_rate`` over the remaining
+    optimizer steps of the run (``total_steps``: epochs x steps per epoch, or ``max_steps``).
+
+    LAVIS steps the cosine once per epoch; stepping it per optimizer step gives the same curve sampled
+    finely, and it also decays when a run is bounded by ``max_steps`` rather than by epochs.
+    """
     base = args.learning_rate
+    total_steps = max(1, total_steps)
+    warmup = effective_warmup_steps(args.warmup_steps, total_steps)
 
     def factor(step: int) -> float:
-        epoch = step // max(1, steps_per_epoch)
-        if epoch == 0 and step < args.warmup_steps:
-            lr = args.warmup_learning_rate + (base - args.warmup_learning_rate) * step / max(1, args.warmup_steps)
+        if step < warmup:
+            lr = args.warmup_learning_rate + (base - args.warmup_learning_rate) * step / warmup
         else:
-            lr = args.min_learning_rate + (base - args.min_learning_rate) * 0.5 * (
-                1.0 + math.cos(math.pi * epoch / args.num_epochs)
-            )
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            lr = args.min_learning_rate + (base - args.min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return lr / base
 
     return factor
@@ -512,12 +524,17 @@ def _train_align(args: TrainAlignArguments) -> dict:
         generator=generator,
     )
     optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.learning_rate, betas=(0.9, 0.999))
+    base_optimizer = optimizer
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # Counted on the prepared (per-process) loader: the optimizer steps this process really takes.
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     total_steps = steps_per_epoch * args.num_epochs
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lavis_lr_lambda(args, steps_per_epoch))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # Stepped by hand once per optimizer step (not handed to accelerate, which would step it once per
+    # process); its state is saved with the checkpoints.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(base_optimizer, warmup_cosine_lr_lambda(args, total_steps))
+    accelerator.register_for_checkpointing(scheduler)
 
     checkpoints = output_dir / "checkpoints"
     progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "initial": None, "losses": []}
@@ -580,7 +597,8 @@ def _train_align(args: TrainAlignArguments) -> dict:
                 if args.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             progress["batches_in_epoch"] += 1
             running.append(float(loss.detach()))
@@ -711,12 +729,13 @@ __all__ = [
     "TrainAlignArguments",
     "build_model_and_processor",
     "build_token_targets",
+    "effective_warmup_steps",
     "element_key",
     "evaluate_alignment",
     "hold_out_prompts",
-    "lavis_lr_lambda",
     "load_alignment_splits",
     "main",
     "parse_args",
     "train_align",
+    "warmup_cosine_lr_lambda",
 ]
