@@ -280,7 +280,7 @@ def test_cli_reports_errors(tmp_path, capsys):
 # --- the evaluate module ----------------------------------------------------------------------
 
 def test_evaluate_module_from_repo_and_package(monkeypatch):
-    evaluate = pytest.importorskip("evaluate")
+    import evaluate  # a required dependency: a missing install must fail here, not skip
     monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
     monkeypatch.chdir(REPO)
     truth, sub = _alignment_records(20)
