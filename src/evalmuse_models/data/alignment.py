@@ -143,7 +143,8 @@ def _is_int_vote(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _mean6(values) -> float:
+def official_mean(values) -> float:
+    """The official preprocessing's mean of ratings or votes, rounded to 6 decimals."""
     return round(float(sum(values)) / len(values), 6)
 
 
@@ -163,7 +164,7 @@ def _parse_votes(value, *, low: int, high: int, what: str) -> tuple[float | None
             raise InvalidValue(f"{what} must hold integer votes, got {value!r}")
         if not all(low <= v <= high for v in value):
             raise InvalidValue(f"{what} votes must lie in [{low}, {high}], got {value!r}")
-        return _mean6(value), [int(v) for v in value]
+        return official_mean(value), [int(v) for v in value]
     raise InvalidValue(f"{what} must be a list of integer votes, a number or null, got {type(value).__name__}")
 
 

@@ -200,11 +200,11 @@ def alignment_main_score(
         raise UserInputError(f"at least 3 images are needed for the correlations, got {pred.size}")
     if is_constant(pred):
         raise UserInputError(
-            f"predictions: all {pred.size} overall scores equal {pred[0]!r}; SRCC and PLCC are undefined for "
+            f"predictions: all {pred.size} overall scores equal {float(pred[0])}; SRCC and PLCC are undefined for "
             "constant predictions (the logistic fit cannot converge)"
         )
     if is_constant(ref):
-        raise UserInputError(f"references: all {ref.size} overall scores equal {ref[0]!r}; correlations are undefined")
+        raise UserInputError(f"references: all {ref.size} overall scores equal {float(ref[0])}; correlations are undefined")
 
     has_elements = prediction_element_scores is not None or reference_element_scores is not None
     if has_elements:

@@ -19,6 +19,7 @@ import ast
 import io
 import json
 import math
+import numbers
 import os
 import pickle
 import zipfile
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.alignment import official_mean
 from ..utils import UserInputError, atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -119,7 +121,7 @@ def _read_member(path: Path, member: str) -> tuple[bytes, str]:
 def _number(value: Any, where: str, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
         raise UserInputError(f"{where} is {value!r}; expected a number")
     value = float(value)
     if not math.isfinite(value):
@@ -166,7 +168,7 @@ def read_alignment_file(path: str | os.PathLike, *, allow_null: bool = False) ->
         total = rec["total_score"]
         if isinstance(total, list) and total:
             # Raw-release ratings: the overall score is their mean.
-            total = float(np.mean([_number(v, f"{where}: total_score") for v in total]))
+            total = official_mean([_number(v, f"{where}: total_score") for v in total])
         total = _number(total, f"{where}: total_score", allow_null)
         elements = rec.get("element_score", {})
         if isinstance(elements, str):
@@ -178,9 +180,9 @@ def read_alignment_file(path: str | os.PathLike, *, allow_null: bool = False) ->
             raise UserInputError(f"{where}: element_score must be a dict {{element key: score}}")
         parsed = {}
         for key, value in elements.items():
-            if isinstance(value, list) and value and not allow_null:
+            if isinstance(value, list) and value:
                 # Raw-release votes: the label is their mean.
-                value = float(np.mean([_number(v, f"{where}: element_score[{key!r}]") for v in value]))
+                value = official_mean([_number(v, f"{where}: element_score[{key!r}]") for v in value])
             parsed[str(key)] = _number(value, f"{where}: element_score[{key!r}]", allow_null)
         out = dict(rec)
         out["total_score"] = total

@@ -245,11 +245,11 @@ def structure_final_score(
         raise UserInputError(f"at least 3 images are needed for the correlations, got {n}")
     if is_constant(pred):
         raise UserInputError(
-            f"predictions: all {n} scores equal {pred[0]!r}; SRCC and PLCC are undefined for constant predictions "
+            f"predictions: all {n} scores equal {float(pred[0])}; SRCC and PLCC are undefined for constant predictions "
             "(the logistic fit cannot converge)"
         )
     if is_constant(ref):
-        raise UserInputError(f"references: all {n} scores equal {ref[0]!r}; correlations are undefined")
+        raise UserInputError(f"references: all {n} scores equal {float(ref[0])}; correlations are undefined")
 
     from tqdm.auto import tqdm
 
