@@ -38,7 +38,7 @@ def test_submission_files_match_the_results(results, tmp_path):
     assert set(masks) == {key[: -len(".png")] for key in rows}
     for key, row in rows.items():
         entry = masks[key[: -len(".png")]]
-        np.testing.assert_array_equal(entry["pred_area"], rle_to_mask(row["structure"]["mask"]))
+        np.testing.assert_array_equal(entry["pred_area"], rle_to_mask(row["structure"]["mask_512"]))
         assert entry["score"] == pytest.approx(row["structure"]["score"])
     readme = written["alignment"]["readme"].read_text()
     assert "CPU[1] / GPU[0] : 1" in readme and "LLM[1] / Non-LLM[0] : 0" in readme and "fake models" in readme

@@ -32,7 +32,8 @@ def _usable(rows: list[dict], field: str, path: Path, allow_missing: bool) -> li
             f"{path}: {len(bad)} image(s) have no {field} result ({shown}); fix the images and rerun "
             "`evalmuse score` (it resumes), or pass --allow-missing to leave them out of the submission"
         )
-    kept = [row for row in rows if row["id"] not in set(bad)]
+    bad_ids = set(bad)
+    kept = [row for row in rows if row["id"] not in bad_ids]
     if not kept:
         raise UserInputError(f"{path}: no row has a {field} result; score with --{'align' if field == 'alignment' else 'structure'}")
     return kept
@@ -52,7 +53,9 @@ def structure_records(rows: list[dict]) -> dict[str, dict[str, Any]]:
         key = structure_key(row["id"])
         if key in records:
             raise UserInputError(f"two results rows map to the structure key {key!r}; image names must be unique")
-        records[key] = {"pred_area": rle_to_mask(row["structure"]["mask"]), "score": row["structure"]["score"]}
+        structure = row["structure"]
+        mask = structure["mask_512"]
+        records[key] = {"pred_area": rle_to_mask(mask), "score": structure["score"]}
     return records
 
 
