@@ -71,3 +71,13 @@ def test_ci_runs_the_readme_test_command():
     assert commands == ["make test"]
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
+
+
+def test_input_errors_are_one_line_messages(tmp_path, capsys):
+    from evalmuse_models.cli import main
+
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a release folder")
+    assert main(["synthetic", "alignment", str(taken), "--num-prompts", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and str(taken) in err

@@ -1,7 +1,8 @@
 """The ``evalmuse`` command line.
 
 Every sub-command lives in its own module under :mod:`evalmuse_models.commands` and exposes
-``register(subparsers)``; this module only discovers them. Command modules must stay cheap to
+``register(subparsers)``; this module discovers them and turns input errors into one-line
+messages with exit status 2. Command modules must stay cheap to
 import (heavy imports go inside the function that runs the command), so that
 ``evalmuse --help`` answers instantly.
 """
@@ -15,6 +16,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, commands
+from .utils import UserInputError
+
+#: Errors that mean "your input is wrong", reported as one line (exit status 2) rather than a traceback.
+USER_ERRORS = (UserInputError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

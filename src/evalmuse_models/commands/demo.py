@@ -29,21 +29,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     from ..demo import format_table, run_demo
-    from ..utils import UserInputError
 
     overrides = {"seed": args.seed, "device": args.device, "report": not args.no_report,
                  "progress": not args.no_progress}
     for name in ("align_steps", "structure_epochs", "num_prompts", "num_structure_images"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    try:
-        summary = run_demo(args.out, **overrides)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = run_demo(args.out, **overrides)
     print()
     print(format_table(summary))
     if "report" in summary:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 _ALIGNMENT_KEYS = ("srcc", "plcc", "acc", "main_score", "krcc", "rmse")
 _STRUCTURE_KEYS = ("precision", "recall", "f1", "giou", "plcc", "srcc", "final_score")
@@ -87,38 +86,28 @@ def _print(result: dict, keys: tuple[str, ...], as_json: bool) -> None:
 
 def _run_alignment(args: argparse.Namespace) -> int:
     from ..metrics import score_alignment_files
-    from ..utils import UserInputError
 
-    try:
-        result = score_alignment_files(
-            args.truth,
-            args.submission,
-            breakdown=args.breakdown,
-            plcc_direction=args.plcc_direction,
-            n_resamples=args.n_resamples,
-            seed=args.seed,
-        )
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = score_alignment_files(
+        args.truth,
+        args.submission,
+        breakdown=args.breakdown,
+        plcc_direction=args.plcc_direction,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+    )
     _print(result, _ALIGNMENT_KEYS, args.json)
     return 0
 
 
 def _run_structure(args: argparse.Namespace) -> int:
     from ..metrics import score_structure_files
-    from ..utils import UserInputError
 
-    try:
-        result = score_structure_files(
-            args.truth,
-            args.submission,
-            iou_threshold=args.iou_threshold,
-            n_resamples=args.n_resamples,
-            seed=args.seed,
-        )
-    except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = score_structure_files(
+        args.truth,
+        args.submission,
+        iou_threshold=args.iou_threshold,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+    )
     _print(result, _STRUCTURE_KEYS, args.json)
     return 0

@@ -46,28 +46,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ..data import prepare_dataset
-    from ..utils import UserInputError
 
     if args.alignment is None and args.structure is None:
         print("error: give --alignment RAW_DIR, --structure RAW_DIR or both", file=sys.stderr)
         return 2
-    try:
-        result = prepare_dataset(
-            args.out_dir,
-            alignment_dir=args.alignment,
-            structure_dir=args.structure,
-            skip_invalid=args.skip_invalid,
-            overwrite=args.overwrite,
-            num_shards=args.num_shards,
-            max_shard_size=args.max_shard_size,
-            mask_min_votes=args.mask_min_votes,
-            num_workers=args.num_workers,
-            progress=False if args.no_progress else None,
-            resume=not args.no_resume,
-        )
-    except UserInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = prepare_dataset(
+        args.out_dir,
+        alignment_dir=args.alignment,
+        structure_dir=args.structure,
+        skip_invalid=args.skip_invalid,
+        overwrite=args.overwrite,
+        num_shards=args.num_shards,
+        max_shard_size=args.max_shard_size,
+        mask_min_votes=args.mask_min_votes,
+        num_workers=args.num_workers,
+        progress=False if args.no_progress else None,
+        resume=not args.no_resume,
+    )
     for config, splits in result.num_rows.items():
         counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())
         print(f"{config}: {counts}")

@@ -57,8 +57,5 @@ def run(args: argparse.Namespace) -> int:
     except hub.HubOfflineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(f"uploaded {result.staged_dir} to {result.url}")
     return 0

@@ -22,16 +22,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     from ..report import build_report
-    from ..utils import UserInputError
 
-    try:
-        index = build_report(args.results, args.out, title=args.title, max_cards=args.max_cards,
-                             thumb_size=args.thumb_size)
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    index = build_report(args.results, args.out, title=args.title, max_cards=args.max_cards,
+                         thumb_size=args.thumb_size)
     print(f"report written to {index}")
     return 0

@@ -42,34 +42,28 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     from ..scoring import score
-    from ..utils import UserInputError
 
-    try:
-        summary = score(
-            args.input,
-            out=args.out,
-            align=args.align,
-            structure=args.structure,
-            prompts_file=args.prompts,
-            config=args.config,
-            split=args.split,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            device=args.device,
-            dtype=args.dtype,
-            threshold=args.threshold,
-            heatmap_size=args.heatmap_size,
-            overwrite=args.overwrite,
-            retry_errors=args.retry_errors,
-            limit=args.limit,
-            progress=not args.no_progress,
-        )
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = score(
+        args.input,
+        out=args.out,
+        align=args.align,
+        structure=args.structure,
+        prompts_file=args.prompts,
+        config=args.config,
+        split=args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+        threshold=args.threshold,
+        heatmap_size=args.heatmap_size,
+        overwrite=args.overwrite,
+        retry_errors=args.retry_errors,
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
     if summary["rows"] is not None:
         print(json.dumps(summary))
     return 0

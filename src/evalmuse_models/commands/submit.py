@@ -32,19 +32,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
 
     from ..scoring.submission import write_submission
-    from ..utils import UserInputError
 
-    try:
-        written = write_submission(
-            args.results, args.out, track=args.track, runtime_per_image=args.runtime_per_image, gpu=args.gpu,
-            extra_data=args.extra_data, llm=args.llm, description=args.description, allow_missing=args.allow_missing,
-        )
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    written = write_submission(
+        args.results, args.out, track=args.track, runtime_per_image=args.runtime_per_image, gpu=args.gpu,
+        extra_data=args.extra_data, llm=args.llm, description=args.description, allow_missing=args.allow_missing,
+    )
     for track, paths in written.items():
         print(f"{track}: {paths['zip']}")
     return 0
