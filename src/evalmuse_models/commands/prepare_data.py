@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if an interrupted run of the same command left "
                         "completed shards in .OUT_DIR.partial (resumed by default)")
+    parser.add_argument("--card-template", metavar="FILE", default=None,
+                        help="dataset card template (default: the packaged one, as in dataset_scripts/)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=_run)
 
@@ -62,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=False if args.no_progress else None,
         resume=not args.no_resume,
+        card_template=args.card_template,
     )
     for config, splits in result.num_rows.items():
         counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())
