@@ -86,7 +86,7 @@ def test_train_row_is_averaged_like_the_official_preprocessing():
     assert record.attribute_confidence == 0.666667
     assert record.extra == {"fidelity_label": ["none", "hand", "none"]}
     assert record.to_row()["elements"][0] == {"phrase": "pig giants", "category": "animal",
-                                              "score": 0.666667, "votes": [1, 0, 1]}
+                                              "score": 0.666667, "votes": [1, 0, 1], "key": "pig giants (animal)"}
 
 
 @pytest.mark.parametrize(
@@ -106,6 +106,18 @@ def test_split_element_key(key, expected):
 def test_split_element_key_rejects(key):
     with pytest.raises(ValueError, match="<phrase> \\(<category>\\)"):
         split_element_key(key)
+
+
+def test_raw_element_keys_are_kept_exactly():
+    # Submissions are matched on the truth's keys: a key spelled without the usual space (or with
+    # extra spaces) must come back unchanged, not rebuilt from phrase and category.
+    elements = parse_element_score("{'a cat(animal)': [1, 1, 0], '  two  (counting) ': [0, 0, 1], 'dog (animal)': [1, 1, 1]}")
+    assert [e.key for e in elements] == ["a cat(animal)", "  two  (counting) ", "dog (animal)"]
+    assert [(e.phrase, e.category) for e in elements] == [("a cat", "animal"), ("two", "counting"), ("dog", "animal")]
+    from evalmuse_models.data.alignment import element_record_key
+
+    assert [element_record_key(row) for row in (e.__dict__ for e in elements)] == [e.key for e in elements]
+    assert element_record_key({"phrase": "dog", "category": "animal"}) == "dog (animal)"
 
 
 def test_element_score_is_parsed_as_a_literal_never_evaluated(tmp_path):

@@ -74,11 +74,23 @@ class Element:
     category: str
     score: float | None  # mean of the 0/1 votes; None where unlabelled (test)
     votes: list[int] | None
+    #: the raw key exactly as the release spells it (what ``eval.json`` / ``output.json`` match on)
+    key: str = ""
 
-    @property
-    def key(self) -> str:
-        """The raw key, ``"<phrase> (<category>)"`` (what ``eval.json`` / ``output.json`` use)."""
-        return f"{self.phrase} ({self.category})"
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = f"{self.phrase} ({self.category})"
+
+
+def element_record_key(element: Any) -> str:
+    """The official key of an element given as a dataset record (``{"key", "phrase", "category", ...}``)
+    or as a string. Records without a ``key`` (hand-written ones) get ``"<phrase> (<category>)"``."""
+    if isinstance(element, str):
+        return element
+    if element.get("key"):
+        return str(element["key"])
+    category = element.get("category")
+    return f"{element['phrase']} ({category})" if category else str(element["phrase"])
 
 
 @dataclass
@@ -186,7 +198,7 @@ def parse_element_score(value) -> list[Element]:
             raise InvalidValue(f"element key {key!r} is not a string")
         phrase, category = split_element_key(key)
         score, vote_list = _parse_votes(votes, low=0, high=1, what=f"votes of element {key!r}")
-        elements.append(Element(phrase=phrase, category=category, score=score, votes=vote_list))
+        elements.append(Element(phrase=phrase, category=category, score=score, votes=vote_list, key=key))
     return elements
 
 

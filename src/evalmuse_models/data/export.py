@@ -61,6 +61,7 @@ def alignment_features():
             "category": Value("string"),
             "score": Value("float64"),
             "votes": List(Value("int64")),
+            "key": Value("string"),
         }),
         "prompt_meaningless": Value("float64"),
         "split_confidence": Value("float64"),

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..data.alignment import element_record_key
 from ..utils import UserInputError
 from .prompts import (
     FIVE_LEVELS,
@@ -291,7 +292,7 @@ def dataset_element_keys(dataset) -> list[list[str]]:
     """The official element keys ``"<phrase> (<category>)"`` of every row of an alignment split."""
     if "elements" not in dataset.column_names:
         return [[] for _ in range(len(dataset))]
-    return [[element_key(e["phrase"], e.get("category")) for e in (els or [])] for els in dataset["elements"]]
+    return [[element_record_key(e) for e in (els or [])] for els in dataset["elements"]]
 
 
 def score_dataset(scorer, dataset, batch_size: int = 8, chunk_size: int = 256,

@@ -29,6 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..data.alignment import element_record_key
 from ..utils import UserInputError
 from .prompts import (
     FIVE_LEVELS,
@@ -131,8 +132,7 @@ def _element_keys(elements, n: int) -> list[list[str]]:
                 if isinstance(el, Mapping):  # prepared-dataset element records {phrase, category, ...}
                     if "phrase" not in el:
                         raise UserInputError(f"elements[{i}] has a record without 'phrase': {el}")
-                    cat = el.get("category")
-                    keys.append(f"{el['phrase']} ({cat})" if cat else str(el["phrase"]))
+                    keys.append(element_record_key(el))
                 else:
                     keys.append(str(el))
             out.append(keys)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.alignment import element_record_key
 from ..utils import UserInputError
 
 PROMPT_FILE_NAMES = ("prompts.jsonl", "prompts.csv", "metadata.jsonl", "metadata.csv")
@@ -57,12 +58,9 @@ class ScoringRecord:
 
 
 def element_key(element: Any) -> str:
-    """``"<phrase> (<category>)"`` for a dict element, the string itself otherwise."""
-    if isinstance(element, str):
-        return element
-    if isinstance(element, dict) and "phrase" in element:
-        category = element.get("category")
-        return f"{element['phrase']} ({category})" if category else str(element["phrase"])
+    """The official key of a string or dataset-record element (its raw ``key``, else ``"<phrase> (<category>)"``)."""
+    if isinstance(element, str) or (isinstance(element, dict) and "phrase" in element):
+        return element_record_key(element)
     raise TypeError(f"an element must be a string or a {{'phrase', 'category'}} dict, got {element!r}")
 
 
