@@ -6,6 +6,9 @@ import argparse
 
 
 def register(subparsers) -> None:
+    from ..demo import DemoConfig  # light: the heavy imports of the demo happen when it runs
+
+    defaults = DemoConfig()
     parser = subparsers.add_parser(
         "demo",
         help="run the whole pipeline offline on the embedded synthetic data (a few minutes on CPU)",
@@ -17,27 +20,29 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", default="demo_output", help="output folder (an interrupted demo resumes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--align-steps", type=int, help="alignment training steps")
-    parser.add_argument("--structure-epochs", type=int, help="structure training epochs")
-    parser.add_argument("--num-prompts", type=int, help="synthetic alignment prompts")
-    parser.add_argument("--num-structure-images", type=int, help="synthetic structure images")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seeds data, training and the chance baseline (same seed, same numbers)")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
+    parser.add_argument("--align-steps", type=int, default=defaults.align_steps,
+                        help="alignment training steps (at most; the time budget may stop it first)")
+    parser.add_argument("--structure-epochs", type=int, default=defaults.structure_epochs,
+                        help="structure training epochs")
+    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="synthetic alignment prompts")
+    parser.add_argument("--num-structure-images", type=int, default=defaults.num_structure_images,
+                        help="synthetic structure images")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..demo import format_table, run_demo
 
-    overrides = {"seed": args.seed, "device": args.device, "report": not args.no_report,
-                 "progress": not args.no_progress}
-    for name in ("align_steps", "structure_epochs", "num_prompts", "num_structure_images"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    summary = run_demo(args.out, **overrides)
+    summary = run_demo(
+        args.out, seed=args.seed, device=args.device, report=not args.no_report, progress=not args.no_progress,
+        align_steps=args.align_steps, structure_epochs=args.structure_epochs, num_prompts=args.num_prompts,
+        num_structure_images=args.num_structure_images,
+    )
     print()
     print(format_table(summary))
     if "report" in summary:
