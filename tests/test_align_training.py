@@ -91,10 +91,14 @@ def test_warmup_cosine_schedule_steps_per_optimizer_step():
 
 
 def test_max_steps_run_decays_the_learning_rate_to_the_minimum(prepared_dataset, tmp_path):
-    """The schedule spans the run's real optimizer steps (max_steps), also across a resume."""
+    """The schedule spans the run's real optimizer steps: max_steps overrides num_epochs (the run goes on
+    over several epochs) and the LR reaches its minimum at the last step."""
     out = tmp_path / "lr"
-    args = dict(max_steps=6, save_every=3, eval_every=10**6, eval_on_start=False, warmup_steps=0, min_learning_rate=0.0)
-    train_align(_tiny_args(prepared_dataset, out, **args))
+    metrics = train_align(_tiny_args(
+        prepared_dataset, out, max_steps=6, save_every=3, eval_every=10**6, eval_on_start=False, warmup_steps=0,
+        min_learning_rate=0.0, num_epochs=1, per_device_train_batch_size=48, augment=False,
+    ))
+    assert metrics["steps"] == 6 and metrics["epochs_completed"] >= 1
     scheduler_state = torch.load(out / "checkpoints" / "step-6" / "custom_checkpoint_0.pkl", weights_only=False)
     assert scheduler_state["last_epoch"] == 6
     assert scheduler_state["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)

@@ -43,7 +43,7 @@ class DemoConfig:
     device: str = "auto"
     num_prompts: int = 600
     num_structure_images: int = 400
-    align_steps: int = 2000
+    align_steps: int = 1000
     align_learning_rate: float = 2e-3
     align_batch_size: int = 14
     align_freeze_vision: bool = False
@@ -82,14 +82,6 @@ def _configure_device(device: str) -> str:
     if device != "auto":
         raise UserInputError(f"unknown device {device!r}; use auto, cpu or cuda")
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _epochs_for(dataset_dir: Path, steps: int, batch_size: int) -> int:
-    """Epochs that ``steps`` optimizer steps span (the trainer's cosine schedule decays per epoch)."""
-    import datasets
-
-    rows = datasets.load_dataset(str(dataset_dir), "alignment", split="train").num_rows
-    return max(1, -(-steps // max(1, rows // batch_size)))
 
 
 def chance_alignment(references: list[float], reference_elements: list[dict], draws: int, seed: int) -> dict:
@@ -258,8 +250,7 @@ def _run(out_dir, config: DemoConfig) -> dict:
         _log(f"training the tiny alignment model ({config.align_steps} steps max, {config.time_budget_s}s budget)")
         metrics = train_align(TrainAlignArguments(
             dataset_dir=str(dataset_dir), output_dir=str(align_run), preset="tiny",
-            learning_rate=config.align_learning_rate, warmup_steps=10, max_steps=config.align_steps,
-            num_epochs=_epochs_for(dataset_dir, config.align_steps, config.align_batch_size),
+            learning_rate=config.align_learning_rate, max_steps=config.align_steps,
             per_device_train_batch_size=config.align_batch_size, freeze_vision=config.align_freeze_vision,
             seed=config.seed, time_budget_s=config.time_budget_s, eval_on_start=False, eval_every=10**9,
             show_progress=config.progress, num_workers=config.num_workers,

@@ -70,7 +70,11 @@ class TrainAlignArguments:
     warmup_steps: int = 100
     weight_decay: float = 0.05
     num_epochs: int = 5
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "train for this many optimizer steps, over as many epochs as it takes (overrides "
+                  "num_epochs, like transformers' Trainer); the LR schedule spans them"},
+    )
     per_device_train_batch_size: int = 14
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -528,9 +532,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # Counted on the prepared (per-process) loader: the optimizer steps this process really takes.
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * args.num_epochs
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
+    total_steps = steps_per_epoch * args.num_epochs if args.max_steps is None else args.max_steps
     # Stepped by hand once per optimizer step (not handed to accelerate, which would step it once per
     # process); its state is saved with the checkpoints.
     scheduler = torch.optim.lr_scheduler.LambdaLR(base_optimizer, warmup_cosine_lr_lambda(args, total_steps))
@@ -581,7 +583,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
                disable=not (args.show_progress and accelerator.is_local_main_process))
     stop = progress["step"] >= total_steps
     out_of_time = False
-    while not stop and progress["epoch"] < args.num_epochs:
+    while not stop and (args.max_steps is not None or progress["epoch"] < args.num_epochs):
         model.train()
         if freeze_vision:
             accelerator.unwrap_model(model).vision_model.eval()
