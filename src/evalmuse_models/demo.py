@@ -155,7 +155,7 @@ def evaluate_structure(results: Path, dataset_dir: Path, min_votes: int = 1) -> 
     truth_masks = reference_masks(split, min_votes)
     scores = structure_final_score(
         [rows[n]["structure"]["score"] for n in names], references,
-        [rle_to_mask(rows[n]["structure"]["mask"]) for n in names], truth_masks, image_ids=names, progress=False,
+        [rle_to_mask(rows[n]["structure"]["mask_512"]) for n in names], truth_masks, image_ids=names, progress=False,
     )
     return scores, references, truth_masks
 
