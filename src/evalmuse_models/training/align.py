@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.alignment import element_record_key
 from ..utils import UserInputError, atomic_directory, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -129,11 +130,6 @@ class TrainAlignArguments:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def element_key(element: dict) -> str:
-    """The official element key ``"<phrase> (<category>)"`` of a prepared-dataset element."""
-    return f"{element['phrase']} ({element['category']})"
-
-
 def build_token_targets(processor, prompt: str, elements: list[dict], total_score: float, max_length: int):
     """Official training targets (``element2mask.py`` + ``AlignmentDataset``) for one sample.
 
@@ -145,7 +141,7 @@ def build_token_targets(processor, prompt: str, elements: list[dict], total_scor
     mask = [0.0] * len(ids)
     score = [0.0] * len(ids)
     counts = [0] * len(ids)
-    keys = [element_key(e) for e in elements]
+    keys = [element_record_key(e) for e in elements]
     unmatched = []
     for key, element, span in zip(keys, elements, processor.match_elements(ids, keys)):
         if span is None:
@@ -328,9 +324,9 @@ def evaluate_alignment(model, processor, split, batch_size: int = 16, plcc_direc
     prompts = labelled["prompt"]
     references = [float(s) for s in labelled["total_score"]]
     element_lists = labelled["elements"]
-    keys = [[element_key(e) for e in elements if e.get("score") is not None] for elements in element_lists]
+    keys = [[element_record_key(e) for e in elements if e.get("score") is not None] for elements in element_lists]
     truth_elements = [
-        {element_key(e): float(e["score"]) for e in elements if e.get("score") is not None} for elements in element_lists
+        {element_record_key(e): float(e["score"]) for e in elements if e.get("score") is not None} for elements in element_lists
     ]
     results = model.score(_LazyImages(labelled), prompts, elements=keys, batch_size=batch_size, processor=processor,
                           show_progress=show_progress)
@@ -732,7 +728,6 @@ __all__ = [
     "build_model_and_processor",
     "build_token_targets",
     "effective_warmup_steps",
-    "element_key",
     "evaluate_alignment",
     "hold_out_prompts",
     "load_alignment_splits",

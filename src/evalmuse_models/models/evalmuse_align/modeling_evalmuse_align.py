@@ -440,8 +440,8 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         return results
 
     def _resolve_processor(self, processor: Any) -> Any:
+        # An explicitly passed processor serves this call only; the one saved with the model is cached.
         if processor is not None:
-            self._evalmuse_processor = processor
             return processor
         cached = getattr(self, "_evalmuse_processor", None)
         if cached is not None:
