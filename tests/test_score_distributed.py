@@ -94,23 +94,9 @@ def test_two_cpu_ranks_merge_to_the_single_process_output(tmp_path):
     # An interrupted earlier run left 3 rows: the ranks must skip them, not duplicate them.
     score(folder, out=out, align="test_score_engine:make_fake_align", structure="test_score_engine:make_fake_structure",
           limit=3, progress=False)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-        "ACCELERATE_USE_CPU": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()),
-        "-m", "evalmuse_models", "score", str(folder), "--out", str(out),
-        "--align", "test_score_engine:make_fake_align", "--structure", "test_score_engine:make_fake_structure",
-        "--batch-size", "2", "--num-workers", "1", "--no-progress",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _launch([str(folder), "--out", str(out), "--align", "test_score_engine:make_fake_align",
+                    "--structure", "test_score_engine:make_fake_structure", "--batch-size", "2", "--num-workers", "1",
+                    "--no-progress"])
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1, "only rank 0 prints the summary"
     assert summaries[0]["num_processes"] == 2
