@@ -383,6 +383,10 @@ def test_threshold_search_and_total_evaluation():
     constant = pp.evaluate_structure([3.0] * 4, mos, [pp.heatmap_to_mask(h, 0.5) for h in heatmaps], truth)
     assert constant["constant_scores"] and constant["plcc"] == 0.0
     assert constant["final_score"] == pytest.approx(0.7 * constant["f1"])
+    # an untrained model: one huge constant score and empty masks still gets a number, not an error
+    empty = [np.zeros((512, 512), np.uint8)] * 4
+    untrained = pp.evaluate_structure([1e12] * 4, mos, empty, truth)
+    assert untrained["constant_scores"] and untrained["no_predicted_regions"] and untrained["final_score"] == 0.0
     with pytest.raises(UserInputError, match="differ in length"):
         pp.evaluate_structure(scores[:3], mos, heatmaps, truth)
 

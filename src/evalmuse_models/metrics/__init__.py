@@ -23,7 +23,7 @@ from .io import (
     write_structure_submission,
     write_structure_truth,
 )
-from .structure import binarize_prediction, image_region_counts, structure_final_score
+from .structure import NoPredictedRegionsError, binarize_prediction, image_region_counts, structure_final_score
 
 #: Folder of the ``evaluate`` module inside the installed package (``evaluate.load(EVALUATE_MODULE_PATH, "structure")``).
 EVALUATE_MODULE_PATH = os.path.join(
@@ -32,6 +32,7 @@ EVALUATE_MODULE_PATH = os.path.join(
 
 __all__ = [
     "EVALUATE_MODULE_PATH",
+    "NoPredictedRegionsError",
     "RestrictedUnpickler",
     "alignment_main_score",
     "binarize_prediction",

@@ -31,11 +31,21 @@ from ._stats import (
     spearman,
 )
 
-__all__ = ["RegionCounts", "binarize_prediction", "image_region_counts", "structure_final_score"]
+__all__ = [
+    "NoPredictedRegionsError",
+    "RegionCounts",
+    "binarize_prediction",
+    "image_region_counts",
+    "structure_final_score",
+]
 
 OFFICIAL_SIZE = 512
 OFFICIAL_MIN_PRED_AREA = 0.0006 * 512 * 512
 OFFICIAL_MIN_TRUE_AREA = 150
+
+
+class NoPredictedRegionsError(UserInputError):
+    """The whole set has no predicted region: precision is undefined (the released script divides by zero)."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +287,7 @@ def structure_final_score(
         c = counts if idx is None else counts[idx]
         n_pred, n_true, matched_pred, matched_true = c.sum(axis=0)
         if n_pred == 0:
-            raise UserInputError(
+            raise NoPredictedRegionsError(
                 "no predicted region in the whole set (after resizing, binarising and the area filter "
                 f"contourArea > {min_pred_area:g}): precision is undefined. Check the prediction masks "
                 "(are they all empty, or is the heatmap threshold too high?)"

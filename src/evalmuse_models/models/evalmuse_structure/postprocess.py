@@ -23,8 +23,6 @@ import numpy as np
 from ...utils import UserInputError
 
 BASELINE_THRESHOLD = 40 / 255
-OFFICIAL_SIZE = 512
-OFFICIAL_MIN_PRED_AREA = 0.0006 * OFFICIAL_SIZE * OFFICIAL_SIZE
 DEFAULT_THRESHOLDS = tuple(round(v / 255, 6) for v in range(10, 250, 10))
 
 
@@ -113,21 +111,20 @@ def evaluate_structure(
 
     Everything else (bad shapes, NaN scores) still raises :class:`UserInputError`.
     """
-    from ...metrics import structure_final_score
+    from ...metrics import NoPredictedRegionsError, structure_final_score
     from ...metrics._stats import is_constant, plcc_logistic, spearman
 
     pred = np.asarray(scores, dtype=np.float64)
     ref = np.asarray(reference_scores, dtype=np.float64)
     constant = len(pred) > 0 and is_constant(pred)
     if constant:
-        # break the tie invisibly so the region part is still computed by the official function
-        pred = pred + np.linspace(0.0, 1e-6, len(pred))
+        # break the tie invisibly (relative to the scores' magnitude) so the region part is still
+        # computed by the official function
+        pred = pred + np.linspace(0.0, 1e-9, len(pred)) * max(1.0, float(np.abs(pred).max()))
     weights = kwargs.get("weights", (0.7, 0.15, 0.15))
     try:
         result = structure_final_score(pred, ref, prediction_masks, reference_masks, **kwargs)
-    except UserInputError as exc:
-        if "no predicted region" not in str(exc):
-            raise
+    except NoPredictedRegionsError:
         # the correlations do not depend on the masks: recompute them directly
         plcc, _ = plcc_logistic(pred, ref, "standard")
         srcc = spearman(pred, ref)
