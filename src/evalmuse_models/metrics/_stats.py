@@ -102,6 +102,19 @@ def is_constant(values: np.ndarray) -> bool:
     return values.size == 0 or bool(np.all(values == values[0]))
 
 
+def check_correlatable(pred: np.ndarray, ref: np.ndarray, what: str = "scores") -> None:
+    """SRCC and PLCC need at least 3 images and non-constant scores on both sides; say which is missing."""
+    if pred.size < 3:
+        raise UserInputError(f"at least 3 images are needed for the correlations, got {pred.size}")
+    if is_constant(pred):
+        raise UserInputError(
+            f"predictions: all {pred.size} {what} equal {float(pred[0])}; SRCC and PLCC are undefined for "
+            "constant predictions (the logistic fit cannot converge)"
+        )
+    if is_constant(ref):
+        raise UserInputError(f"references: all {ref.size} {what} equal {float(ref[0])}; correlations are undefined")
+
+
 def check_scores(values, name: str, image_ids: Sequence[str] | None = None) -> np.ndarray:
     """Return ``values`` as a finite 1-D float64 array, or raise a :class:`UserInputError` that names
     the first offending image."""

@@ -12,6 +12,7 @@ import numpy as np
 from ..utils import UserInputError
 from ._stats import (
     bootstrap_ci,
+    check_correlatable,
     check_scores,
     describe,
     fit_logistic,
@@ -196,15 +197,7 @@ def alignment_main_score(
         raise UserInputError(f"weights must be (w_srcc, w_plcc, w_acc), got {weights!r}")
     pred = check_scores(predictions, "predictions", image_ids)
     ref = check_scores(references, "references", image_ids)
-    if pred.size < 3:
-        raise UserInputError(f"at least 3 images are needed for the correlations, got {pred.size}")
-    if is_constant(pred):
-        raise UserInputError(
-            f"predictions: all {pred.size} overall scores equal {float(pred[0])}; SRCC and PLCC are undefined for "
-            "constant predictions (the logistic fit cannot converge)"
-        )
-    if is_constant(ref):
-        raise UserInputError(f"references: all {ref.size} overall scores equal {float(ref[0])}; correlations are undefined")
+    check_correlatable(pred, ref, "overall scores")
 
     has_elements = prediction_element_scores is not None or reference_element_scores is not None
     if has_elements:

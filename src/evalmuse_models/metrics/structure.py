@@ -24,6 +24,7 @@ import numpy as np
 from ..utils import UserInputError
 from ._stats import (
     bootstrap_ci,
+    check_correlatable,
     check_scores,
     describe,
     is_constant,
@@ -251,15 +252,7 @@ def structure_final_score(
         raise UserInputError(f"weights must be (w_f1, w_plcc, w_srcc), got {weights!r}")
     pred = check_scores(predictions, "predictions", image_ids)
     ref = check_scores(references, "references", image_ids)
-    if n < 3:
-        raise UserInputError(f"at least 3 images are needed for the correlations, got {n}")
-    if is_constant(pred):
-        raise UserInputError(
-            f"predictions: all {n} scores equal {float(pred[0])}; SRCC and PLCC are undefined for constant predictions "
-            "(the logistic fit cannot converge)"
-        )
-    if is_constant(ref):
-        raise UserInputError(f"references: all {n} scores equal {float(ref[0])}; correlations are undefined")
+    check_correlatable(pred, ref)
 
     from tqdm.auto import tqdm
 
