@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--license", default="apache-2.0")
     parser.add_argument("--template", help="model: card template name in model_cards/ (default: from model_type)")
     parser.add_argument("--private", action="store_true")
-    parser.add_argument("--token", help="Hub token (default: the one saved by `hf auth login`)")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`; "
+                        "prefer those: a token on the command line is visible to other users in the process list)")
     parser.add_argument("--stage-dir", help="where to build the folder that gets uploaded (default: a temp folder)")
     parser.add_argument("--skip-load-check", action="store_true", help="model: skip the trust_remote_code check")
     parser.set_defaults(func=run)
