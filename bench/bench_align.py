@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine_info
 from PIL import Image
 
 from evalmuse_models.models.evalmuse_align import (
@@ -37,22 +36,6 @@ from evalmuse_models.utils import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 WORDS = ["red", "blue", "green", "cube", "sphere", "cat", "dog", "tree", "house", "left", "right", "two", "three"]
-
-
-def _machine(device: str) -> dict:
-    import transformers
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _inputs(n: int, side: int, seed: int = 0):
@@ -165,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     previous = json.loads(output.read_text()) if output.is_file() else {}
     results = previous.get("results", {}) if isinstance(previous, dict) else {}
-    results[key] = {"machine": _machine(args.device), "runs": runs, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results[key] = {"machine": machine_info("torch", "transformers", device=args.device), "runs": runs, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     report = {"benchmark": "align", "results": results}
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     print(json.dumps({"benchmark": "align", key: results[key]}, indent=2))

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine_info
 from PIL import Image
 
 from evalmuse_models.models.evalmuse_structure import (
@@ -48,24 +47,6 @@ DEFAULTS = {
     "cpu": {"tiny": (32, 8, 10, 8), "hnu-vpai": (2, 1, 2, 1)},
     "cuda": {"tiny": (1024, 256, 50, 256), "hnu-vpai": (256, 64, 20, 32)},
 }
-
-
-def _machine(device: str) -> dict:
-    import timm
-    import transformers
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "timm": timm.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -187,7 +168,7 @@ def main(argv: list[str]) -> int:
             args.train_steps or steps, args.batch_size or train_batch,
         )
         print(json.dumps({name: presets[name]}), flush=True, file=sys.stderr)
-    report = {"machine": _machine(args.device), "presets": presets}
+    report = {"machine": machine_info("torch", "transformers", "timm", device=args.device), "presets": presets}
     path = HERE / "results" / "structure.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing[args.device] = report
