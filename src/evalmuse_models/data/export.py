@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import UserInputError, atomic_write_text
+from ..utils import UserInputError, atomic_write_text, replace_directory
 from .alignment import AlignmentRecord, find_alignment_files, load_alignment_records
 from .errors import RecordError, SkippedRecord, write_skipped_report
 from .masks import _resize_nearest, heatmap_levels, vote_map
@@ -575,16 +575,9 @@ class _Staging:
 
     def publish(self, *, overwrite: bool) -> None:
         (self.path / self.PROGRESS).unlink(missing_ok=True)
-        if self.out_dir.exists():
-            if not overwrite:
-                raise UserInputError(f"{self.out_dir} appeared while it was being built; pass --overwrite")
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.out_dir, old)
-            os.replace(self.path, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.path, self.out_dir)
+        if self.out_dir.exists() and not overwrite:
+            raise UserInputError(f"{self.out_dir} appeared while it was being built; pass --overwrite")
+        replace_directory(self.path, self.out_dir)
 
 
 def _split_files(root: Path, finder, kind: str, expected: str) -> dict[str, Path]:

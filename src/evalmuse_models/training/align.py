@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.alignment import element_record_key
-from ..utils import UserInputError, atomic_directory, atomic_write_text
+from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
 
 logger = logging.getLogger(__name__)
 
@@ -563,9 +563,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             atomic_write_text(partial / "progress.json", json.dumps(progress, indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(partial, target)
+            replace_directory(partial, target)
             kept = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name)))
             for _, old in kept[: -args.save_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..utils import UserInputError, atomic_directory, atomic_write_text
+from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
 
 # the baseline heatmap levels: 1..4 annotators -> 64, 127, 180, 255
 _VOTE_LEVELS = (64, 127, 180, 255)
@@ -464,12 +463,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         accelerator.save_state(str(tmp))
         if accelerator.is_main_process:
             atomic_write_text(tmp / "trainer_state.json", json.dumps(_jsonable(state)))
-            old = ckpt_dir / ".old-last"
-            shutil.rmtree(old, ignore_errors=True)
-            if last_ckpt.exists():
-                os.replace(last_ckpt, old)
-            os.replace(tmp, last_ckpt)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_directory(tmp, last_ckpt)
         accelerator.wait_for_everyone()
 
     # ---- train
