@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..data.alignment import split_element_key
 from ..utils import UserInputError
 from ._stats import (
     bootstrap_ci,
@@ -24,9 +24,6 @@ from ._stats import (
 
 __all__ = ["alignment_main_score", "element_category"]
 
-_CATEGORY = re.compile(r"\(([^()]*)\)\s*$")
-
-
 def element_category(key: str) -> str:
     """The category of an element key ``"<phrase> (<category>)"``: the text inside the LAST
     parentheses (``"other"`` when the key has none).
@@ -36,8 +33,10 @@ def element_category(key: str) -> str:
     >>> element_category("cat (with hat) (object)")
     'object'
     """
-    match = _CATEGORY.search(key)
-    return match.group(1).strip() if match else "other"
+    try:
+        return split_element_key(key)[1]
+    except ValueError:
+        return "other"
 
 
 def _flatten_elements(

@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+
+from ..data.alignment import split_element_key as split_official
 
 YES_WORD = "Yes"
 NO_WORD = "No"
@@ -88,21 +89,17 @@ def level_scale(name_or_scale: str | int | LevelScale) -> LevelScale:
     raise ValueError(f"unknown level scale {name_or_scale!r}; use 5, 15 or a LevelScale")
 
 
-_KEY_RE = re.compile(r"^(.*)\(([^()]*)\)\s*$", re.DOTALL)
-
-
 def split_element_key(key: str) -> tuple[str, str | None]:
-    """``"<phrase> (<category>)"`` → ``(phrase, category)``; the category is inside the LAST parentheses.
+    """``"<phrase> (<category>)"`` → ``(phrase, lower-cased category)``; the category is inside the LAST
+    parentheses (the dataset's rule, :func:`evalmuse_models.data.alignment.split_element_key`).
 
     A key without a trailing parenthesised category gives ``(key, None)``.
     """
-    match = _KEY_RE.match(key)
-    if not match:
+    try:
+        phrase, category = split_official(key)
+    except ValueError:
         return key.strip(), None
-    phrase, category = match.group(1).strip(), match.group(2).strip().lower()
-    if not phrase:
-        return key.strip(), None
-    return phrase, category or None
+    return phrase, category.lower()
 
 
 def element_key(phrase: str, category: str | None) -> str:
