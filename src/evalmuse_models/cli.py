@@ -22,6 +22,25 @@ from .utils import UserInputError
 USER_ERRORS = (UserInputError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default unless it says nothing (None, a False flag) or the help already gives it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _use_formatter(parser: argparse.ArgumentParser) -> None:
+    """One help style for every command and sub-command."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _use_formatter(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evalmuse",
@@ -34,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(subparsers)
+    _use_formatter(parser)
     return parser
 
 
