@@ -26,24 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def build_models(root: Path) -> tuple[str, str]:
-    import torch
+    from evalmuse_models.models import save_tiny_models
 
-    from evalmuse_models.models.evalmuse_align import (
-        EvalMuseAlignConfig,
-        EvalMuseAlignModel,
-        build_tiny_processor,
-    )
-    from evalmuse_models.models.evalmuse_structure import (
-        EvalMuseStructureConfig,
-        EvalMuseStructureModel,
-    )
-
-    torch.manual_seed(0)
-    config = EvalMuseAlignConfig.from_preset("tiny")
-    EvalMuseAlignModel(config).save_pretrained(root / "align")
-    build_tiny_processor(config).save_pretrained(root / "align")
-    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(root / "structure")
-    return str(root / "align"), str(root / "structure")
+    return tuple(str(folder) for folder in save_tiny_models(root))
 
 
 def image_folder(root: Path, num_prompts: int) -> Path:

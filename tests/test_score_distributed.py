@@ -51,23 +51,9 @@ def _launch(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_two_ranks_with_the_real_tiny_models(tmp_path):
-    import torch
+    from evalmuse_models.models import save_tiny_models
 
-    from evalmuse_models.models.evalmuse_align import (
-        EvalMuseAlignConfig,
-        EvalMuseAlignModel,
-        build_tiny_processor,
-    )
-    from evalmuse_models.models.evalmuse_structure import (
-        EvalMuseStructureConfig,
-        EvalMuseStructureModel,
-    )
-
-    torch.manual_seed(0)
-    config = EvalMuseAlignConfig.from_preset("tiny")
-    EvalMuseAlignModel(config).save_pretrained(tmp_path / "align")
-    build_tiny_processor(config).save_pretrained(tmp_path / "align")
-    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(tmp_path / "structure")
+    save_tiny_models(tmp_path)
     folder = tmp_path / "images"
     ids = write_image_folder(folder, count=7)
     models = ["--align", str(tmp_path / "align"), "--structure", str(tmp_path / "structure")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from evalmuse_models.cli import main
@@ -14,23 +13,9 @@ from evalmuse_models.utils import UserInputError
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from evalmuse_models.models.evalmuse_align import (
-        EvalMuseAlignConfig,
-        EvalMuseAlignModel,
-        build_tiny_processor,
-    )
-    from evalmuse_models.models.evalmuse_structure import (
-        EvalMuseStructureConfig,
-        EvalMuseStructureModel,
-    )
+    from evalmuse_models.models import save_tiny_models
 
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    config = EvalMuseAlignConfig.from_preset("tiny")
-    EvalMuseAlignModel(config).save_pretrained(root / "align")
-    build_tiny_processor(config).save_pretrained(root / "align")
-    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(root / "structure")
-    return root / "align", root / "structure"
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def test_dataset_split_with_both_models_matches_direct_calls(prepared_dataset, model_dirs, tmp_path):
