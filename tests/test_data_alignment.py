@@ -13,9 +13,11 @@ from evalmuse_models.data import (
     ELEMENT_CATEGORIES,
     RecordError,
     find_alignment_files,
+    generator_from_img_path,
     load_alignment_records,
     parse_alignment_record,
     parse_element_score,
+    read_generator_map,
     split_element_key,
 )
 from evalmuse_models.utils import UserInputError
@@ -251,6 +253,64 @@ def test_split_files_are_found(tmp_path):
         (tmp_path / name).write_text("[]")
     assert {k: v.name for k, v in find_alignment_files(tmp_path).items()} == {
         "train": "train_list.json", "validation": "val.json", "test": "test.json"}
+
+
+# --- generators: folder of img_path, or a generator map ---------------------------------------
+
+
+def test_flat_img_path_has_an_unknown_generator_not_its_file_name():
+    record = parse_alignment_record(dict(REAL_TEST_ROW, img_path="img_0001.png"))
+    assert record.generator == ""
+    assert generator_from_img_path("img_0001.png") == ""
+    assert generator_from_img_path("SDXL-Turbo\\00805.png") == "SDXL-Turbo"
+    assert generator_from_img_path("img_0001.png", {"img_0001.png": "DALLE3"}) == "DALLE3"
+    assert generator_from_img_path("./SDXL/1.png", {"SDXL/1.png": "SDXL-Turbo"}) == "SDXL-Turbo"  # map wins
+
+
+def test_generator_map_csv_and_json_agree(tmp_path):
+    csv_path = tmp_path / "generators.csv"
+    # a BOM (spreadsheet export), an extra column, columns in another order, a blank line
+    csv_path.write_text("\ufeffnote,generator,img_path\nx,SDXL-Turbo,img_0001.png\n\n,DALLE3 ,sub\\img_0002.png\n",
+                        encoding="utf-8")
+    json_path = write_json(tmp_path / "generators.json", {"img_0001.png": "SDXL-Turbo", "sub/img_0002.png": "DALLE3"})
+    expected = {"img_0001.png": "SDXL-Turbo", "sub/img_0002.png": "DALLE3"}
+    assert read_generator_map(csv_path) == expected
+    assert read_generator_map(json_path) == expected
+    tsv_path = tmp_path / "generators.tsv"
+    tsv_path.write_text("img_path\tgenerator\nimg_0001.png\tSDXL-Turbo\n", encoding="utf-8")
+    assert read_generator_map(tsv_path) == {"img_0001.png": "SDXL-Turbo"}
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("g.csv", "img_path,generator\na.png,X\nb.png,Y\na.png,X\n", r"g.csv: row 4: img_path 'a.png' is listed twice \(first at row 2\)"),
+        ("g.json", '{"a.png": "X", "a.png": "Y"}', r"g.json: key 'a.png': img_path 'a.png' is listed twice"),
+        ("g.csv", "image,model\na.png,X\n", r"g.csv: missing column\(s\) img_path, generator.*found: 'image', 'model'"),
+        ("g.csv", "img_path,name\na.png,X\n", r"missing column\(s\) generator"),
+        ("g.csv", "", "empty file"),
+        ("g.csv", "img_path,generator\n", "lists no image"),
+        ("g.csv", "img_path,generator\na.png,\n", r"row 2 \(img_path='a.png'\): the generator must be a non-empty"),
+        ("g.csv", "img_path,generator\n../a.png,X\n", "row 2: img_path .*stay inside"),
+        ("g.json", '{"a.png": 3}', "must be a non-empty string, got 3"),
+        ("g.json", '[{"img_path": "a.png", "generator": "X"}]', "expected one JSON object .*got a list"),
+        ("g.json", '{"a.png": "X",}', "g.json: malformed JSON at line 1"),
+        ("g.txt", "a.png X", r"must be a .csv file .* or a .json object"),
+    ],
+)
+def test_generator_map_errors_name_file_and_entry(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserInputError, match=message):
+        read_generator_map(path)
+
+
+def test_generator_map_missing_or_not_utf8(tmp_path):
+    with pytest.raises(UserInputError, match="does not exist"):
+        read_generator_map(tmp_path / "nope.csv")
+    (tmp_path / "latin.csv").write_bytes("img_path,generator\ncaf\xe9.png,X\n".encode("latin-1"))
+    with pytest.raises(UserInputError, match="not UTF-8"):
+        read_generator_map(tmp_path / "latin.csv")
 
 
 # --- the synthetic release -------------------------------------------------------------------

@@ -27,9 +27,11 @@ from .alignment import (
     Element,
     add_prompt_variance,
     find_alignment_files,
+    generator_from_img_path,
     load_alignment_records,
     parse_alignment_record,
     parse_element_score,
+    read_generator_map,
     split_element_key,
 )
 from .errors import RecordError, SkippedRecord
@@ -85,6 +87,7 @@ __all__ = [
     "binary_mask",
     "find_alignment_files",
     "find_structure_files",
+    "generator_from_img_path",
     "heatmap_levels",
     "load_alignment_records",
     "load_structure_records",
@@ -93,6 +96,7 @@ __all__ = [
     "parse_structure_record",
     "prepare_dataset",
     "rasterize_annotators",
+    "read_generator_map",
     "resolve_images",
     "split_element_key",
     "structure_features",

@@ -30,11 +30,14 @@ Example::
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import json
 import math
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -211,6 +214,130 @@ def _check_img_path(img_path) -> str:
     return str(posix)
 
 
+def generator_from_img_path(img_path: str, generator_map: Mapping[str, str] | None = None) -> str:
+    """The generator of an image: its entry in ``generator_map`` (see :func:`read_generator_map`),
+    else the first folder of ``img_path`` (``"SDXL-Turbo/00805.png"`` -> ``"SDXL-Turbo"``), else
+    ``""``: a flat path such as the validation release's ``"img_0001.png"`` has an UNKNOWN
+    generator (never the file name).
+
+    >>> generator_from_img_path("PixArt-alpha/00108_1.png"), generator_from_img_path("img_0001.png")
+    ('PixArt-alpha', '')
+    >>> generator_from_img_path("img_0001.png", {"img_0001.png": "SDXL-Turbo"})
+    'SDXL-Turbo'
+    """
+    path = str(PurePosixPath(str(img_path).replace("\\", "/")))
+    if generator_map:
+        mapped = generator_map.get(path)
+        if mapped:
+            return mapped
+    return path.split("/", 1)[0] if "/" in path else ""
+
+
+def read_generator_map(path) -> dict[str, str]:
+    """Read a file naming the generator of each image: ``{img_path: generator}``.
+
+    The validation and test releases have flat ``img_path`` values (``"img_0001.png"``) that do
+    not say which model made the image; this file does. Two formats, chosen by the extension:
+
+    * ``.csv`` (or ``.tsv``): a header with the columns ``img_path`` and ``generator`` (other
+      columns are ignored), one image per row;
+    * ``.json``: one object ``{"img_0001.png": "SDXL-Turbo", ...}``.
+
+    ``img_path`` values are written as in the release (relative, ``/`` separators; ``\\`` is
+    read as ``/``). Each image is listed once with a non-empty generator.
+
+    Raises:
+        UserInputError: the file is missing, unreadable, not UTF-8, malformed, of another type,
+            lacks a column, lists an image twice or gives an empty generator; the message names
+            the file and the row or key.
+
+    Example::
+
+        from evalmuse_models.data import read_generator_map
+
+        generators = read_generator_map("val_generators.csv")   # {"img_0001.png": "SDXL-Turbo", ...}
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json"):
+        raise UserInputError(
+            f"{path}: a generator map must be a .csv file (columns img_path,generator) or a .json object "
+            f"{{img_path: generator}}, got {suffix or 'a file without extension'!r}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserInputError(f"generator map {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: not UTF-8 text ({error}); save the generator map as UTF-8") from None
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read the generator map ({error.strerror})") from None
+    entries = _generator_map_json(path, text) if suffix == ".json" else _generator_map_csv(path, text, suffix)
+    mapping: dict[str, str] = {}
+    first_seen: dict[str, str] = {}
+    for where, img_path, generator in entries:
+        try:
+            key = _check_img_path(img_path)
+        except ValueError as error:
+            raise UserInputError(f"{path}: {where}: img_path {error}") from None
+        if not isinstance(generator, str) or not generator.strip():
+            raise UserInputError(
+                f"{path}: {where} (img_path={key!r}): the generator must be a non-empty string, got {generator!r}; "
+                "leave an image out of the map to keep its generator unknown"
+            )
+        if key in mapping:
+            raise UserInputError(
+                f"{path}: {where}: img_path {key!r} is listed twice (first at {first_seen[key]}); list each image once"
+            )
+        mapping[key] = generator.strip()
+        first_seen[key] = where
+    if not mapping:
+        raise UserInputError(f"{path}: the generator map lists no image")
+    return mapping
+
+
+def _generator_map_json(path: Path, text: str) -> list[tuple[str, Any, Any]]:
+    class Pairs(list):
+        """A JSON object's items in file order, duplicates kept (a dict would keep only the last)."""
+
+    try:
+        data = json.loads(text, object_pairs_hook=Pairs)
+    except json.JSONDecodeError as error:
+        raise UserInputError(
+            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    if not isinstance(data, Pairs):
+        kind = "a list" if isinstance(data, list) else type(data).__name__
+        raise UserInputError(f"{path}: expected one JSON object {{img_path: generator}}, got {kind}")
+    return [(f"key {key!r}", key, value) for key, value in data]
+
+
+def _generator_map_csv(path: Path, text: str, suffix: str) -> list[tuple[str, Any, Any]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+    try:
+        rows = list(reader)
+    except csv.Error as error:
+        raise UserInputError(f"{path}: malformed CSV at line {reader.line_num}: {error}") from None
+    if not rows:
+        raise UserInputError(f"{path}: empty file; expected a header with the columns img_path and generator")
+    header = [name.strip() for name in rows[0]]
+    missing = [name for name in ("img_path", "generator") if name not in header]
+    if missing:
+        raise UserInputError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header must name img_path and generator "
+            f"(found: {', '.join(repr(h) for h in header) or 'nothing'})"
+        )
+    at_path, at_generator = header.index("img_path"), header.index("generator")
+    entries = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if len(row) <= max(at_path, at_generator):
+            raise UserInputError(f"{path}: row {number}: {len(row)} cell(s), the header has {len(header)}")
+        entries.append((f"row {number}", row[at_path].strip(), row[at_generator]))
+    return entries
+
+
 def parse_alignment_record(raw, *, source: str = "<memory>", index: int = -1) -> AlignmentRecord:
     """Validate and parse one raw record; raises :class:`RecordError` naming the field."""
     record_id = f"#{index}"
@@ -256,7 +383,7 @@ def parse_alignment_record(raw, *, source: str = "<memory>", index: int = -1) ->
             confidences[column] = _parse_votes(raw[name], low=0, high=1, what=name)[0]
         except ValueError as error:
             raise fail(name, str(error)) from None
-    generator = img_path.split("/", 1)[0] if "/" in img_path else ""
+    generator = generator_from_img_path(img_path)
     known = set(REQUIRED_FIELDS) | {s for spellings in CONFIDENCE_FIELDS.values() for s in spellings}
     return AlignmentRecord(
         img_path=img_path,
