@@ -159,7 +159,6 @@ def test_fit_fallback_is_flagged_not_silent():
         ({"references": [1.0, 2.0, float("inf"), 3.0]}, r"references: score of image 'c.png' is inf"),
         ({"predictions": [2.0, 2.0, 2.0, 2.0]}, "constant predictions"),
         ({"predictions": [2.0, None, 2.0, 2.0]}, r"predictions: score of image 'b.png' is None; every score must be a finite"),
-        ({"prediction_element_scores": [[0.5], [1.2], [0.1], [0.0]]}, r"element #0 of image 'b.png' is 1.2"),
         ({"prediction_element_scores": [[0.5], [0.2], [float("nan")], [0.0]]}, r"image 'c.png' is nan"),
         ({"prediction_element_scores": [[0.5], [0.2, 0.3], [0.1], [0.0]]}, r"image 'b.png': 2 predicted but 1"),
         ({"predictions": [1.0, 2.0, 3.0]}, "3 scores but references has 4"),
@@ -177,6 +176,30 @@ def test_bad_input_names_the_image(kwargs, match):
     args.update(kwargs)
     with pytest.raises(UserInputError, match=match):
         alignment_main_score(**args)
+
+
+def test_element_scores_outside_unit_interval_are_scored_with_a_warning():
+    # A real submission held element scores up to 1.036; the released scorer only thresholds them.
+    pred, true = [1.0, 2.0, 2.5, 3.0], [1.0, 2.0, 3.0, 4.0]
+    true_el = [[1.0], [0.0], [1 / 3], [2 / 3]]
+    with pytest.warns(UserWarning, match=r"element #0 of image 'b.png' is 1.036; it is outside \[0, 1\] \(2 "):
+        r = alignment_main_score(pred, true, [[0.5], [1.036], [-0.2], [0.7]], true_el,
+                                 image_ids=["a.png", "b.png", "c.png", "d.png"])
+    # 1.036 >= 0.5 disagrees with 0.0; -0.2 < 0.5 agrees with 1/3: ACC 3/4.
+    assert r["acc"] == 0.75
+    expected = reference_main_score(pred, true, [[0.5], [1.036], [-0.2], [0.7]], true_el)
+    assert r["main_score"] == pytest.approx(expected["main_score"], abs=1e-9)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_element_score_is_an_error_naming_image_and_key(bad):
+    with pytest.raises(UserInputError, match=r"element 'dog \(animal\)' of image 'x/2.png' is .*finite number"):
+        alignment_main_score(
+            [1.0, 2.0, 3.0], [1.0, 2.0, 3.5],
+            [{"cat (animal)": 0.2}, {"dog (animal)": bad}, {}],
+            [{"cat (animal)": 1.0}, {"dog (animal)": 0.0}, {}],
+            image_ids=["x/1.png", "x/2.png", "x/3.png"],
+        )
 
 
 def test_missing_element_key_names_image_and_key():

@@ -1,5 +1,5 @@
 """``evalmuse eval alignment|structure``: score a submission against the truth with the official
-NTIRE 2025 scores."""
+NTIRE 2025 scores, or (``--codalab INPUT_DIR OUTPUT_DIR``) act as the Codalab scoring program."""
 
 from __future__ import annotations
 
@@ -23,16 +23,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     common.add_argument("--n-resamples", type=int, default=0, help="bootstrap resamples for confidence intervals")
     common.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    common.add_argument(
+        "--codalab",
+        nargs=2,
+        metavar=("INPUT_DIR", "OUTPUT_DIR"),
+        help="run as the official scoring program: read INPUT_DIR/ref and INPUT_DIR/res, write OUTPUT_DIR/scores.txt "
+        "(same lines and format, then res/readme.txt appended); replaces --truth and --submission",
+    )
 
     align = tracks.add_parser(
         "alignment",
         parents=[common],
         help="track 1: Main Score = 0.25 SRCC + 0.25 PLCC + 0.5 ACC",
-        description="Score an alignment submission. Example: evalmuse eval alignment --truth eval.json "
-        "--submission output.json",
+        description="Score an alignment submission. Examples: evalmuse eval alignment --truth eval.json "
+        "--submission output.json; evalmuse eval alignment --codalab INPUT_DIR OUTPUT_DIR",
     )
-    align.add_argument("--truth", required=True, help="truth file eval.json")
-    align.add_argument("--submission", required=True, help="output.json or submission.zip")
+    align.add_argument("--truth", help="truth file eval.json")
+    align.add_argument("--submission", help="output.json or submission.zip")
     align.add_argument(
         "--plcc-direction",
         choices=("official", "standard"),
@@ -46,11 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "structure",
         parents=[common],
         help="track 2: Final = 0.7 F1 + 0.15 (PLCC + SRCC)",
-        description="Score a structure submission. Example: evalmuse eval structure --truth gt.pkl "
-        "--submission output.pkl",
+        description="Score a structure submission. Examples: evalmuse eval structure --truth gt.pkl "
+        "--submission output.pkl; evalmuse eval structure --codalab INPUT_DIR OUTPUT_DIR",
     )
-    struct.add_argument("--truth", required=True, help="truth file gt.pkl")
-    struct.add_argument("--submission", required=True, help="output.pkl or submission.zip")
+    struct.add_argument("--truth", help="truth file gt.pkl")
+    struct.add_argument("--submission", help="output.pkl or submission.zip")
     struct.add_argument("--iou-threshold", type=float, default=0.1, help="region match threshold (default 0.1)")
     struct.set_defaults(func=_run_structure, _parser=struct)
 
@@ -84,9 +91,40 @@ def _print(result: dict, keys: tuple[str, ...], as_json: bool) -> None:
             print(f"  {gen:<24} {entry['n_images']:>6} {' '.join(cells)}")
 
 
+def _inputs(args: argparse.Namespace, track: str, official: dict) -> bool:
+    """Check the input options; True when running as the Codalab scoring program."""
+    from ..utils import UserInputError
+
+    if args.codalab:
+        given = [f"--{k.replace('_', '-')}" for k, v in official.items() if getattr(args, k) != v]
+        given += [f"--{k}" for k in ("truth", "submission") if getattr(args, k)]
+        if given:
+            raise UserInputError(
+                f"--codalab runs the released {track} scoring program with its own settings and files; "
+                f"drop {', '.join(given)}"
+            )
+        return True
+    if not args.truth or not args.submission:
+        raise UserInputError(f"give --truth and --submission, or --codalab INPUT_DIR OUTPUT_DIR (see evalmuse eval {track} -h)")
+    return False
+
+
+def _run_codalab(args: argparse.Namespace, track: str) -> int:
+    from ..metrics import score_codalab
+
+    result, path = score_codalab(track, *args.codalab)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(path.read_text(encoding="utf-8", errors="replace"), end="")
+    return 0
+
+
 def _run_alignment(args: argparse.Namespace) -> int:
     from ..metrics import score_alignment_files
 
+    if _inputs(args, "alignment", {"plcc_direction": "official", "breakdown": False, "n_resamples": 0}):
+        return _run_codalab(args, "alignment")
     result = score_alignment_files(
         args.truth,
         args.submission,
@@ -102,6 +140,8 @@ def _run_alignment(args: argparse.Namespace) -> int:
 def _run_structure(args: argparse.Namespace) -> int:
     from ..metrics import score_structure_files
 
+    if _inputs(args, "structure", {"iou_threshold": 0.1, "n_resamples": 0}):
+        return _run_codalab(args, "structure")
     result = score_structure_files(
         args.truth,
         args.submission,

@@ -105,10 +105,23 @@ def _element_array(values, counts, image_ids, name, keys) -> np.ndarray:
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise _element_error(name, j, v, counts, image_ids, keys, "is not a number") from None
         raise UserInputError(f"{name}: could not read the element scores as numbers")
-    bad = np.flatnonzero(~(np.isfinite(arr) & (arr >= 0) & (arr <= 1)))
+    bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
         j = int(bad[0])
-        raise _element_error(name, j, float(arr[j]), counts, image_ids, keys, "must be a finite probability in [0, 1]")
+        raise _element_error(
+            name, j, float(arr[j]), counts, image_ids, keys,
+            "must be a finite number (the released scorer would silently count NaN as absent)",
+        )
+    outside = np.flatnonzero((arr < 0) | (arr > 1))
+    if outside.size:
+        # The released scorer only thresholds (>= 0.5), so such scores are scored, not refused.
+        j = int(outside[0])
+        where = _element_error(name, j, float(arr[j]), counts, image_ids, keys, "is outside [0, 1]")
+        warnings.warn(
+            f"{where} ({outside.size} element score(s) outside [0, 1] in total); they are scored as the released "
+            "scorer does, by thresholding at the element threshold",
+            stacklevel=4,
+        )
     return arr
 
 
@@ -175,8 +188,9 @@ def alignment_main_score(
         ``"plcc_fallback": True`` (a warning is also issued).
 
     Raises:
-        UserInputError: lengths differ, a score is NaN/inf, an element score is outside [0, 1], an
-            element key is missing, or the predictions (or the truth) are constant.
+        UserInputError: lengths differ, a score is NaN/inf, an element key is missing, or the
+            predictions (or the truth) are constant. Element scores outside [0, 1] are scored (the
+            released scorer only thresholds them) with a warning.
 
     Example:
         >>> r = alignment_main_score([1.0, 2.0, 3.5, 3.0], [1.3, 2.0, 4.7, 3.3],

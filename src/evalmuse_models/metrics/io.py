@@ -22,8 +22,9 @@ import math
 import numbers
 import os
 import pickle
+import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ from ..utils import UserInputError, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "RestrictedUnpickler",
+    "format_codalab_scores",
     "read_alignment_file",
     "read_structure_pickle",
     "score_alignment_files",
+    "score_codalab",
     "score_structure_files",
     "write_alignment_submission",
     "write_alignment_truth",
@@ -255,9 +258,19 @@ def score_alignment_files(
 # Structure files
 # --------------------------------------------------------------------------------------------
 
-def _validate_structure(obj: Any, source: str) -> dict[str, dict[str, Any]]:
+def _validate_structure(obj: Any, source: str, only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
     if not isinstance(obj, dict):
         raise UserInputError(f"{source}: expected a dict {{image_name: {{'pred_area', 'score'}}}}, got {type(obj).__name__}")
+    if only is not None:
+        # The released scorer looks up the truth's images and never reads the others.
+        extra = [k for k in obj if k not in only]
+        if extra:
+            warnings.warn(
+                f"{source}: {len(extra)} image(s) are not in the truth and are ignored, as the official scorer "
+                f"ignores them, e.g. {extra[:5]}",
+                stacklevel=3,
+            )
+            obj = {k: v for k, v in obj.items() if k in only}
     out = {}
     for name, rec in obj.items():
         where = f"{source}: image {name!r}"
@@ -271,6 +284,8 @@ def _validate_structure(obj: Any, source: str) -> dict[str, dict[str, Any]]:
         mask = rec["pred_area"]
         if not isinstance(mask, np.ndarray):
             raise UserInputError(f"{where}: pred_area must be a NumPy array, got {type(mask).__name__}")
+        if mask.ndim == 3 and mask.shape[2] == 1:
+            mask = mask[:, :, 0]  # one channel: OpenCV (and so the official scorer) reads it as 2-D
         if mask.ndim != 2 or mask.size == 0:
             raise UserInputError(f"{where}: pred_area must be a non-empty 2-D array, got shape {mask.shape}")
         if mask.dtype.kind not in "biuf":
@@ -284,11 +299,13 @@ def _validate_structure(obj: Any, source: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read_structure_pickle(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+def read_structure_pickle(path: str | os.PathLike, *, only: Collection[str] | None = None) -> dict[str, dict[str, Any]]:
     """Read a structure-track pickle (``gt.pkl``, ``output.pkl``, or a ``submission.zip`` holding
     ``output.pkl``) with :class:`RestrictedUnpickler`.
 
-    Returns ``{image_name: {"pred_area": np.ndarray, "score": float}}``.
+    Returns ``{image_name: {"pred_area": np.ndarray, "score": float}}``. A one-channel
+    ``(H, W, 1)`` mask is read as ``(H, W)``, as OpenCV reads it. With ``only`` (the truth's image
+    names), other images are dropped unread, with a warning, as the official scorer ignores them.
 
     Raises:
         UserInputError: the pickle asks for anything but dicts, strings, numbers and NumPy arrays,
@@ -296,25 +313,25 @@ def read_structure_pickle(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """
     path = Path(path)
     data, source = _read_member(path, STRUCTURE_OUTPUT)
-    return _validate_structure(_restricted_load(data, source), source)
+    return _validate_structure(_restricted_load(data, source), source, only)
 
 
 def score_structure_files(truth: str | os.PathLike, submission: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
     """Score a structure submission (``output.pkl`` or ``submission.zip``) against ``gt.pkl``.
-    Keyword arguments go to :func:`~evalmuse_models.metrics.structure_final_score`."""
+
+    Every truth image must be in the submission; submitted images the truth does not hold are
+    ignored with a warning (the official scorer never reads them). Keyword arguments go to
+    :func:`~evalmuse_models.metrics.structure_final_score`."""
     from .structure import structure_final_score
 
     gt = read_structure_pickle(truth)
-    sub = read_structure_pickle(submission)
+    sub = read_structure_pickle(submission, only=gt)
     missing = [k for k in gt if k not in sub]
     if missing:
         raise UserInputError(
             f"{submission}: {len(missing)} image(s) of the truth are missing from the submission, e.g. {missing[:5]}"
         )
-    extra = [k for k in sub if k not in gt]
-    if extra:
-        raise UserInputError(f"{submission}: {len(extra)} image(s) are not in the truth {truth}, e.g. {extra[:5]}")
-    names = sorted(gt)
+    names = list(gt)  # the official scorer's order: the truth's
     return structure_final_score(
         [sub[k]["score"] for k in names],
         [gt[k]["score"] for k in names],
@@ -323,6 +340,70 @@ def score_structure_files(truth: str | os.PathLike, submission: str | os.PathLik
         image_ids=names,
         **kwargs,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The Codalab scoring-program layout
+# --------------------------------------------------------------------------------------------
+
+#: Per track: the truth file under ``ref/``, the submission under ``res/``, and the lines of
+#: ``scores.txt`` in the released programs' order: ``(name written, result key)``.
+CODALAB_LAYOUT: dict[str, dict[str, Any]] = {
+    "alignment": {
+        "truth": "eval.json",
+        "submission": ALIGNMENT_OUTPUT,
+        "lines": (("SRCC", "srcc"), ("PLCC", "plcc"), ("ACC", "acc"), ("Final_Score", "main_score")),
+    },
+    "structure": {
+        "truth": "gt.pkl",
+        "submission": STRUCTURE_OUTPUT,
+        "lines": (
+            ("Final_Score", "final_score"), ("SRCC", "srcc"), ("PLCC", "plcc"), ("Precision", "precision"),
+            ("Recall", "recall"), ("F1_Score", "f1"), ("GIoU", "giou"),
+        ),
+    },
+}
+
+
+def format_codalab_scores(track: str, result: Mapping[str, float]) -> str:
+    """The ``scores.txt`` lines the released scoring program writes for ``result`` (4 decimals,
+    its names and order), without the appended ``readme.txt``."""
+    if track not in CODALAB_LAYOUT:
+        raise UserInputError(f"track must be one of {sorted(CODALAB_LAYOUT)}, got {track!r}")
+    return "".join(f"{name}: {result[key]:.4f}\n" for name, key in CODALAB_LAYOUT[track]["lines"])
+
+
+def score_codalab(track: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """Run as the Codalab scoring program of ``track`` (``"alignment"`` or ``"structure"``).
+
+    Reads ``input_dir/ref/{eval.json|gt.pkl}`` and ``input_dir/res/{output.json|output.pkl}``,
+    scores them with the official settings (:func:`score_alignment_files` /
+    :func:`score_structure_files`) and writes ``output_dir/scores.txt`` as the released program
+    does: one ``Name: value`` line per score with 4 decimals, then ``res/readme.txt`` appended
+    byte for byte (when present; the released programs fail without it). ``output_dir`` is created.
+
+    Returns ``(result, path of scores.txt)``; ``result`` holds the full-precision numbers.
+    """
+    if track not in CODALAB_LAYOUT:
+        raise UserInputError(f"track must be one of {sorted(CODALAB_LAYOUT)}, got {track!r}")
+    layout = CODALAB_LAYOUT[track]
+    input_dir = Path(input_dir)
+    ref, res = input_dir / "ref", input_dir / "res"
+    for folder in (ref, res):
+        if not folder.is_dir():
+            raise UserInputError(
+                f"{folder}: no such folder; a Codalab input folder holds ref/{layout['truth']} and "
+                f"res/{layout['submission']} (+ res/{README})"
+            )
+    truth, submission = ref / layout["truth"], res / layout["submission"]
+    scorer = score_alignment_files if track == "alignment" else score_structure_files
+    result = scorer(truth, submission)
+    readme = res / README
+    text = format_codalab_scores(track, result).encode("utf-8")
+    if readme.is_file():
+        text += readme.read_bytes()
+    path = atomic_write_bytes(Path(output_dir) / "scores.txt", text)
+    return result, path
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,9 +437,10 @@ def _write_submission(out_dir: Path, output_name: str, output_bytes: bytes, read
     return {"output": output_path, "readme": readme_path, "zip": zip_path}
 
 
-def _alignment_records(records: Iterable[Mapping[str, Any]], what: str, require_scores: bool) -> list[dict]:
+def _alignment_records(records: Iterable[Mapping[str, Any]], what: str) -> list[dict]:
     out = []
     seen = set()
+    outside: list[str] = []
     for i, rec in enumerate(records):
         img_path = rec.get("img_path") if isinstance(rec, Mapping) else None
         if not isinstance(img_path, str) or not img_path:
@@ -373,8 +455,8 @@ def _alignment_records(records: Iterable[Mapping[str, Any]], what: str, require_
         clean = {}
         for key, value in elements.items():
             v = _number(value, f"{where}: element_score[{key!r}]")
-            if require_scores and not 0 <= v <= 1:
-                raise UserInputError(f"{where}: element_score[{key!r}] = {v} is outside [0, 1]; give a probability")
+            if not 0 <= v <= 1:
+                outside.append(f"{where}: element_score[{key!r}] = {v}")
             clean[str(key)] = v
         out.append(
             {
@@ -386,6 +468,13 @@ def _alignment_records(records: Iterable[Mapping[str, Any]], what: str, require_
         )
     if not out:
         raise UserInputError(f"{what}: no record to write")
+    if outside:
+        # Written as given: the released scorer only thresholds element scores (>= 0.5).
+        warnings.warn(
+            f"{outside[0]} is outside [0, 1] ({len(outside)} such element score(s)); written as given, the "
+            "official scorer only thresholds them at 0.5",
+            stacklevel=3,
+        )
     return out
 
 
@@ -404,7 +493,8 @@ def write_alignment_submission(
 
     Args:
         records: one dict per image, ``{"prompt", "img_path", "total_score", "element_score"}``
-            (``element_score``: ``{element key: probability in [0, 1]}``).
+            (``element_score``: ``{element key: probability}``, keys written byte-exactly; a
+            finite score outside [0, 1] is written as given, with a warning).
         runtime_per_image, gpu, extra_data, llm, description: the ``readme.txt`` fields.
 
     Returns: ``{"output": Path, "readme": Path, "zip": Path}``.
@@ -416,7 +506,7 @@ def write_alignment_submission(
         ...     "my_submission", runtime_per_image=0.12, gpu=True, extra_data=False, llm=False,
         ... )  # doctest: +SKIP
     """
-    clean = _alignment_records(records, "write_alignment_submission", require_scores=True)
+    clean = _alignment_records(records, "write_alignment_submission")
     data = json.dumps(clean, ensure_ascii=False, indent=1).encode("utf-8")
     return _write_submission(
         Path(out_dir), ALIGNMENT_OUTPUT, data, _readme(runtime_per_image, gpu, extra_data, llm, description)
@@ -473,7 +563,7 @@ def write_structure_submission(
 
 def write_alignment_truth(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write an ``eval.json`` truth file (same record layout as ``output.json``)."""
-    clean = _alignment_records(records, "write_alignment_truth", require_scores=True)
+    clean = _alignment_records(records, "write_alignment_truth")
     return atomic_write_text(path, json.dumps(clean, ensure_ascii=False, indent=1))
 
 

@@ -160,10 +160,17 @@ def image_region_counts(
     min_true_area: float = OFFICIAL_MIN_TRUE_AREA,
     iou_threshold: float = 0.1,
 ) -> RegionCounts:
-    """Region statistics of one image from a binarised prediction and the truth mask (same shape)."""
-    true_binary = (true_mask > 0).astype(np.uint8)
-    inter = np.count_nonzero(pred_binary & true_binary)
-    union = np.count_nonzero(pred_binary | true_binary)
+    """Region statistics of one image from a binarised prediction and the truth mask (same shape).
+
+    The truth is read as the released scorer reads it: its regions are those of
+    ``true_mask.astype(np.uint8)`` (any non-zero value after that cast), its foreground for the
+    IoU is ``true_mask == 1``. For the usual 0/1 truth both are the mask itself.
+    """
+    true_binary = (true_mask.astype(np.uint8) != 0).astype(np.uint8)
+    true_fg = true_mask == 1
+    pred_fg = pred_binary != 0
+    inter = np.count_nonzero(pred_fg & true_fg)
+    union = np.count_nonzero(pred_fg | true_fg)
     fg_iou = (inter + 1e-4) / (union + 1e-4)
 
     preds = _regions(pred_binary, min_pred_area)
