@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="official: the released script (fit true -> submitted); standard: fit submitted -> true",
     )
     align.add_argument("--breakdown", action="store_true", help="add per-category ACC and per-generator scores")
+    align.add_argument(
+        "--generator-map",
+        metavar="FILE",
+        help="CSV (img_path,generator) or JSON {img_path: generator} naming the generator of flat img_paths "
+        "such as img_0001.png; implies --breakdown",
+    )
     align.set_defaults(func=_run_alignment, _parser=align)
 
     struct = tracks.add_parser(
@@ -123,12 +129,13 @@ def _run_codalab(args: argparse.Namespace, track: str) -> int:
 def _run_alignment(args: argparse.Namespace) -> int:
     from ..metrics import score_alignment_files
 
-    if _inputs(args, "alignment", {"plcc_direction": "official", "breakdown": False, "n_resamples": 0}):
+    if _inputs(args, "alignment", {"plcc_direction": "official", "breakdown": False, "generator_map": None, "n_resamples": 0}):
         return _run_codalab(args, "alignment")
     result = score_alignment_files(
         args.truth,
         args.submission,
         breakdown=args.breakdown,
+        generator_map=args.generator_map,
         plcc_direction=args.plcc_direction,
         n_resamples=args.n_resamples,
         seed=args.seed,

@@ -213,20 +213,34 @@ def _alignment_pairs(truth: list[dict], submission: list[dict], truth_src: str, 
     return truth_sorted, [by_path[r["img_path"]] for r in truth_sorted]
 
 
+#: The ``per_generator`` name of images whose generator is unknown (a flat ``img_path`` not in the map).
+UNKNOWN_GENERATOR = "(unknown)"
+
+
 def score_alignment_files(
     truth: str | os.PathLike,
     submission: str | os.PathLike,
     *,
     breakdown: bool = False,
+    generator_map: Mapping[str, str] | str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Score an alignment submission (``output.json`` or ``submission.zip``) against ``eval.json``.
 
-    ``breakdown=True`` adds ``per_category_acc`` (category = text in the last parentheses of each
-    element key) and ``per_generator`` (generator = the folder of ``img_path``). Other keyword
-    arguments go to :func:`~evalmuse_models.metrics.alignment_main_score`.
+    ``breakdown=True`` adds ``per_category_acc`` (the normalised category of each element key, see
+    :func:`~evalmuse_models.data.split_element_key`) and ``per_generator``: the generator is the
+    first folder of ``img_path`` or, for the flat paths of the validation and test releases, its
+    entry in ``generator_map`` (a ``{img_path: generator}`` dict or a file read by
+    :func:`~evalmuse_models.data.read_generator_map`; giving it implies ``breakdown``); images
+    with no known generator are grouped as ``"(unknown)"``. Other keyword arguments go to
+    :func:`~evalmuse_models.metrics.alignment_main_score`.
     """
+    from ..data.alignment import generator_from_img_path, read_generator_map
     from .alignment import alignment_main_score
+
+    if generator_map is not None and not isinstance(generator_map, Mapping):
+        generator_map = read_generator_map(generator_map)
+    breakdown = breakdown or generator_map is not None
 
     truth_records = read_alignment_file(truth)
     sub_records = read_alignment_file(submission)
@@ -243,7 +257,9 @@ def score_alignment_files(
         )
     if breakdown:
         kwargs.setdefault("element_categories", True)
-        kwargs.setdefault("generators", [p.split("/", 1)[0] if "/" in p else "(none)" for p in ids])
+        kwargs.setdefault(
+            "generators", [generator_from_img_path(p, generator_map) or UNKNOWN_GENERATOR for p in ids]
+        )
     return alignment_main_score(
         [r["total_score"] for r in sub_sorted],
         [r["total_score"] for r in truth_sorted],
