@@ -238,3 +238,49 @@ def test_matches_straightforward_implementation(n, seed, noise, scale):
     assert got["acc"] == expected["acc"]
     assert got["plcc"] == pytest.approx(expected["plcc"], abs=1e-9)
     assert got["main_score"] == pytest.approx(expected["main_score"], abs=1e-9)
+
+
+# --- hostile scales: bounded, never NaN ---------------------------------------------------------
+
+def _with_alarm(seconds, fn):
+    """Run ``fn`` and fail (instead of hanging the suite) if it takes longer than ``seconds``."""
+    import signal
+
+    def fail(*_):
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("n", [5, 418])
+def test_a_huge_score_neither_hangs_nor_gives_nan(n):
+    # One submitted total_score of 1e308 made curve_fit spin (maxfev=1e8) on 5 images and gave a NaN
+    # PLCC on 418.
+    rng = np.random.default_rng(0)
+    true = np.round(rng.uniform(1, 5, n) * 3) / 3
+    pred = true + rng.normal(0, 0.5, n)
+    pred[2] = 1e308
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = _with_alarm(60, lambda: alignment_main_score(pred.tolist(), true.tolist()))
+    assert all(math.isfinite(v) for k, v in r.items() if k != "plcc_fallback")
+    # Correlations do not depend on the scale: the same as the scores divided by their peak.
+    scaled = alignment_main_score((pred / 1e308).tolist(), true.tolist()) if n > 5 else r
+    assert r["plcc"] == pytest.approx(scaled["plcc"], abs=1e-9)
+    assert r["srcc"] == scaled["srcc"]
+
+
+def test_a_fit_past_its_time_limit_falls_back_flagged():
+    from evalmuse_models.metrics._stats import fit_logistic
+
+    x = np.linspace(1, 5, 50)
+    assert not fit_logistic(x, x**2).fallback
+    late = fit_logistic(x, x**2, time_limit=0.0)
+    assert late.fallback and late.params is None
+    np.testing.assert_array_equal(late.fitted, x)

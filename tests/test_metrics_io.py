@@ -333,3 +333,31 @@ def test_evaluate_module_from_repo_and_package(monkeypatch):
     }
     got = evaluate.load(EVALUATE_MODULE_PATH, "structure").compute(**skw)
     assert got == pytest.approx(structure_final_score(**skw))
+
+
+def test_cli_json_into_a_closed_pipe_stops_quietly(alignment_files):
+    import subprocess
+    import sys
+
+    truth_path, paths, _, _ = alignment_files
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evalmuse_models", "eval", "alignment", "--truth", str(truth_path),
+         "--submission", str(paths["output"]), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # `| head` that has already gone away
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_cli_json_never_prints_nan(tmp_path, capsys):
+    truth, sub = _alignment_records(8)
+    sub[3]["total_score"] = 1e308  # used to give a bare NaN in the JSON
+    write_alignment_truth(truth, tmp_path / "eval.json")
+    (tmp_path / "output.json").write_text(json.dumps(sub))
+    assert cli_main(["eval", "alignment", "--truth", str(tmp_path / "eval.json"), "--submission",
+                     str(tmp_path / "output.json"), "--json"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-finite {c} in the JSON"))
+    assert np.isfinite(result["plcc"]) and np.isfinite(result["main_score"])

@@ -68,9 +68,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     struct.set_defaults(func=_run_structure, _parser=struct)
 
 
+def _json(result: dict) -> str:
+    """Strict JSON (no bare ``NaN``): the metrics never return a non-finite score, and this holds them to it."""
+    from ..utils import UserInputError
+
+    try:
+        return json.dumps(result, allow_nan=False)
+    except ValueError as err:
+        raise UserInputError(f"a score is not a finite number ({err}); nothing to report") from None
+
+
 def _print(result: dict, keys: tuple[str, ...], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result, indent=None, sort_keys=False))
+        print(_json(result))
         return
     ci = result.get("ci", {})
     width = max(len(k) for k in keys)
@@ -120,7 +130,7 @@ def _run_codalab(args: argparse.Namespace, track: str) -> int:
 
     result, path = score_codalab(track, *args.codalab)
     if args.json:
-        print(json.dumps(result))
+        print(_json(result))
     else:
         print(path.read_text(encoding="utf-8", errors="replace"), end="")
     return 0

@@ -7,6 +7,12 @@ The logistic is the one of the released NTIRE 2025 scorers::
 
 fitted with :func:`scipy.optimize.curve_fit` (``maxfev=1e8``) from the initial guess
 ``[max(target), min(target), mean(x), std(x)]``.
+
+Two bounds keep a hostile input from hanging the fit (the released scorers would spin there):
+scores beyond ``1e100`` in magnitude, whose squares overflow, are fitted after dividing by their
+largest magnitude (the logistic family absorbs the scale, so the fitted curve is the same), and a
+fit still running after :data:`FIT_TIME_LIMIT` seconds stops and falls back to the plain Pearson
+correlation, flagged. Neither touches an input of ordinary scale that converges.
 """
 
 from __future__ import annotations
@@ -21,6 +27,23 @@ import numpy as np
 from ..utils import UserInputError
 
 MAXFEV = 100_000_000
+#: Seconds a logistic fit may run before it is abandoned for the flagged Pearson fallback. A fit on
+#: 40,000 images takes well under a second; only non-converging fits (which the released scorers
+#: end with an exception after ``MAXFEV`` evaluations) come near it.
+FIT_TIME_LIMIT = 30.0
+#: Scores larger than this in magnitude are rescaled before fitting and correlating (their squares
+#: would overflow float64).
+SAFE_MAGNITUDE = 1e100
+
+
+class _FitTimeout(Exception):
+    pass
+
+
+def _rescaled(values: np.ndarray) -> np.ndarray:
+    """``values`` divided by their largest magnitude when that exceeds :data:`SAFE_MAGNITUDE`, else unchanged."""
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    return values / peak if peak > SAFE_MAGNITUDE else values
 
 
 def logistic_4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
@@ -39,24 +62,36 @@ class FitResult:
     params: tuple[float, ...] | None = None
 
 
-def fit_logistic(x: np.ndarray, target: np.ndarray) -> FitResult:
+def fit_logistic(x: np.ndarray, target: np.ndarray, *, time_limit: float | None = None) -> FitResult:
     """Fit :func:`logistic_4` from ``x`` to ``target`` exactly as the official scorers do.
 
     Falls back to the identity (``fitted = x``, ``fallback=True``) when ``curve_fit`` does not
-    converge, returns a non-finite or constant curve, or has fewer points than parameters.
+    converge, runs longer than ``time_limit`` seconds (default :data:`FIT_TIME_LIMIT`), returns a
+    non-finite or constant curve, or has fewer points than parameters. Scores beyond
+    :data:`SAFE_MAGNITUDE` are fitted rescaled (``fitted`` and ``params`` are then in the rescaled
+    units; correlations do not change).
     """
+    import time
+
     from scipy.optimize import OptimizeWarning, curve_fit
 
-    x = np.asarray(x, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
+    x = _rescaled(np.asarray(x, dtype=np.float64))
+    target = _rescaled(np.asarray(target, dtype=np.float64))
     p0 = [np.max(target), np.min(target), np.mean(x), np.std(x)]
+    deadline = time.monotonic() + (FIT_TIME_LIMIT if time_limit is None else time_limit)
+
+    def bounded_logistic(values, b1, b2, b3, b4):
+        if time.monotonic() > deadline:
+            raise _FitTimeout
+        return logistic_4(values, b1, b2, b3, b4)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OptimizeWarning)
             with np.errstate(all="ignore"):
-                popt, _ = curve_fit(logistic_4, x, target, p0=p0, maxfev=MAXFEV)
+                popt, _ = curve_fit(bounded_logistic, x, target, p0=p0, maxfev=MAXFEV)
         fitted = logistic_4(x, *popt)
-    except (RuntimeError, ValueError, TypeError, FloatingPointError):
+    except (RuntimeError, ValueError, TypeError, FloatingPointError, _FitTimeout):
         return FitResult(fitted=x, fallback=True)
     if not np.all(np.isfinite(fitted)) or np.ptp(fitted) == 0:
         return FitResult(fitted=x, fallback=True)
@@ -66,7 +101,7 @@ def fit_logistic(x: np.ndarray, target: np.ndarray) -> FitResult:
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import pearsonr
 
-    return float(pearsonr(a, b)[0])
+    return float(pearsonr(_rescaled(np.asarray(a, np.float64)), _rescaled(np.asarray(b, np.float64)))[0])
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,11 +126,15 @@ def plcc_logistic(predictions: np.ndarray, references: np.ndarray, direction: st
     """
     if direction == "standard":
         fit = fit_logistic(predictions, references)
-        return pearson(fit.fitted, references), fit.fallback
-    if direction == "official":
+        plcc, fallback = pearson(fit.fitted, references), fit.fallback
+    elif direction == "official":
         fit = fit_logistic(references, predictions)
-        return pearson(predictions, fit.fitted), fit.fallback
-    raise UserInputError(f"plcc_direction must be 'official' or 'standard', got {direction!r}")
+        plcc, fallback = pearson(predictions, fit.fitted), fit.fallback
+    else:
+        raise UserInputError(f"plcc_direction must be 'official' or 'standard', got {direction!r}")
+    if not math.isfinite(plcc):
+        raise UserInputError("PLCC is undefined on these scores (the fitted curve is constant); check the predictions")
+    return plcc, fallback
 
 
 def is_constant(values: np.ndarray) -> bool:

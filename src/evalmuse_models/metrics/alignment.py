@@ -11,6 +11,7 @@ import numpy as np
 from ..data.alignment import split_element_key
 from ..utils import UserInputError
 from ._stats import (
+    _rescaled,
     bootstrap_ci,
     check_correlatable,
     check_scores,
@@ -278,6 +279,7 @@ def alignment_main_score(
 
 
 def _linear_rmse(pred: np.ndarray, ref: np.ndarray) -> float:
+    pred = _rescaled(pred)  # the fitted line's values do not depend on the scale of pred
     slope, intercept = np.polyfit(pred, ref, 1)
     return float(np.sqrt(np.mean((slope * pred + intercept - ref) ** 2)))
 
