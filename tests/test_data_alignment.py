@@ -12,9 +12,11 @@ import pytest
 from evalmuse_models.data import (
     ELEMENT_CATEGORIES,
     RecordError,
+    element_key_parts,
     find_alignment_files,
     generator_from_img_path,
     load_alignment_records,
+    normalize_category,
     parse_alignment_record,
     parse_element_score,
     read_generator_map,
@@ -86,9 +88,10 @@ def test_train_row_is_averaged_like_the_official_preprocessing():
     assert record.prompt_meaningless == 0.333333
     assert record.split_confidence == 0.0
     assert record.attribute_confidence == 0.666667
-    assert record.extra == {"fidelity_label": ["none", "hand", "none"]}
-    assert record.to_row()["elements"][0] == {"phrase": "pig giants", "category": "animal",
+    assert record.fidelity_label == ["none", "hand", "none"] and record.extra == {}
+    assert record.to_row()["elements"][0] == {"phrase": "pig giants", "category": "animal", "subcategory": "",
                                               "score": 0.666667, "votes": [1, 0, 1], "key": "pig giants (animal)"}
+    assert record.to_row()["fidelity_label"] == ["none", "hand", "none"]
 
 
 @pytest.mark.parametrize(
@@ -98,15 +101,41 @@ def test_train_row_is_averaged_like_the_official_preprocessing():
         ("man (in red) (human)", ("man (in red)", "human")),  # the category is in the LAST parentheses
         ("a cat(animal)", ("a cat", "animal")),
         ("  two  (counting) ", ("two", "counting")),
+        # the category is normalised: raw.split("-")[0].strip().lower()
+        ("Pale (Color) ", ("Pale", "color")),
+        ("car (object-vehicle)", ("car", "object")),
+        ("hat (object-cloth&accessories)", ("hat", "object")),
+        ("wood ( Material )", ("wood", "material")),
+        # no parenthesised category at the end: the whole key is the phrase, the category "other"
+        ("no category", ("no category", "other")),
+        ("cat ()", ("cat", "other")),
+        ("cat (animal) extra", ("cat (animal) extra", "other")),
+        ("x (-vehicle)", ("x", "other")),
     ],
 )
 def test_split_element_key(key, expected):
     assert split_element_key(key) == expected
 
 
-@pytest.mark.parametrize("key", ["no category", "(animal)", "cat ()", "cat (animal) extra"])
-def test_split_element_key_rejects(key):
-    with pytest.raises(ValueError, match="<phrase> \\(<category>\\)"):
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("car (object-vehicle)", ("car", "object", "vehicle")),
+        ("cup (object-household goods)", ("cup", "object", "household goods")),
+        ("hat (object-cloth&accessories)", ("hat", "object", "cloth&accessories")),
+        ("Pale (Color) ", ("Pale", "color", "")),
+        ("bin (Object - Kitchen-Ware )", ("bin", "object", "Kitchen-Ware")),  # only the first '-' splits
+        ("thing", ("thing", "other", "")),
+    ],
+)
+def test_element_key_parts_gives_the_subcategory(key, expected):
+    assert element_key_parts(key) == expected
+    assert normalize_category(key[key.rfind("(") + 1:key.rfind(")")] if "(" in key else None) == expected[1:]
+
+
+@pytest.mark.parametrize("key", ["(animal)", "", "   ", " (object-vehicle) "])
+def test_split_element_key_rejects_keys_without_a_phrase(key):
+    with pytest.raises(ValueError, match="has no phrase"):
         split_element_key(key)
 
 
@@ -188,7 +217,10 @@ def test_missing_confidence_flags_become_none():
         ({"total_score": "4"}, "total_score", "list of integer votes"),
         ({"element_score": "{'cat (animal)': [1, 0"}, "element_score", "Python-literal"),
         ({"element_score": "[1, 2]"}, "element_score", "expected a dict"),
-        ({"element_score": "{'cat': [1, 1, 1]}"}, "element_score", "<phrase> \\(<category>\\)"),
+        ({"element_score": "{'(animal)': [1, 1, 1]}"}, "element_score", "has no phrase"),
+        ({"element_score": "{3: [1, 1, 1]}"}, "element_score", "is not a string"),
+        ({"fidelity_label": "非真实场景"}, "fidelity_label", "list of strings"),
+        ({"fidelity_label": [["hand"], []]}, "fidelity_label", "list of strings"),
         ({"element_score": "{'cat (animal)': [1, 2, 0]}"}, "element_score", r"\[0, 1\]"),
         ({"element_score": "{'cat (animal)': [1.0, 0.0]}"}, "element_score", "integer votes"),
         ({"split_confidence": [0, "x"]}, "split_confidence", "integer votes"),

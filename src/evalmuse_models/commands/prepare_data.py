@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--structure", metavar="RAW_DIR",
                         help="EvalMuse-Structure release folder: train_info.json / val_info.json / "
                         "test_info.json + <key>.jpg images (beside them or in train/ val/ test/)")
+    parser.add_argument("--generator-map", metavar="FILE", default=None,
+                        help="which model made each alignment image, for releases with flat img_path values "
+                        "(img_0001.png): a CSV with the columns img_path,generator or a JSON object "
+                        "{img_path: generator}. Listed images take its generator; the others keep the folder of "
+                        "their img_path, or none (unknown) when the path is flat")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave invalid records out (listed in OUT_DIR/skipped_records.jsonl) instead of "
                         "stopping at the first one")
@@ -65,6 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=False if args.no_progress else None,
         resume=not args.no_resume,
         card_template=args.card_template,
+        generator_map=args.generator_map,
     )
     for config, splits in result.num_rows.items():
         counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())

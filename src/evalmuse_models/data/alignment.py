@@ -19,6 +19,19 @@ decimals), the confidence flags are averaged, and ``prompt_variance`` is the sam
 (``ddof=1``) of the mean overall scores of all images sharing the same prompt text in the same
 file (``None`` when undefined: one image, or no labels).
 
+Quirks of the real files, and what the parser does with them:
+
+* ``img_path`` is flat in the validation/test releases (``"img_0001.png"``): the generator is
+  unknown (``""``, never the file name) unless a generator map names it
+  (:func:`read_generator_map`, ``evalmuse prepare-data --generator-map``);
+* ``prompt_id`` is an int or a string such as ``"val_0001"``: kept as a string;
+* the confidence flags are vote lists or already averaged floats (``0.333333``): both give the mean;
+* ``element_score`` is a Python-literal string or an already parsed dict;
+* element keys are kept byte for byte (``"Pale (Color) "``) in ``Element.key``; the category is
+  normalised (``"Color"`` -> ``"color"``, ``"object-vehicle"`` -> ``"object"`` with subcategory
+  ``"vehicle"``) and a key without a parenthesised category gets ``"other"``;
+* ``fidelity_label`` (``[]`` or tags such as ``"非真实场景"``) is kept as a list of strings.
+
 Example::
 
     from evalmuse_models.data import load_alignment_records
@@ -71,7 +84,12 @@ _ELEMENT_KEY = re.compile(r"^(?P<phrase>.*?)\s*\((?P<category>[^()]*)\)\s*$", re
 
 @dataclass
 class Element:
-    """One element of a prompt: ``"<phrase> (<category>)"`` with its annotator votes."""
+    """One element of a prompt: ``"<phrase> (<category>)"`` with its annotator votes.
+
+    ``category`` is normalised (:func:`normalize_category`: ``"Color"`` -> ``"color"``,
+    ``"object-vehicle"`` -> ``"object"`` with ``subcategory`` ``"vehicle"``); ``key`` is the raw
+    key byte for byte (trailing spaces included), the one ``eval.json`` / ``output.json`` use.
+    """
 
     phrase: str
     category: str
@@ -79,6 +97,8 @@ class Element:
     votes: list[int] | None
     #: the raw key exactly as the release spells it (what ``eval.json`` / ``output.json`` match on)
     key: str = ""
+    #: the sub-type after the first ``-`` of the raw category (``"household goods"``), or ``""``
+    subcategory: str = ""
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -112,6 +132,8 @@ class AlignmentRecord:
     split_confidence: float | None = None
     attribute_confidence: float | None = None
     prompt_variance: float | None = None
+    #: per-annotator structural-problem tags as released (``[]``, ``["非真实场景"]``); None when absent
+    fidelity_label: list[str] | None = None
     source: str = ""
     index: int = -1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -139,19 +161,55 @@ class AlignmentRecord:
             "prompt_meaningless": self.prompt_meaningless,
             "split_confidence": self.split_confidence,
             "attribute_confidence": self.attribute_confidence,
+            "fidelity_label": self.fidelity_label,
         }
 
 
-def split_element_key(key: str) -> tuple[str, str]:
-    """Split ``"<phrase> (<category>)"``; the category is the text inside the LAST parentheses.
+def normalize_category(raw: str | None) -> tuple[str, str]:
+    """``(category, subcategory)`` of the text inside an element key's parentheses: the category
+    is ``raw.split("-")[0].strip().lower()`` (the rule of the public tools), the subcategory the
+    rest after the first ``-``, stripped (``""`` when there is none). An empty or missing
+    category is ``"other"``.
 
-    >>> split_element_key("man (in red) (human)")
-    ('man (in red)', 'human')
+    >>> normalize_category("object-household goods"), normalize_category("Color ")
+    (('object', 'household goods'), ('color', ''))
     """
+    head, _, rest = str(raw or "").partition("-")
+    return head.strip().lower() or "other", rest.strip()
+
+
+def element_key_parts(key: str) -> tuple[str, str, str]:
+    """``(phrase, category, subcategory)`` of an element key ``"<phrase> (<category>)"``.
+
+    The category is the text inside the LAST parentheses, normalised by
+    :func:`normalize_category`. A key without a parenthesised category at its end (or with
+    empty parentheses) keeps its whole text as the phrase and gets the category ``"other"``.
+
+    >>> element_key_parts("car (object-vehicle)"), element_key_parts("Pale (Color) ")
+    (('car', 'object', 'vehicle'), ('Pale', 'color', ''))
+
+    Raises:
+        InvalidValue: the key is not a string or has no phrase (``"(animal)"``, ``""``).
+    """
+    if not isinstance(key, str):
+        raise InvalidValue(f"element key {key!r} is not a string")
     match = _ELEMENT_KEY.match(key)
-    if match is None or not match.group("phrase").strip() or not match.group("category").strip():
-        raise InvalidValue(f"element key {key!r} is not of the form '<phrase> (<category>)'")
-    return match.group("phrase").strip(), match.group("category").strip()
+    if match is not None and match.group("phrase").strip() and match.group("category").strip():
+        return (match.group("phrase").strip(), *normalize_category(match.group("category")))
+    phrase = match.group("phrase").strip() if match is not None else key.strip()
+    if not phrase:
+        raise InvalidValue(f"element key {key!r} has no phrase; expected '<phrase> (<category>)'")
+    return phrase, "other", ""
+
+
+def split_element_key(key: str) -> tuple[str, str]:
+    """``(phrase, category)`` of an element key, the category normalised (see :func:`element_key_parts`):
+    the one rule every consumer uses (dataset, per-category scores, MLLM questions, report).
+
+    >>> split_element_key("man (in red) (human)"), split_element_key("cup (object-household goods)")
+    (('man (in red)', 'human'), ('cup', 'object'))
+    """
+    return element_key_parts(key)[:2]
 
 
 def _is_int_vote(value) -> bool:
@@ -197,11 +255,10 @@ def parse_element_score(value) -> list[Element]:
         raise InvalidValue(f"expected a dict of '<phrase> (<category>)' -> votes, got {type(value).__name__}")
     elements = []
     for key, votes in value.items():
-        if not isinstance(key, str):
-            raise InvalidValue(f"element key {key!r} is not a string")
-        phrase, category = split_element_key(key)
+        phrase, category, subcategory = element_key_parts(key)
         score, vote_list = _parse_votes(votes, low=0, high=1, what=f"votes of element {key!r}")
-        elements.append(Element(phrase=phrase, category=category, score=score, votes=vote_list, key=key))
+        elements.append(Element(phrase=phrase, category=category, score=score, votes=vote_list, key=key,
+                                subcategory=subcategory))
     return elements
 
 
@@ -383,8 +440,13 @@ def parse_alignment_record(raw, *, source: str = "<memory>", index: int = -1) ->
             confidences[column] = _parse_votes(raw[name], low=0, high=1, what=name)[0]
         except ValueError as error:
             raise fail(name, str(error)) from None
+    fidelity_label = raw.get("fidelity_label")
+    if fidelity_label is not None and (
+        not isinstance(fidelity_label, list) or not all(isinstance(tag, str) for tag in fidelity_label)
+    ):
+        raise fail("fidelity_label", f"must be a list of strings (tags), got {fidelity_label!r}")
     generator = generator_from_img_path(img_path)
-    known = set(REQUIRED_FIELDS) | {s for spellings in CONFIDENCE_FIELDS.values() for s in spellings}
+    known = {*REQUIRED_FIELDS, "fidelity_label", *(s for spellings in CONFIDENCE_FIELDS.values() for s in spellings)}
     return AlignmentRecord(
         img_path=img_path,
         generator=generator,
@@ -394,6 +456,7 @@ def parse_alignment_record(raw, *, source: str = "<memory>", index: int = -1) ->
         total_score=total_score,
         total_score_votes=total_votes,
         elements=elements,
+        fidelity_label=None if fidelity_label is None else list(fidelity_label),
         source=str(source),
         index=index,
         extra={k: v for k, v in raw.items() if k not in known},

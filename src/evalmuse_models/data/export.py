@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from ..utils import UserInputError, atomic_write_text, replace_directory
-from .alignment import AlignmentRecord, find_alignment_files, load_alignment_records
+from .alignment import (
+    AlignmentRecord,
+    find_alignment_files,
+    generator_from_img_path,
+    load_alignment_records,
+    read_generator_map,
+)
 from .errors import RecordError, SkippedRecord, write_skipped_report
 from .masks import _resize_nearest, heatmap_levels, vote_map
 from .structure import StructureRecord, find_structure_files, load_structure_records
@@ -59,6 +65,7 @@ def alignment_features():
         "elements": List({
             "phrase": Value("string"),
             "category": Value("string"),
+            "subcategory": Value("string"),
             "score": Value("float64"),
             "votes": List(Value("int64")),
             "key": Value("string"),
@@ -66,6 +73,7 @@ def alignment_features():
         "prompt_meaningless": Value("float64"),
         "split_confidence": Value("float64"),
         "attribute_confidence": Value("float64"),
+        "fidelity_label": List(Value("string")),
     })
 
 
@@ -385,6 +393,7 @@ def prepare_dataset(
     progress: bool | None = None,
     card_template=None,
     resume: bool = True,
+    generator_map=None,
 ) -> PreparedDataset:
     """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
 
@@ -416,6 +425,11 @@ def prepare_dataset(
             files (size and modification time) and options, otherwise it starts again. Pass
             ``False`` to always start from scratch. Bad input (an error naming a record) removes
             the partial folder.
+        generator_map: the generator of each alignment image, for releases whose ``img_path``
+            is flat (``img_0001.png``): a file read by
+            :func:`~evalmuse_models.data.read_generator_map` (CSV ``img_path,generator`` or JSON
+            ``{img_path: generator}``) or a dict. A listed image takes the map's generator;
+            others keep the folder of their ``img_path``, or ``""`` (unknown) when it has none.
 
     Returns:
         A :class:`PreparedDataset` with the rows written per config and split and the skipped
@@ -451,6 +465,13 @@ def prepare_dataset(
         raise UserInputError(f"dataset card template {card_template} does not exist")
     if out_dir.exists() and not overwrite:
         raise UserInputError(f"{out_dir} already exists; choose another output folder or pass --overwrite")
+    if generator_map is not None and alignment_dir is None:
+        raise UserInputError("a generator map names the generators of alignment images; give an alignment release "
+                             "folder (--alignment) too")
+    if isinstance(generator_map, (str, os.PathLike)):
+        generator_map = read_generator_map(generator_map)
+    elif generator_map is not None:
+        generator_map = dict(generator_map)
 
     # Parse every JSON file first: bad records are reported before any image is read.
     skipped: list[SkippedRecord] = []
@@ -459,9 +480,17 @@ def prepare_dataset(
         root = Path(alignment_dir)
         files = _split_files(root, find_alignment_files, "alignment", "train_list.json, val_list.json, test.json")
         features = alignment_features()
+        matched: set[str] = set()
         for split, path in files.items():
             records = load_alignment_records(path, skip_invalid=skip_invalid, skipped=skipped)
+            if generator_map:
+                for record in records:
+                    record.generator = generator_from_img_path(record.img_path, generator_map)
+                matched.update(r.img_path for r in records if r.img_path in generator_map)
             jobs.append(("alignment", split, path, records, lambda r, root=root: alignment_row(r, root), features))
+        if generator_map and len(matched) < len(generator_map):
+            print(f"note: {len(generator_map) - len(matched)} of the {len(generator_map)} images of the generator map "
+                  "are in no alignment split file", file=sys.stderr)
     if structure_dir is not None:
         root = Path(structure_dir)
         files = _split_files(root, find_structure_files, "structure", "train_info.json, val_info.json, test_info.json")
@@ -474,7 +503,8 @@ def prepare_dataset(
     fingerprint = _fingerprint(
         [(config, split, path) for config, split, path, *_ in jobs],
         {"skip_invalid": skip_invalid, "num_shards": num_shards, "max_bytes": max_bytes,
-         "mask_min_votes": mask_min_votes},
+         "mask_min_votes": mask_min_votes,
+         "generator_map": sorted(generator_map.items()) if generator_map else None},
     )
     staging = _Staging(out_dir, fingerprint, resume=resume)
     result = PreparedDataset(path=out_dir, skipped=skipped)

@@ -409,6 +409,23 @@ def _format_literal(elements: dict[str, list[int] | None]) -> str:
 # Alignment release
 
 
+#: ``quirks=True``: how the release spells some categories (capitalised, sub-typed), as the real files do
+QUIRK_CATEGORY_SPELLINGS = {"color": "Color", "material": "Material"}
+QUIRK_SUBTYPES = {"house": "object-building", "tree": "object-plant"}
+QUIRK_FIDELITY_TAG = "非真实场景"
+
+
+def _release_key(phrase: str, category: str, target: tuple, position: int, quirks: bool) -> str:
+    """The ``element_score`` key of one element; with ``quirks`` spelled as messily as the real
+    files: capitalised and sub-typed categories, a trailing space on every third key."""
+    if not quirks:
+        return f"{phrase} ({category})"
+    kind, obj = target
+    spelled = QUIRK_SUBTYPES.get(obj.noun, category) if kind == "noun" else category
+    spelled = QUIRK_CATEGORY_SPELLINGS.get(spelled, spelled)
+    return f"{phrase} ({spelled})" + (" " if position % 3 == 0 else "")
+
+
 def _split_indices(n: int, rng: np.random.Generator, val_fraction: float, test_fraction: float):
     order = rng.permutation(n)
     n_test = max(1, round(n * test_fraction)) if n >= 3 else 0
@@ -429,6 +446,7 @@ def write_alignment_release(
     test_fraction: float = 0.15,
     extra_image_rate: float = 0.12,
     progress: bool = False,
+    quirks: bool = False,
 ) -> dict[str, int]:
     """Write a synthetic EvalMuse-40K release into ``out_dir``.
 
@@ -447,6 +465,14 @@ def write_alignment_release(
             element right. Default: four generators of clearly different quality.
         val_fraction, test_fraction: prompts going to the validation and test splits.
         extra_image_rate: probability of an ``_1`` extra image per (prompt, generator).
+        quirks: write the quirks of the real files (the images and labels are the same):
+            element keys spelled messily (``"red (Color) "``, ``"houses (object-building)"``:
+            capitalised and sub-typed categories, trailing spaces); in ``train_list.json``
+            integer ``prompt_id`` values and every other ``element_score`` as an already parsed
+            dict; the validation split in the validation release's layout: flat
+            ``img_0001.png`` paths (the generator is unknown), ``prompt_id`` ``"val_0001"``,
+            averaged confidence flags, ``fidelity_label`` ``[]`` or ``["非真实场景"]``, and
+            ``val_generators.csv`` (``img_path,generator``) for ``--generator-map``.
 
     Returns:
         Records written per split.
@@ -463,6 +489,7 @@ def write_alignment_release(
     splits = _split_indices(num_prompts, rng, val_fraction, test_fraction)
     records = {"train": [], "validation": [], "test": []}
     truth = []
+    flat_generators = []  # (img_path, generator) of the flat validation images (quirks)
     for p in tqdm(range(num_prompts), desc="synthetic alignment", disable=not progress):
         prng = np.random.default_rng([seed, 2, p])
         prompt_type = "real" if prng.random() < 0.5 else "synthetic"
@@ -485,13 +512,18 @@ def write_alignment_release(
                 }
                 image = _render_alignment_image(prompt, correct, side, irng)
                 img_path = f"{generator}/{prompt_id}{suffix}.png"
+                if quirks and split == "validation":
+                    img_path = f"img_{len(records['validation']) + 1:04d}.png"
+                    flat_generators.append((img_path, generator))
                 target = out_dir / img_path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 image.save(target, format="PNG", compress_level=1)
                 reliability = irng.uniform(0.84, 0.95, size=3)
                 votes = {
-                    f"{phrase} ({category})": [_vote(irng, correct[i], reliability[a]) for a in range(3)]
-                    for i, (phrase, category, _) in enumerate(prompt.elements)
+                    _release_key(phrase, category, target, i, quirks): [
+                        _vote(irng, correct[i], reliability[a]) for a in range(3)
+                    ]
+                    for i, (phrase, category, target) in enumerate(prompt.elements)
                 }
                 fraction = sum(correct.values()) / max(1, num_elements)
                 ratings = _ratings(irng, fraction)
@@ -524,12 +556,31 @@ def write_alignment_release(
                     record["element_score"] = _format_literal({k: None for k in votes})
                     for name, values in flags.items():
                         record[name] = round(float(np.mean(values)), 6)
+                if quirks:
+                    _add_quirks(record, split, p, len(records[split]), votes, flags)
                 records[split].append(record)
     names = {"train": "train_list.json", "validation": "val_list.json", "test": "test.json"}
     for split, name in names.items():
         atomic_write_text(out_dir / name, json.dumps(records[split], ensure_ascii=False, indent=1))
     atomic_write_text(out_dir / "test_eval.json", json.dumps(truth, ensure_ascii=False, indent=1))
+    if quirks:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([("img_path", "generator"), *flat_generators])
+        atomic_write_text(out_dir / "val_generators.csv", buffer.getvalue())
     return {split: len(items) for split, items in records.items()}
+
+
+def _add_quirks(record: dict, split: str, prompt_index: int, position: int, votes: dict, flags: dict) -> None:
+    """Rewrite one record of a ``quirks=True`` release the way the real files spell it."""
+    if split == "train":
+        record["prompt_id"] = prompt_index  # an integer, as in some copies of the release
+        if position % 2:
+            record["element_score"] = votes  # already parsed, as the organisers' preprocessing reads it
+    elif split == "validation":
+        record["prompt_id"] = f"val_{prompt_index:04d}"
+        for name, values in flags.items():
+            record[name] = round(float(np.mean(values)), 6)
+        record["fidelity_label"] = [QUIRK_FIDELITY_TAG] if position % 4 == 3 else []
 
 
 # ---------------------------------------------------------------------------------------------
