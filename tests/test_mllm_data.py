@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from evalmuse_models.mllm import split_element_key
 from evalmuse_models.mllm.data import (
     ConversationOptions,
     build_conversations,
@@ -23,7 +24,6 @@ from evalmuse_models.mllm.prompts import (
     FIFTEEN_LEVELS,
     FIVE_LEVELS,
     element_question,
-    split_element_key,
 )
 from evalmuse_models.utils import UserInputError
 
@@ -54,13 +54,38 @@ def _record(total=3.7, votes=(3, 4, 4), prompt_type="real", image=None):
 def test_element_keys_and_questions():
     assert split_element_key("pig giants (animal)") == ("pig giants", "animal")
     assert split_element_key("man (in a suit) (human)") == ("man (in a suit)", "human")
-    assert split_element_key("no category") == ("no category", None)
+    assert split_element_key("no category") == ("no category", "other")
     assert element_question("two cats", "counting") == "Is the quantity 'two cats' correct in the image?"
     assert element_question("on the left", "spatial").startswith("Is the spatial relationship 'on the left'")
     assert element_question("cat", "animal") == "Is the animal 'cat' present in the image?"
     assert element_question("thing", "other") == "Is 'thing' present in the image?"
     assert element_question("thing", None) == "Is 'thing' present in the image?"
     assert element_question("cat", "animal", {"animal": "Any {x}?"}) == "Any cat?"
+
+
+def test_element_questions_use_the_normalised_category():
+    # the release's spellings get the question of their normalised category
+    assert element_question("Pale", "Color") == element_question("Pale", "color") == "Is the color 'Pale' present in the image?"
+    assert element_question("car", "object-vehicle") == "Is the object 'car' present in the image?"
+    assert element_question("two", " Counting ") == "Is the quantity 'two' correct in the image?"
+    assert element_question("car", "object-vehicle", {"object": "Any {x}?"}) == "Any car?"
+    # the scorer's questions come from raw keys through the same rule
+    assert split_element_key("car (object-vehicle)") == ("car", "object")
+    assert split_element_key("Pale (Color) ") == ("Pale", "color")
+
+
+def test_chain_of_thought_lists_the_raw_keys_the_scorer_is_given():
+    record = _record(total=4.0)
+    record["elements"] = [
+        {"phrase": "Pale", "category": "color", "subcategory": "", "score": 1.0, "votes": [1, 1, 1], "key": "Pale (Color) "},
+        {"phrase": "car", "category": "object", "subcategory": "vehicle", "score": 0.0, "votes": [0, 0, 0],
+         "key": "car (object-vehicle)"},
+    ]
+    convs = build_conversations(record, ConversationOptions(chain_of_thought=True, element_turns="separate"))
+    assert convs[0]["messages"][1]["content"] == (
+        "- Pale (Color) : Yes\n- car (object-vehicle): No\n" + COT_RATING_LEAD + "good")
+    questions = [c["messages"][0]["content"].split("\n", 1)[1] for c in convs[1:]]
+    assert questions == ["Is the color 'Pale' present in the image?", "Is the object 'car' present in the image?"]
 
 
 def test_level_bins_follow_the_mos_thresholds():

@@ -22,12 +22,12 @@ import json
 import os
 from pathlib import Path
 
+from ..data.alignment import split_element_key
 from .prompts import (
     FIFTEEN_LEVELS,
     FIVE_LEVELS,
     LevelScale,
     element_question,
-    split_element_key,
 )
 from .scoring import (
     DEFAULT_MODEL_ID,

@@ -40,7 +40,6 @@ from .prompts import (
     LevelScale,
     cot_answer,
     cot_question,
-    element_key,
     element_question,
     image_context,
     level_scale,
@@ -166,13 +165,15 @@ def perturb_score(score: float, rng: random.Random, noise: float, levels: LevelS
 
 
 # ----------------------------------------------------------------------------- conversations
-def _record_elements(record: Mapping, where: str) -> list[tuple[str, str | None, float | None]]:
+def _record_elements(record: Mapping, where: str) -> list[tuple[str, str, str | None, float | None]]:
+    """``(key, phrase, category, score)`` of each element record; ``key`` is the raw release key
+    (what the scorer is given at inference), the category is normalised by :func:`element_question`."""
     raw = record.get("elements") or []
     out = []
     for k, el in enumerate(raw):
         if not isinstance(el, Mapping) or "phrase" not in el:
             raise UserInputError(f"{where}: elements[{k}] must be a record with 'phrase', 'category', 'score'")
-        out.append((str(el["phrase"]), el.get("category"), el.get("score")))
+        out.append((element_record_key(el), str(el["phrase"]), el.get("category"), el.get("score")))
     return out
 
 
@@ -190,14 +191,13 @@ def build_conversations(record: Mapping, options: ConversationOptions | None = N
     if not isinstance(prompt, str):
         raise UserInputError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
     context = image_context(prompt, record.get("prompt_type"), hint=opts.prompt_type_hint)
-    elements = [e for e in _record_elements(record, where) if e[2] is not None]
+    elements = [e for e in _record_elements(record, where) if e[3] is not None]
     conversations: list[dict] = []
 
     element_turns = []
-    for phrase, category, score in elements:
+    for key, phrase, category, score in elements:
         answer = YES_WORD if float(score) >= opts.element_threshold else NO_WORD
-        element_turns.append((element_key(phrase, category),
-                              element_question(phrase, category, opts.question_templates), answer))
+        element_turns.append((key, element_question(phrase, category, opts.question_templates), answer))
 
     rating_turn = None
     target = None

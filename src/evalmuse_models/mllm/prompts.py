@@ -5,20 +5,24 @@ exactly what it is asked at scoring time.
 
 Example::
 
-    >>> from evalmuse_models.mllm.prompts import FIVE_LEVELS, element_question, split_element_key
+    >>> from evalmuse_models.mllm.prompts import FIVE_LEVELS, element_question
     >>> FIVE_LEVELS.word_for_score(3.7)
     'good'
-    >>> split_element_key("pig giants (animal)")
-    ('pig giants', 'animal')
     >>> element_question("two cats", "counting")
     "Is the quantity 'two cats' correct in the image?"
+    >>> element_question("car", "object-vehicle")
+    "Is the object 'car' present in the image?"
+
+Element keys are split by the dataset's rule,
+:func:`evalmuse_models.data.alignment.split_element_key` (also exported as
+``evalmuse_models.mllm.split_element_key``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..data.alignment import split_element_key as split_official
+from ..data.alignment import normalize_category
 
 YES_WORD = "Yes"
 NO_WORD = "No"
@@ -89,23 +93,6 @@ def level_scale(name_or_scale: str | int | LevelScale) -> LevelScale:
     raise ValueError(f"unknown level scale {name_or_scale!r}; use 5, 15 or a LevelScale")
 
 
-def split_element_key(key: str) -> tuple[str, str | None]:
-    """``"<phrase> (<category>)"`` → ``(phrase, lower-cased category)``; the category is inside the LAST
-    parentheses (the dataset's rule, :func:`evalmuse_models.data.alignment.split_element_key`).
-
-    A key without a trailing parenthesised category gives ``(key, None)``.
-    """
-    try:
-        phrase, category = split_official(key)
-    except ValueError:
-        return key.strip(), None
-    return phrase, category.lower()
-
-
-def element_key(phrase: str, category: str | None) -> str:
-    return f"{phrase} ({category})" if category else phrase
-
-
 #: Category-specific element questions (SPEC §6). ``{x}`` is the phrase, ``{category}`` the category.
 DEFAULT_QUESTION = "Is '{x}' present in the image?"
 CATEGORY_QUESTIONS: dict[str, str] = {
@@ -120,9 +107,14 @@ _GENERIC_CATEGORIES = {
 
 
 def element_question(phrase: str, category: str | None, templates: dict[str, str] | None = None) -> str:
-    """The Yes/No question asked for one element; ``templates`` overrides per category (key ``"default"``)."""
+    """The Yes/No question asked for one element; ``templates`` overrides per category (key ``"default"``).
+
+    ``category`` is normalised by the dataset's rule
+    (:func:`evalmuse_models.data.alignment.normalize_category`): ``"Color"`` asks the color
+    question, ``"object-vehicle"`` the object one; none is ``"other"`` (the plain question).
+    """
     phrase = " ".join(str(phrase).split()).replace("'", "\u2019")
-    cat = (category or "").lower()
+    cat = normalize_category(category)[0]
     if templates and cat in templates:
         template = templates[cat]
     elif templates and "default" in templates and cat not in CATEGORY_QUESTIONS and cat not in _GENERIC_CATEGORIES:

@@ -29,7 +29,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..data.alignment import element_record_key
+from ..data.alignment import element_record_key, split_element_key
 from ..utils import UserInputError
 from .prompts import (
     FIVE_LEVELS,
@@ -42,7 +42,6 @@ from .prompts import (
     image_context,
     level_scale,
     overall_question,
-    split_element_key,
 )
 
 DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
