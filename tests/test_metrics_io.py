@@ -361,3 +361,37 @@ def test_cli_json_never_prints_nan(tmp_path, capsys):
     out = capsys.readouterr().out
     result = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-finite {c} in the JSON"))
     assert np.isfinite(result["plcc"]) and np.isfinite(result["main_score"])
+
+
+def test_official_json_is_read_strictly(tmp_path):
+    truth, sub = _alignment_records(5)
+    write_alignment_truth(truth, tmp_path / "eval.json")
+    text = json.dumps(sub)
+    # The same element key twice in one object: json keeps the last silently; refused here.
+    key = next(iter(sub[2]["element_score"]))
+    doubled = text.replace(json.dumps(key) + ":", json.dumps(key) + ": 0.0, " + json.dumps(key) + ":", 1)
+    (tmp_path / "dup.json").write_text(doubled)
+    with pytest.raises(UserInputError, match=r"dup.json: the key .* appears twice in one JSON object"):
+        score_alignment_files(tmp_path / "eval.json", tmp_path / "dup.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserInputError, match="nested too deeply"):
+        read_alignment_file(tmp_path / "deep.json")
+    (tmp_path / "latin1.json").write_bytes('[{"img_path": "caf\xe9.png"}]'.encode("latin-1"))
+    with pytest.raises(UserInputError, match="not valid JSON"):
+        read_alignment_file(tmp_path / "latin1.json")
+    with pytest.raises(UserInputError, match="not a regular file"):
+        read_alignment_file(tmp_path)
+
+
+def test_a_small_zip_holding_a_huge_member_is_refused_before_reading(tmp_path, monkeypatch):
+    big = tmp_path / "submission.zip"
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("output.pkl", b"\0" * (8 * 2**20))  # 8 MiB of zeros: a few KiB zipped
+        archive.writestr("readme.txt", "x")
+    assert big.stat().st_size < 2**16
+    monkeypatch.setenv("EVALMUSE_MAX_FILE_BYTES", str(2**20))
+    read = []
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda *a, **k: read.append(a) or b"")
+    with pytest.raises(UserInputError, match=r"output.pkl: 8,388,608 bytes, more than the 1,048,576 .*EVALMUSE_MAX_FILE"):
+        read_structure_pickle(big)
+    assert read == []  # refused from the archive's directory, before any byte was inflated

@@ -104,17 +104,75 @@ def _restricted_load(data: bytes, source: str) -> Any:
         raise UserInputError(f"{source}: not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
+#: The largest official file read (a structure submission with 999 masks at 1024x1024 is about
+#: 1 GiB). Raise it with ``EVALMUSE_MAX_FILE_BYTES`` for larger sets.
+MAX_FILE_BYTES = 3 * 2**30
+
+
+def _max_file_bytes() -> int:
+    value = os.environ.get("EVALMUSE_MAX_FILE_BYTES")
+    try:
+        return int(value) if value else MAX_FILE_BYTES
+    except ValueError:
+        raise UserInputError(f"EVALMUSE_MAX_FILE_BYTES must be a number of bytes, got {value!r}") from None
+
+
 def _read_member(path: Path, member: str) -> tuple[bytes, str]:
-    """Read ``path``; when it is a zip archive, read ``member`` from inside it."""
+    """Read ``path``; when it is a zip archive, read ``member`` from inside it. The size is checked
+    before anything is read (a small zip can hold a huge file)."""
     if not path.exists():
         raise UserInputError(f"{path}: file not found")
+    if not path.is_file():
+        raise UserInputError(f"{path}: not a regular file")
+    limit = _max_file_bytes()
+
+    def check(size: int, source: str) -> None:
+        if size > limit:
+            raise UserInputError(
+                f"{source}: {size:,} bytes, more than the {limit:,} this reader accepts; if the file is genuine, "
+                "set EVALMUSE_MAX_FILE_BYTES to a larger number of bytes"
+            )
+
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if Path(n).name == member]
-            if len(names) != 1:
-                raise UserInputError(f"{path}: the archive must hold exactly one {member}, found {len(names)}")
-            return archive.read(names[0]), f"{path}:{names[0]}"
+            infos = [i for i in archive.infolist() if Path(i.filename).name == member]
+            if len(infos) != 1:
+                raise UserInputError(f"{path}: the archive must hold exactly one {member}, found {len(infos)}")
+            source = f"{path}:{infos[0].filename}"
+            check(infos[0].file_size, source)
+            try:
+                return archive.read(infos[0]), source
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+                raise UserInputError(f"{source}: cannot be extracted ({exc})") from None
+    check(path.stat().st_size, str(path))
     return path.read_bytes(), str(path)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` refusing a key written twice in one JSON object (``json`` keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def load_json(data: bytes, source: str) -> Any:
+    """Parse official JSON strictly: UTF-8, no key twice in one object, bounded nesting; every
+    failure is a :class:`UserInputError` naming ``source``."""
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise UserInputError(f"{source}: the key {exc.args[0]!r} appears twice in one JSON object") from None
+    except RecursionError:
+        raise UserInputError(f"{source}: the JSON is nested too deeply to be an official file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(f"{source}: not valid JSON ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,10 +205,7 @@ def read_alignment_file(path: str | os.PathLike, *, allow_null: bool = False) ->
     """
     path = Path(path)
     data, source = _read_member(path, ALIGNMENT_OUTPUT)
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"{source}: not valid JSON ({exc})") from None
+    raw = load_json(data, source)
     if not isinstance(raw, list):
         raise UserInputError(f"{source}: expected a JSON list of records, got {type(raw).__name__}")
     records: list[dict[str, Any]] = []
@@ -177,8 +232,10 @@ def read_alignment_file(path: str | os.PathLike, *, allow_null: bool = False) ->
         if isinstance(elements, str):
             try:
                 elements = ast.literal_eval(elements)
-            except (ValueError, SyntaxError) as exc:
-                raise UserInputError(f"{where}: element_score is not a Python-literal dict ({exc})") from None
+            except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+                raise UserInputError(
+                    f"{where}: element_score is not a Python-literal dict ({type(exc).__name__}: {exc})"
+                ) from None
         if not isinstance(elements, dict):
             raise UserInputError(f"{where}: element_score must be a dict {{element key: score}}")
         parsed = {}
