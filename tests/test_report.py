@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ from PIL import Image
 from test_score_engine import FakeAlign, FakeStructure, write_image_folder
 
 from evalmuse_models.cli import main
-from evalmuse_models.report import build_report, generator_table
+from evalmuse_models.report import build_report, category_table, generator_table
 from evalmuse_models.scoring import read_results, score
 from evalmuse_models.utils import UserInputError
 
@@ -149,3 +150,66 @@ def test_report_cli_and_errors(results, tmp_path, capsys):
         build_report(empty, tmp_path / "r2")
     assert main(["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r3")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _flat_rows():
+    """Results of the validation release's layout: flat image ids, the release's messy element keys."""
+    keys = ["Pale (Color) ", "red (color)", "car (object-vehicle)", "cup (object-household goods)", "thing"]
+    rows = []
+    for i in range(6):
+        probs = {k: ((i + j) % 4) / 3 for j, k in enumerate(keys)}
+        truth = {k: float((i + j) % 2) for j, k in enumerate(keys)}
+        rows.append({"id": f"img_{i + 1:04d}.png", "prompt": f"prompt {i}", "generator": None, "status": "ok",
+                     "source": {"path": "/nonexistent.png"},
+                     "alignment": {"overall": 1.0 + i / 2, "elements": probs},
+                     "reference": {"overall": 1.0 + i / 3, "elements": truth}})
+    return rows
+
+
+def test_category_table_groups_by_the_normalised_category():
+    rows = _flat_rows()
+    table = {r["category"]: r for r in category_table(rows)}
+    assert set(table) == {"color", "object", "other"}  # "Color" + "color ", object-*, no category
+    pairs = {"color": [], "object": [], "other": []}
+    for row in rows:
+        for key, p in row["alignment"]["elements"].items():
+            cat = "color" if "olor" in key else "object" if "object" in key else "other"
+            pairs[cat].append((p, row["reference"]["elements"][key]))
+    for cat, values in pairs.items():
+        assert table[cat]["elements"] == len(values) == (12 if cat != "other" else 6)
+        assert table[cat]["present"] == pytest.approx(np.mean([p >= 0.5 for p, _ in values]))
+        assert table[cat]["accuracy"] == pytest.approx(np.mean([(p >= 0.5) == (t >= 0.5) for p, t in values]))
+
+
+def test_report_generator_map_and_category_filter(tmp_path, capsys):
+    from evalmuse_models.scoring.results import ResultsWriter
+
+    rows = _flat_rows()
+    results = tmp_path / "results.jsonl"
+    with ResultsWriter(results) as writer:
+        writer.write(rows)
+    mapping = tmp_path / "generators.csv"
+    mapping.write_text("img_path,generator\n" + "".join(
+        f"{r['id']},{'gen-x' if i < 4 else 'gen-y'}\n" for i, r in enumerate(rows)), encoding="utf-8")
+
+    # without the map every flat image is of an unknown generator; with it the tables group by it
+    assert [r["generator"] for r in generator_table(read_results(results))] == ["(unknown)"]
+    assert main(["report", str(results), "--out", str(tmp_path / "r"), "--generator-map", str(mapping)]) == 0
+    board = {r["generator"]: r["images"] for r in json.loads((tmp_path / "r" / "leaderboard.json").read_text())}
+    assert board == {"gen-x": 4, "gen-y": 2}
+    categories = json.loads((tmp_path / "r" / "categories.json").read_text())
+    assert [c["category"] for c in categories] == ["color", "object", "other"]
+
+    url = (tmp_path / "r" / "index.html").resolve().as_uri()
+    dom = _Cards()
+    dom.feed(run_chromium(tmp_path, url + "#category=object&only=missing&generator=gen-x", "--dump-dom").stdout)
+    assert dom.body_attrs.get("data-ready") == "1"
+    visible = [c["data-text"].split()[-1] for c in dom.cards if "hidden" not in c["class"].split()]
+    object_keys = ("car (object-vehicle)", "cup (object-household goods)")
+    expected = [r["id"] for r in rows[:4] if any(r["alignment"]["elements"][k] < 0.5 for k in object_keys)]
+    assert visible == expected and 0 < len(expected) < 4
+
+    wrong = tmp_path / "other.json"
+    wrong.write_text('{"SDXL/0001.png": "SDXL"}', encoding="utf-8")
+    assert main(["report", str(results), "--out", str(tmp_path / "r2"), "--generator-map", str(wrong)]) == 2
+    assert "no image of" in capsys.readouterr().err

@@ -9,8 +9,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
         help="write a static HTML report of `evalmuse score` results",
-        description="Write OUT/index.html: per-generator leaderboard and plots, score distributions and "
-        "sortable, filterable per-image cards with the distortion heatmap and the element checklist.",
+        description="Write OUT/index.html: per-generator leaderboard and plots, element scores per category, "
+        "score distributions and sortable, filterable per-image cards with the distortion heatmap and the "
+        "element checklist.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("results", help="results .jsonl written by `evalmuse score`")
@@ -18,6 +19,10 @@ def register(subparsers) -> None:
     parser.add_argument("--title", default="EvalMuse report")
     parser.add_argument("--max-cards", type=int, default=1000, help="at most this many per-image cards")
     parser.add_argument("--thumb-size", type=int, default=256, help="thumbnail size in pixels")
+    parser.add_argument("--generator-map", metavar="FILE", default=None,
+                        help="which model made each image when the paths do not say (flat img_0001.png): a CSV "
+                        "with the columns img_path,generator or a JSON object {img_path: generator}, matched on "
+                        "the image ids of the results; the per-generator tables group by it")
     parser.set_defaults(func=run)
 
 
@@ -26,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from ..report import build_report
 
     index = build_report(args.results, args.out, title=args.title, max_cards=args.max_cards,
-                         thumb_size=args.thumb_size)
+                         thumb_size=args.thumb_size, generator_map=args.generator_map)
     print(f"report written to {index}")
     return 0

@@ -1,5 +1,5 @@
 """The static HTML report of a results file (``evalmuse report``): :func:`build_report`."""
 
-from .builder import build_report, generator_table
+from .builder import apply_generator_map, build_report, category_table, generator_table
 
-__all__ = ["build_report", "generator_table"]
+__all__ = ["apply_generator_map", "build_report", "category_table", "generator_table"]

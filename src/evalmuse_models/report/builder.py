@@ -6,6 +6,8 @@ Layout of the output folder::
       index.html        self-contained page (CSS, JS and SVG plots inline)
       images/00000.jpg  thumbnails
       images/00000_heat.png  distortion heatmap overlays (RGBA, same size as the thumbnail)
+      leaderboard.json  the per-generator table
+      categories.json   the per-category element table (element categories normalised from the keys)
 
 The page needs no server and no network: open ``report/index.html`` in a browser.
 """
@@ -73,6 +75,53 @@ def generator_table(rows: list[dict]) -> list[dict]:
         )
     table.sort(key=lambda r: (-(r["alignment"] if r["alignment"] is not None else -1e9), r["generator"]))
     return table
+
+
+def category_table(rows: list[dict]) -> list[dict]:
+    """Per element category (normalised from the keys: ``"Pale (Color) "`` and ``"red (color)"`` are
+    both ``color``, ``"car (object-vehicle)"`` is ``object``): how many elements, the share
+    predicted present (probability >= 0.5) and, where the rows carry true element scores, the
+    element accuracy (both sides binarised at 0.5, as the official ACC). Most elements first."""
+    from ..metrics import element_category
+
+    groups: dict[str, dict] = defaultdict(lambda: {"elements": 0, "present": 0, "labelled": 0, "correct": 0})
+    for row in rows:
+        if row.get("status") != "ok" or "alignment" not in row:
+            continue
+        truth = (row.get("reference") or {}).get("elements") or {}
+        for key, p in row["alignment"]["elements"].items():
+            if p is None:
+                continue
+            entry = groups[element_category(key)]
+            entry["elements"] += 1
+            entry["present"] += p >= 0.5
+            if truth.get(key) is not None:
+                entry["labelled"] += 1
+                entry["correct"] += (p >= 0.5) == (truth[key] >= 0.5)
+    table = [
+        {"category": name, "elements": g["elements"], "present": g["present"] / g["elements"],
+         "accuracy": g["correct"] / g["labelled"] if g["labelled"] else None, "labelled": g["labelled"]}
+        for name, g in groups.items()
+    ]
+    table.sort(key=lambda r: (-r["elements"], r["category"]))
+    return table
+
+
+def apply_generator_map(rows: list[dict], generator_map) -> int:
+    """Set each row's ``generator`` from ``generator_map`` (a dict ``{img_path: generator}`` or a
+    file read by :func:`~evalmuse_models.data.read_generator_map`), matched on the row ``id``
+    (the image path); rows not in the map keep theirs. Returns how many rows were mapped."""
+    from ..data import read_generator_map
+
+    if not isinstance(generator_map, dict):
+        generator_map = read_generator_map(generator_map)
+    mapped = 0
+    for row in rows:
+        generator = generator_map.get(str(row["id"]).replace("\\", "/"))
+        if generator:
+            row["generator"] = generator
+            mapped += 1
+    return mapped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,17 +256,40 @@ def _leaderboard_html(table: list[dict], has_align: bool, has_structure: bool, h
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+def _category_html(table: list[dict]) -> str:
+    has_truth = any(r["accuracy"] is not None for r in table)
+    head = "<th>Category</th><th>Elements</th><th>Predicted present</th>" + (
+        "<th>Element accuracy</th>" if has_truth else "")
+    body = []
+    for r in table:
+        cells = (f'<td data-value="{_esc(r["category"])}">{_esc(r["category"])}</td>'
+                 f'<td data-value="{r["elements"]}">{r["elements"]}</td>'
+                 f'<td data-value="{r["present"]}">{_fmt(r["present"], 3)}</td>')
+        if has_truth:
+            cells += f'<td data-value="{_esc(r["accuracy"] if r["accuracy"] is not None else "")}">{_fmt(r["accuracy"], 3)}</td>'
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<table class="leaderboard" id="categories"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
 def _card_html(index: int, row: dict, thumb: str | None, overlay: str | None) -> str:
+    from ..metrics import element_category
+
     align = row.get("alignment")
     structure = row.get("structure")
     reference = row.get("reference") or {}
+    element_probs = (align or {}).get("elements") or {}
     data = {
         "index": index,
         "generator": row.get("generator") or "(unknown)",
         "alignment": "" if not align or align["overall"] is None else f'{align["overall"]:.6f}',
         "structure": "" if not structure or structure["score"] is None else f'{structure["score"]:.6f}',
         "regions": len(structure["regions"]) if structure else 0,
-        "missing": sum(1 for p in (align or {}).get("elements", {}).values() if p is not None and p < 0.5),
+        "missing": sum(1 for p in element_probs.values() if p is not None and p < 0.5),
+        # normalised categories of the elements, and of the missing ones ("|color|object|"): the category filter
+        "categories": "|" + "|".join(sorted({element_category(k) for k in element_probs})) + "|",
+        "missing-categories": "|" + "|".join(sorted(
+            {element_category(k) for k, p in element_probs.items() if p is not None and p < 0.5})) + "|",
         "text": f'{row.get("prompt", "")} {row["id"]}'.lower(),
     }
     attrs = " ".join(f'data-{k}="{_esc(v)}"' for k, v in data.items())
@@ -253,7 +325,8 @@ def _card_html(index: int, row: dict, thumb: str | None, overlay: str | None) ->
             present = p is not None and p >= 0.5
             truth = ref_elements.get(key)
             truth_text = f" · true {_fmt(truth, 2)}" if truth is not None else ""
-            parts.append(f'<li class="{"yes" if present else "no"}"><span>{_esc(key)}</span>'
+            parts.append(f'<li class="{"yes" if present else "no"}" data-category="{_esc(element_category(key))}">'
+                         f'<span>{_esc(key)}</span>'
                          f'<span class="p">{_fmt(None if p is None else 100 * p, 0)}%{truth_text}</span></li>')
         parts.append("</ul>")
     parts.append("</div></article>")
@@ -269,6 +342,7 @@ def build_report(
     thumb_size: int = 256,
     overwrite: bool = True,
     progress: bool = True,
+    generator_map=None,
 ) -> Path:
     """Write the HTML report of ``results`` (a file written by ``evalmuse score``) to ``out_dir``.
 
@@ -277,6 +351,10 @@ def build_report(
             leaderboard and plots always use every row.
         thumb_size: longest side of the thumbnails, in pixels.
         overwrite: replace an existing ``out_dir`` (the folder is swapped in atomically).
+        generator_map: which model made each image, for inputs whose paths do not say (the
+            validation release's flat ``img_0001.png``): a file (CSV ``img_path,generator`` or
+            JSON ``{img_path: generator}``, see :func:`~evalmuse_models.data.read_generator_map`)
+            or a dict, matched on the row ids. The leaderboard, plots and filters group by it.
 
     Returns: the path of ``index.html``.
 
@@ -293,6 +371,11 @@ def build_report(
     rows = read_results(results)
     if not rows:
         raise UserInputError(f"{results} has no rows; nothing to report")
+    if generator_map is not None and not apply_generator_map(rows, generator_map):
+        raise UserInputError(
+            f"no image of {results} is in the generator map (matched on the row ids, e.g. {rows[0]['id']!r}); "
+            "is it the map of this input?"
+        )
     has_align = any("alignment" in r for r in rows)
     has_structure = any("structure" in r for r in rows)
     has_ref = any((r.get("reference") or {}).get("overall") is not None for r in rows)
@@ -320,6 +403,11 @@ def build_report(
         body.append('<div class="plot"><h3>Mean structure score per generator</h3>'
                     + svg_bars(labels, [r["structure"] for r in table], title="mean structure", vmin=1, vmax=5) + "</div>")
     body.append("</div></section>")
+    categories = category_table(rows) if has_align else []
+    if categories:
+        body.append('<section id="categories-section"><h2>Elements by category</h2>')
+        body.append(_category_html(categories))
+        body.append("</section>")
 
     body.append('<section id="distributions"><h2>Score distributions</h2><div class="plots">')
     by_gen = defaultdict(list)
@@ -354,6 +442,10 @@ def build_report(
         f'<option value="{v}">{_esc(t)}</option>' for v, t in sort_options) + "</select></label>")
     body.append('<label>Generator <select id="generator"><option value="">all</option>' + "".join(
         f'<option value="{_esc(g)}">{_esc(g)}</option>' for g in sorted(labels)) + "</select></label>")
+    if categories:
+        body.append('<label>Category <select id="category"><option value="">all</option>' + "".join(
+            f'<option value="{_esc(c)}">{_esc(c)}</option>' for c in sorted(r["category"] for r in categories))
+            + "</select></label>")
     body.append('<label>Show <select id="only"><option value="">all</option>'
                 '<option value="missing">missing elements</option><option value="distorted">with distortions</option>'
                 '<option value="errors">errors</option></select></label>')
@@ -397,4 +489,6 @@ def build_report(
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
         (tmp / "leaderboard.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+        if categories:
+            (tmp / "categories.json").write_text(json.dumps(categories, indent=1), encoding="utf-8")
     return out_dir / "index.html"

@@ -1,11 +1,13 @@
-// Sorting and filtering of the leaderboard and the image cards; state mirrored in the URL hash
-// (#sort=alignment-asc&generator=NAME&q=text&only=distorted|errors) so a view can be shared.
+// Sorting and filtering of the tables and the image cards; state mirrored in the URL hash
+// (#sort=alignment-asc&generator=NAME&category=color&q=text&only=missing|distorted|errors) so a view
+// can be shared. With a category, "missing elements" keeps images missing an element of that category.
 (function () {
   "use strict";
   var cards = Array.prototype.slice.call(document.querySelectorAll(".card"));
   var grid = document.getElementById("cards");
   var sortSel = document.getElementById("sort");
   var genSel = document.getElementById("generator");
+  var catSel = document.getElementById("category");  // absent when no image has elements
   var query = document.getElementById("query");
   var only = document.getElementById("only");
   var heat = document.getElementById("heat");
@@ -27,8 +29,11 @@
       return dir * d;
     });
     var g = genSel.value, q = query.value.trim().toLowerCase(), o = only.value, shown = 0;
+    var c = catSel ? catSel.value : "";
     sorted.forEach(function (card) {
+      var cats = (o === "missing" ? card.dataset.missingCategories : card.dataset.categories) || "";
       var visible = (!g || card.dataset.generator === g) &&
+        (!c || cats.indexOf("|" + c + "|") !== -1) &&
         (!q || card.dataset.text.indexOf(q) !== -1) &&
         (!o || (o === "errors" ? card.classList.contains("error") : o === "distorted" ? num(card, "regions", 0) > 0 :
           o === "missing" ? num(card, "missing", 0) > 0 : true));
@@ -38,6 +43,7 @@
     });
     count.textContent = "showing " + shown + " of " + cards.length + " images";
     var hash = "sort=" + sortSel.value + (g ? "&generator=" + encodeURIComponent(g) : "") +
+      (c ? "&category=" + encodeURIComponent(c) : "") +
       (q ? "&q=" + encodeURIComponent(q) : "") + (o ? "&only=" + o : "");
     if (window.history && window.history.replaceState) { window.history.replaceState(null, "", "#" + hash); }
   }
@@ -50,13 +56,13 @@
     });
     if (params.sort && sortSel.querySelector('option[value="' + params.sort + '"]')) { sortSel.value = params.sort; }
     if (params.generator !== undefined) { genSel.value = params.generator; }
+    if (params.category !== undefined && catSel) { catSel.value = params.category; }
     if (params.q !== undefined) { query.value = params.q; }
     if (params.only !== undefined) { only.value = params.only; }
   }
 
-  // Leaderboard: click a header to sort by that column.
-  var table = document.querySelector("table.leaderboard");
-  if (table) {
+  // Tables (per generator, per category): click a header to sort by that column.
+  Array.prototype.slice.call(document.querySelectorAll("table.leaderboard")).forEach(function (table) {
     var headers = Array.prototype.slice.call(table.querySelectorAll("th"));
     headers.forEach(function (th, col) {
       th.addEventListener("click", function () {
@@ -72,11 +78,11 @@
         }).forEach(function (row) { body.appendChild(row); });
       });
     });
-  }
+  });
 
   if (grid) {
     fromHash();
-    [sortSel, genSel, only].forEach(function (el) { el.addEventListener("change", apply); });
+    [sortSel, genSel, catSel, only].forEach(function (el) { if (el) { el.addEventListener("change", apply); } });
     query.addEventListener("input", apply);
     heat.addEventListener("change", function () { document.body.classList.toggle("no-heat", !heat.checked); });
     apply();
