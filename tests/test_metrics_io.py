@@ -395,3 +395,15 @@ def test_a_small_zip_holding_a_huge_member_is_refused_before_reading(tmp_path, m
     with pytest.raises(UserInputError, match=r"output.pkl: 8,388,608 bytes, more than the 1,048,576 .*EVALMUSE_MAX_FILE"):
         read_structure_pickle(big)
     assert read == []  # refused from the archive's directory, before any byte was inflated
+
+
+def test_element_score_literal_with_a_key_twice_is_refused(tmp_path):
+    truth, _ = _alignment_records(5)
+    truth[1]["element_score"] = "{'cat (animal)': [1, 0, 1], 'cat (animal)': [0, 0, 0]}"
+    (tmp_path / "eval.json").write_text(json.dumps(truth))
+    with pytest.raises(UserInputError, match=r"record 1 .*element_score: element key 'cat \(animal\)' appears twice"):
+        read_alignment_file(tmp_path / "eval.json")
+    truth[1]["element_score"] = "{'cat (animal)': [1, 0, 1], 'Cat (animal)': [0, 0, 0]}"  # distinct keys
+    (tmp_path / "eval.json").write_text(json.dumps(truth))
+    assert read_alignment_file(tmp_path / "eval.json")[1]["element_score"] == {"cat (animal)": 0.666667,
+                                                                              "Cat (animal)": 0.0}

@@ -241,18 +241,39 @@ def _parse_votes(value, *, low: int, high: int, what: str) -> tuple[float | None
     raise InvalidValue(f"{what} must be a list of integer votes, a number or null, got {type(value).__name__}")
 
 
-def parse_element_score(value) -> list[Element]:
-    """Parse ``element_score``: a Python-literal string (or an already parsed dict).
+def element_score_dict(value) -> dict:
+    """``element_score`` as a dict: the release's Python-literal string parsed safely (never
+    ``eval``), or an already parsed dict (as the organisers' own preprocessing treats it) as is.
 
-    Values are lists of 0/1 votes (averaged), a number (already averaged) or ``None`` (test).
+    A key written twice in the literal is refused (``literal_eval`` would keep the last silently).
+
+    >>> element_score_dict("{'Pale (Color) ': [1, 0, 1]}")
+    {'Pale (Color) ': [1, 0, 1]}
     """
     if isinstance(value, str):
         try:
-            value = ast.literal_eval(value)
+            tree = ast.parse(value.strip(), mode="eval")
+            if isinstance(tree.body, ast.Dict):
+                keys = [k.value for k in tree.body.keys if isinstance(k, ast.Constant)]
+                doubled = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+                if doubled:
+                    raise InvalidValue(f"element key {doubled[0]!r} appears twice")
+            value = ast.literal_eval(tree)
         except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
+            if isinstance(error, InvalidValue):
+                raise
             raise InvalidValue(f"not a Python-literal dict ({type(error).__name__}: {error})") from None
     if not isinstance(value, dict):
         raise InvalidValue(f"expected a dict of '<phrase> (<category>)' -> votes, got {type(value).__name__}")
+    return value
+
+
+def parse_element_score(value) -> list[Element]:
+    """Parse ``element_score`` (see :func:`element_score_dict`) into elements.
+
+    Values are lists of 0/1 votes (averaged), a number (already averaged) or ``None`` (test).
+    """
+    value = element_score_dict(value)
     elements = []
     for key, votes in value.items():
         phrase, category, subcategory = element_key_parts(key)

@@ -15,7 +15,6 @@ array needs are allowed, anything else is refused (loading an arbitrary pickle r
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import math
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.alignment import official_mean
+from ..data.alignment import element_score_dict, official_mean
+from ..data.errors import InvalidValue
 from ..utils import UserInputError, atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -228,16 +228,10 @@ def read_alignment_file(path: str | os.PathLike, *, allow_null: bool = False) ->
             # Raw-release ratings: the overall score is their mean.
             total = official_mean([_number(v, f"{where}: total_score") for v in total])
         total = _number(total, f"{where}: total_score", allow_null)
-        elements = rec.get("element_score", {})
-        if isinstance(elements, str):
-            try:
-                elements = ast.literal_eval(elements)
-            except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-                raise UserInputError(
-                    f"{where}: element_score is not a Python-literal dict ({type(exc).__name__}: {exc})"
-                ) from None
-        if not isinstance(elements, dict):
-            raise UserInputError(f"{where}: element_score must be a dict {{element key: score}}")
+        try:
+            elements = element_score_dict(rec.get("element_score", {}))
+        except InvalidValue as exc:
+            raise UserInputError(f"{where}: element_score: {exc}") from None
         parsed = {}
         for key, value in elements.items():
             if isinstance(value, list) and value:
