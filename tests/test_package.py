@@ -59,6 +59,28 @@ def test_console_script_lists_commands():
         assert command in out, f"`evalmuse --help` does not list {command!r}:\n{out}"
 
 
+def test_console_script_help_does_not_import_torch_and_commands_still_register(tmp_path):
+    exe = shutil.which("evalmuse", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    help_run = subprocess.run([exe, "eval", "--help"], capture_output=True, text=True, check=True, env=env)
+    imported = {line.split("|")[-1].strip() for line in help_run.stderr.splitlines() if "|" in line}
+    assert "evalmuse_models.cli" in imported  # the import log is real
+    assert "torch" not in imported and "transformers" not in imported
+    # A command that runs gets the families registered first, as with `import evalmuse_models`.
+    code = """
+import sys
+sys.modules["__main__"].__file__ = "/usr/bin/evalmuse"   # as the console script runs
+import evalmuse_models.cli
+assert "transformers" not in sys.modules
+evalmuse_models.cli.main(["synthetic", "alignment", sys.argv[1], "--num-prompts", "2"])
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+print(sorted(k for k in ["evalmuse_align", "evalmuse_structure"] if k in CONFIG_MAPPING))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "release")], capture_output=True, text=True,
+                         check=True, env=os.environ).stdout
+    assert out.strip().splitlines()[-1] == str(MODEL_TYPES)
+
+
 def test_bare_command_prints_help_and_fails():
     from evalmuse_models.cli import main
 

@@ -4,7 +4,8 @@ Every sub-command lives in its own module under :mod:`evalmuse_models.commands` 
 ``register(subparsers)``; this module discovers them and turns input errors into one-line
 messages with exit status 2. Command modules must stay cheap to
 import (heavy imports go inside the function that runs the command), so that
-``evalmuse --help`` answers instantly.
+``evalmuse --help`` answers instantly: the console script does not even register the model
+families with transformers until a command runs.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bare `evalmuse` or a command group without its sub-command: show the relevant help.
         (getattr(args, "_parser", None) or parser).print_help()
         return 2
+    from . import register
+
+    register()  # deferred by the console script until a command runs (see evalmuse_models.__init__)
     try:
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
