@@ -39,11 +39,11 @@ from .alignment import (
     read_generator_map,
 )
 from .errors import RecordError, SkippedRecord, write_skipped_report
-from .masks import _resize_nearest, heatmap_levels, vote_map
+from .masks import TRUTH_SIZE, truth_maps
 from .structure import StructureRecord, find_structure_files, load_structure_records
 
 CONFIG_NAMES = ("alignment", "structure")
-HEATMAP_SIZE = (512, 512)
+HEATMAP_SIZE = TRUTH_SIZE
 SKIPPED_REPORT_NAME = "skipped_records.jsonl"
 CARD_TEMPLATE = Path(__file__).resolve().parent / "resources" / "dataset_card_template.md"
 
@@ -155,7 +155,9 @@ def alignment_row(record: AlignmentRecord, root) -> dict[str, Any]:
 
 
 def structure_row(record: StructureRecord, *, mask_min_votes: int = 1) -> dict[str, Any]:
-    """The dataset row of one structure record: image bytes, binary mask and 512x512 heatmap."""
+    """The dataset row of one structure record: image bytes, binary mask (original size, 255 where at
+    least ``mask_min_votes`` annotators marked a problem) and the baseline's 512x512 heatmap, both
+    by :func:`~evalmuse_models.data.masks.truth_maps` (the organisers' rasterisation)."""
     if record.image_path is None:
         raise RecordError(
             record.source, record.record_id, "<image>",
@@ -163,9 +165,8 @@ def structure_row(record: StructureRecord, *, mask_min_votes: int = 1) -> dict[s
         )
     data, width, height = _read_image(record.image_path, record.source, record.record_id, "<image>")
     record.width, record.height = width, height
-    votes = vote_map(record.shapes, width, height)
-    mask = np.where(votes >= mask_min_votes, 255, 0).astype(np.uint8)
-    heatmap = _resize_nearest(heatmap_levels(votes), HEATMAP_SIZE)
+    maps = truth_maps(record.shapes, width, height, min_votes=mask_min_votes, size=HEATMAP_SIZE)
+    mask, heatmap = maps.mask * np.uint8(255), maps.heatmap
     return {
         "image": {"bytes": data, "path": record.image_path.name},
         "image_name": record.image_name,

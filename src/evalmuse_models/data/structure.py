@@ -14,8 +14,9 @@ sub-folders. Each JSON file is a dict keyed by image name without extension::
         ]}}
 
 Rectangles are two corners (top-left, bottom-right); polygon vertices may be ``[x, y]`` pairs
-or ``{"x", "y"}`` dicts. Coordinates are pixels of the original image; they are kept as given
-(shapes partly outside the image are clipped when rasterised, see :mod:`.masks`).
+or ``{"x", "y"}`` dicts. Coordinates are pixels of the original image and corners are kept as
+given, in their order: rasterising follows the organisers' rule (a rectangle whose corners are
+reversed covers nothing; shapes partly outside the image are clipped), see :mod:`.masks`.
 
 Example::
 
@@ -35,6 +36,7 @@ from typing import Any
 from ..utils import UserInputError
 from .alignment import _read_json
 from .errors import InvalidValue, RecordError, SkippedRecord
+from .masks import MAX_COORDINATE
 
 #: Split name -> raw file names, and the image sub-folder names tried for that split.
 STRUCTURE_SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -54,8 +56,8 @@ SHAPE_TYPES = {1: "rectangle", 2: "polygon"}
 
 @dataclass(frozen=True)
 class Shape:
-    """One annotated region: ``type`` is ``"rectangle"`` (two corners) or ``"polygon"``;
-    ``points`` are ``(x, y)`` pixel coordinates of the original image."""
+    """One annotated region: ``type`` is ``"rectangle"`` (two corners: top-left, bottom-right, as
+    annotated) or ``"polygon"``; ``points`` are ``(x, y)`` pixel coordinates of the original image."""
 
     type: str
     points: tuple[tuple[float, float], ...]
@@ -101,6 +103,8 @@ def _coordinate(value, what: str) -> float:
     value = float(value)
     if not math.isfinite(value):
         raise InvalidValue(f"{what} must be finite, got {value!r}")
+    if abs(value) > MAX_COORDINATE:
+        raise InvalidValue(f"{what} = {value!r} is no pixel position (the limit is +-{MAX_COORDINATE})")
     return value
 
 
@@ -135,8 +139,8 @@ def parse_shape(raw, what: str = "shape") -> Shape:
             points_raw = [points_raw[:2], points_raw[2:]]  # a flat [x1, y1, x2, y2]
         if len(points_raw) != 2:
             raise InvalidValue(f"{what}: a rectangle needs 2 corners, got {len(points_raw)} points")
-        (x1, y1), (x2, y2) = (_point(p, f"{what}.bbox[{i}]") for i, p in enumerate(points_raw))
-        points = ((min(x1, x2), min(y1, y2)), (max(x1, x2), max(y1, y2)))
+        # as given (top-left, bottom-right): the organisers' slicing gives nothing for reversed corners
+        points = tuple(_point(p, f"{what}.bbox[{i}]") for i, p in enumerate(points_raw))
     else:
         if len(points_raw) < 3:
             raise InvalidValue(f"{what}: a polygon needs at least 3 points, got {len(points_raw)}")

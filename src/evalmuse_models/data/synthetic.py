@@ -677,8 +677,9 @@ def _annotate(rng, regions: list[tuple[str, np.ndarray]], width: int, height: in
 
 
 def _render_structure_image(rng: np.random.Generator, mos: float):
-    import cv2
     from PIL import Image
+
+    from .masks import rasterize_annotators
 
     width, height = (int(v) for v in rng.integers(20, 51, size=2) * 8)  # 160..400 px
     kind = str(rng.choice(["plain", "grass", "night", "beach"]))
@@ -709,19 +710,18 @@ def _render_structure_image(rng: np.random.Generator, mos: float):
         cy = py + rng.uniform(-0.3, 0.3) * pr
         rx = side * (0.1 + 0.1 * strength) * rng.uniform(0.8, 1.2)
         ry = side * (0.1 + 0.1 * strength) * rng.uniform(0.8, 1.2)
-        mask = np.zeros((height, width), np.uint8)
         if rng.random() < 0.5:
             points = np.array([[cx - rx, cy - ry], [cx + rx, cy + ry]])
             points = np.clip(points, 0, [width - 1, height - 1])
             x0, y0 = np.floor(points[0]).astype(int)
             x1, y1 = np.ceil(points[1]).astype(int)
-            mask[y0:y1 + 1, x0:x1 + 1] = 1
             regions.append(("rectangle", np.array([[x0, y0], [x1 + 1, y1 + 1]], dtype=np.float64)))
         else:
             points = _star_polygon(rng, cx, cy, rx, ry, int(rng.integers(5, 9)))
-            points = np.clip(points, 0, [width - 1, height - 1])
-            cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
+            points = np.round(np.clip(points, 0, [width - 1, height - 1]))  # whole pixels, as drawn
             regions.append(("polygon", points))
+        # the damaged pixels: the region rasterised by the same rule as the truth masks
+        mask = rasterize_annotators([[{"type": regions[-1][0], "points": regions[-1][1]}]], width, height)[0]
         if mask.any():
             _damage(array, mask.astype(bool), strength, rng)
     bbox_info = _annotate(rng, regions, width, height, strength)

@@ -38,8 +38,6 @@ import numpy as np
 
 from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
 
-# the baseline heatmap levels: 1..4 annotators -> 64, 127, 180, 255
-_VOTE_LEVELS = (64, 127, 180, 255)
 _PRESET_LR = {"tiny": 3e-3, "hnu-vpai": 1e-4, "em-rahf": 2e-5}
 
 
@@ -177,15 +175,27 @@ def _subsample(split, limit: int | None, seed: int):
     return split.shuffle(seed=seed).select(range(limit))
 
 
-def _heatmap_array(value, name: str, size: int) -> np.ndarray:
+def _heatmap_array(row: dict[str, Any], size: int) -> np.ndarray:
+    """The row's training heatmap (uint8 levels) at ``size`` x ``size``: its ``heatmap`` column, or,
+    when that is stored at another size, the baseline heatmap made afresh from its ``shapes``."""
     from PIL import Image
 
+    value = row.get("heatmap")
     if value is None:
         return np.zeros((size, size), np.uint8)
     image = value if isinstance(value, Image.Image) else Image.open(value)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.NEAREST)
-    return np.asarray(image.convert("L"), dtype=np.uint8)
+    if image.size == (size, size):
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    from ..data.masks import baseline_heatmap
+
+    try:
+        return baseline_heatmap(row, size=(size, size))
+    except ValueError as exc:
+        raise UserInputError(
+            f"image {row.get('image_name', '?')!r}: the heatmap column is {image.size[0]}x{image.size[1]}, not the "
+            f"model's {size}x{size}, and cannot be made again from the row's shapes ({exc}); prepare the dataset "
+            "with `evalmuse prepare-data`"
+        ) from exc
 
 
 class _Collator:
@@ -203,7 +213,7 @@ class _Collator:
         images, heatmaps, scores, prompts = [], [], [], []
         for row in rows:
             image = row["image"].convert("RGB")
-            heat = _heatmap_array(row.get("heatmap"), row.get("image_name", "?"), self.heatmap_size)
+            heat = _heatmap_array(row, self.heatmap_size)
             # torch's generator: seeded by set_seed in the main process and per worker by the DataLoader
             if self.train and self.hflip and float(torch.rand(())) < 0.5:
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)
@@ -250,10 +260,21 @@ def predict_split(model, split, processor, batch_size: int, device, show_progres
 
 
 def reference_masks(split, min_votes: int = 1, size: int = 512) -> list[np.ndarray]:
-    """Truth 0/1 masks at ``size`` from the ``heatmap`` column: pixels where at least ``min_votes``
-    annotators marked a problem (1 = union)."""
-    level = _VOTE_LEVELS[min_votes - 1]
-    return [(_heatmap_array(h, "", size) >= level).astype(np.uint8) for h in split["heatmap"]]
+    """Truth 0/1 masks at ``size`` x ``size`` for the official score, made from each row's ``shapes``
+    and image size by the one truth rule (:func:`evalmuse_models.data.masks.truth_maps`): pixels that
+    at least ``min_votes`` annotators marked (1 = union), bilinear resize, ``> 0``."""
+    from datasets import Image as ImageFeature
+
+    from ..data.masks import binary_mask
+
+    missing = sorted({"shapes", "image"} - set(split.column_names))
+    if missing:
+        raise UserInputError(
+            f"the truth masks are made from the 'shapes' and 'image' columns, and this split has no {missing}; "
+            "evaluate a labelled split of a prepared EvalMuse dataset"
+        )
+    rows = split.select_columns(["shapes", "image"]).cast_column("image", ImageFeature(decode=False))
+    return [binary_mask(row, min_votes=min_votes, size=(size, size)) for row in rows]
 
 
 def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: int, min_votes: int = 1):
