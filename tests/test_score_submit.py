@@ -54,3 +54,16 @@ def test_submit_cli(results, tmp_path, capsys):
     readme = (tmp_path / "s" / "structure" / "readme.txt").read_text()
     assert "runtime per image [s] : 0.50" in readme and "CPU[1] / GPU[0] : 0" in readme
     assert not (tmp_path / "s" / "alignment").exists()
+
+
+def test_a_file_mixing_two_scoring_runs_is_explained(results, tmp_path):
+    from evalmuse_models.scoring import ResultsWriter
+
+    structure_only = tmp_path / "structure.jsonl"
+    score(results.parent / "images", out=structure_only, structure=FakeStructure(), progress=False)
+    combined = tmp_path / "combined.jsonl"  # what the demo writes for its report
+    with ResultsWriter(combined) as writer:
+        writer.write([r for r in read_results(results) if r["status"] == "ok"])
+        writer.write([{**r, "id": "s_" + r["id"]} for r in read_results(structure_only) if r["status"] == "ok"])
+    with pytest.raises(UserInputError, match=r"row\(s\) were scored without --align .* mixes several scoring runs"):
+        write_submission(combined, tmp_path / "sub")

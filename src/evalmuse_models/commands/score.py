@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--prompts", help="prompts file (default: prompts.jsonl/.csv or metadata.jsonl/.csv in INPUT)")
     parser.add_argument("--config", choices=["alignment", "structure"], help="dataset config when INPUT is a dataset")
     parser.add_argument("--split", default="test", help="dataset split when INPUT is a dataset")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="data-loader worker processes decoding images (default: 0 on CPU, up to 4 on GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (auto: accelerate's device)")

@@ -11,13 +11,16 @@ def register(subparsers) -> None:
         help="write the official submission files (output.json / output.pkl, readme.txt, submission.zip)",
         description=(
             "Write <OUT>/alignment/{output.json,readme.txt,submission.zip} and/or "
-            "<OUT>/structure/{output.pkl,readme.txt,submission.zip} from a results file of `evalmuse score`."
+            "<OUT>/structure/{output.pkl,readme.txt,submission.zip} from the results file of one `evalmuse "
+            "score` run (a run with --align for the alignment track, with --structure for the structure track; "
+            "the demo's combined results.jsonl mixes two runs and is for the report)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("results", help="results .jsonl written by `evalmuse score`")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--track", default="auto", choices=["auto", "alignment", "structure", "both"])
+    parser.add_argument("--track", default="auto", choices=["auto", "alignment", "structure", "both"],
+                        help="which submission(s) to write; auto: every track the results hold")
     parser.add_argument("--runtime-per-image", type=float, help="seconds (default: measured by `evalmuse score`)")
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="readme: ran on a GPU")
@@ -25,7 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--extra-data", action="store_true", help="readme: trained with extra data")
     llm = parser.add_mutually_exclusive_group()
     llm.add_argument("--llm", dest="llm", action="store_true", default=None, help="readme: uses an LLM")
-    llm.add_argument("--no-llm", dest="llm", action="store_false")
+    llm.add_argument("--no-llm", dest="llm", action="store_false",
+                     help="readme: uses no LLM (default: from the scoring run's alignment model)")
     parser.add_argument("--description", default="", help="readme: method description")
     parser.add_argument("--allow-missing", action="store_true", help="leave out images whose scoring failed")
     parser.set_defaults(func=run)

@@ -21,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="EvalMuse-40K: train_list.json, val_list.json, test.json, <generator>/<id>.png",
         description="Write a synthetic EvalMuse-40K release into OUT_DIR.",
     )
-    align.add_argument("out_dir", metavar="OUT_DIR")
+    align.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the release")
     align.add_argument("--num-prompts", type=int, default=200, help="prompts (each drawn by every generator)")
-    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same files)")
     align.set_defaults(func=_run_alignment, _parser=align)
 
     struct = kinds.add_parser(
@@ -31,9 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="EvalMuse-Structure: train/val/test_info.json and <key>.jpg images",
         description="Write a synthetic EvalMuse-Structure release into OUT_DIR.",
     )
-    struct.add_argument("out_dir", metavar="OUT_DIR")
-    struct.add_argument("--num-images", type=int, default=300)
-    struct.add_argument("--seed", type=int, default=0)
+    struct.add_argument("out_dir", metavar="OUT_DIR", help="new folder for the release")
+    struct.add_argument("--num-images", type=int, default=300, help="images over the train, val and test splits")
+    struct.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same files)")
     struct.add_argument("--layout", choices=("subfolders", "flat"), default="subfolders",
                         help="images in train/ val/ test/ (default) or beside the JSON files")
     struct.set_defaults(func=_run_structure, _parser=struct)

@@ -25,6 +25,15 @@ def structure_key(row_id: str) -> str:
 
 
 def _usable(rows: list[dict], field: str, path: Path, allow_missing: bool) -> list[dict]:
+    other_run = [row["id"] for row in rows if row.get("status") == "ok" and field not in row]
+    if other_run and len(other_run) < len(rows) and not allow_missing:
+        flag = "--align" if field == "alignment" else "--structure"
+        raise UserInputError(
+            f"{path}: {len(other_run)} row(s) were scored without {flag} (e.g. {other_run[0]}): this file mixes "
+            "several scoring runs. Give submit the results file of one run per track (the demo writes "
+            "results_alignment.jsonl and results_structure.jsonl; its results.jsonl feeds the report), "
+            "or pass --allow-missing to leave those rows out"
+        )
     bad = [row["id"] for row in rows if row.get("status") != "ok" or field not in row]
     if bad and not allow_missing:
         shown = ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
