@@ -103,7 +103,8 @@ def test_structure_round_trip_every_column(prepared_dataset, structure_release, 
     levels = set()
     for row in dataset["train"]:
         levels |= set(np.unique(np.asarray(row["heatmap"])).tolist())
-    assert {0, 64, 127, 180} <= levels <= {0, 64, 127, 180, 255}
+    # The bilinear 512x512 resize of the baseline: the five levels, and blends at region borders.
+    assert {0, 64, 127, 180} <= levels and levels - {0, 64, 127, 180, 255}
 
 
 def test_streaming_matches_the_loaded_rows(prepared_dataset, tmp_path):

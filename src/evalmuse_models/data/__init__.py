@@ -45,10 +45,13 @@ from .export import (
 )
 from .masks import (
     HEATMAP_LEVELS,
+    TRUTH_SIZE,
+    TruthMaps,
     baseline_heatmap,
     binary_mask,
     heatmap_levels,
     rasterize_annotators,
+    truth_maps,
     vote_map,
 )
 from .structure import (
@@ -76,6 +79,7 @@ __all__ = [
     "ELEMENT_CATEGORIES",
     "HEATMAP_LEVELS",
     "STRUCTURE_SPLIT_FILES",
+    "TRUTH_SIZE",
     "AlignmentRecord",
     "Element",
     "PreparedDataset",
@@ -83,6 +87,7 @@ __all__ = [
     "Shape",
     "SkippedRecord",
     "StructureRecord",
+    "TruthMaps",
     "add_prompt_variance",
     "alignment_features",
     "baseline_heatmap",
@@ -104,5 +109,6 @@ __all__ = [
     "resolve_images",
     "split_element_key",
     "structure_features",
+    "truth_maps",
     "vote_map",
 ]

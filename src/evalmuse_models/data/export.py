@@ -561,12 +561,14 @@ def prepare_dataset(
 
 
 def _fingerprint(files: list[tuple[str, str, Path]], options: dict) -> str:
-    """Identifies a run: the raw JSON files (path, size, modification time) and the options."""
+    """Identifies a run: the raw JSON files (path, size, modification time), the options and the
+    format version (2: masks and heatmaps drawn by the organisers' rule, so a run started before
+    that change is not resumed into a mix of both)."""
     described = [
         [config, split, str(Path(path).resolve()), Path(path).stat().st_size, Path(path).stat().st_mtime_ns]
         for config, split, path in files
     ]
-    text = json.dumps({"files": described, "options": options, "version": 1}, sort_keys=True)
+    text = json.dumps({"files": described, "options": options, "version": 2}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
