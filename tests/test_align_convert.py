@@ -1,9 +1,12 @@
-"""Official FGA-BLIP2 checkpoint conversion: a state dict in the exact LAVIS layout -> HF folder."""
+"""FGA-BLIP2 checkpoint conversion: state dicts in the exact LAVIS and imscore layouts -> HF folder."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
+import stat
 
 import pytest
 import torch
@@ -147,8 +150,9 @@ def test_lavis_checkpoint_converts_losslessly(tmp_path, tiny_config, tokenizer):
     report = convert_fga_blip2(ckpt, out, preset="tiny", tokenizer=tokenizer)
 
     assert sorted(report.dropped) == sorted(
-        ["temp", "Qformer.bert.embeddings.position_ids"] + [k for k in lavis if k.startswith("Qformer.cls.")]
+        ["Qformer.bert.embeddings.position_ids"] + [k for k in lavis if k.startswith("Qformer.cls.")]
     )
+    assert report.filled == {} and report.source_format == "lavis"
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     assert (out / "configuration_evalmuse_align.py").is_file()
 
@@ -165,6 +169,9 @@ def test_lavis_checkpoint_converts_losslessly(tmp_path, tiny_config, tokenizer):
             assert torch.equal(state[name], lavis[sources[0]].float()), name
     for name, tensor in _expected_target(tiny_config, lavis).items():
         assert torch.equal(state[name], tensor.float()), name
+    # The contrastive parts are kept: temperature and both projections.
+    assert torch.equal(state["temp"], lavis["temp"]) and state["temp"].shape == ()
+    assert torch.equal(state["text_projection.weight"], lavis["text_proj.weight"])
     used = {s for sources in report.sources.values() for s in sources}
     assert used | set(report.dropped) == set(lavis)
     assert set(report.sources) == set(state)
@@ -244,3 +251,205 @@ def test_official_sizes_match_the_lavis_layout():
     assert expected["vision_model.embeddings.position_embedding"] == (1, 677, 1408)
     assert len([k for k in expected if k.endswith("crossattention.attention.key.weight")]) == 6
     assert sum(int(torch.tensor(s).prod()) for s in expected.values()) > 1_000_000_000
+
+
+def test_converted_folder_has_the_usual_permissions(tmp_path, tiny_config, tokenizer):
+    ckpt = tmp_path / "fga_blip2.pth"
+    torch.save({"model": _lavis_state_dict(tiny_config)}, ckpt)
+    old = os.umask(0o022)
+    try:
+        convert_fga_blip2(ckpt, tmp_path / "out", preset="tiny", tokenizer=tokenizer)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {"model.safetensors", "config.json", "conversion_report.json", "README.md"} <= {p.name for p in files}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o644 for p in files}
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o755 for p in out.rglob("*") if p.is_dir())
+
+
+def test_bert_sized_vocabulary_is_refused_with_the_dec_token_hint(tmp_path, tiny_config, tokenizer):
+    """SPEC: FGA-BLIP2's Q-Former has BERT's 30,522 word embeddings + [DEC]; one row short is refused."""
+    lavis = _lavis_state_dict(tiny_config)
+    rows = tiny_config.qformer_config.vocab_size
+    lavis["Qformer.bert.embeddings.word_embeddings.weight"] = lavis["Qformer.bert.embeddings.word_embeddings.weight"][:-1]
+    ckpt = tmp_path / "short_vocab.pth"
+    torch.save({"model": lavis}, ckpt)
+    with pytest.raises(UserInputError, match=rf"word_embeddings.weight: checkpoint \({rows - 1}, .*\[DEC\]"):
+        convert_fga_blip2(ckpt, tmp_path / "out", preset="tiny", tokenizer=tokenizer)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the imscore port
+
+#: Names and shapes read off imscore's ``EvalMuse`` (``src/imscore/evalmuse/{model,vit,bert}.py``): EVA ViT
+#: 1408 wide, 39 blocks, 16 heads, mlp_ratio 4.364 (6144), 364 px / 14 px patches (26 x 26 + CLS = 677),
+#: q/v biases beside a bias-free qkv; BERT Q-Former 768 wide, 30,523 words, 512 positions (a persistent
+#: ``position_ids`` buffer), cross-attention on even layers from 1408-wide keys; LM head; 32 queries; 256-wide
+#: projections; ``mask_proj`` 768-256-128-64-16-1. No ``temp``; ``decoder.bias`` is tied to ``predictions.bias``.
+IMSCORE_REAL_SHAPES = {
+    "visual_encoder.cls_token": (1, 1, 1408),
+    "visual_encoder.pos_embed": (1, 677, 1408),
+    "visual_encoder.patch_embed.proj.weight": (1408, 3, 14, 14),
+    "visual_encoder.blocks.38.attn.qkv.weight": (4224, 1408),
+    "visual_encoder.blocks.38.attn.q_bias": (1408,),
+    "visual_encoder.blocks.0.attn.v_bias": (1408,),
+    "visual_encoder.blocks.0.mlp.fc1.weight": (6144, 1408),
+    "visual_encoder.blocks.12.norm2.bias": (1408,),
+    "ln_vision.weight": (1408,),
+    "query_tokens": (1, 32, 768),
+    "Qformer.bert.embeddings.word_embeddings.weight": (30523, 768),
+    "Qformer.bert.embeddings.position_embeddings.weight": (512, 768),
+    "Qformer.bert.embeddings.position_ids": (1, 512),
+    "Qformer.bert.encoder.layer.10.crossattention.self.key.weight": (768, 1408),
+    "Qformer.bert.encoder.layer.3.attention.self.query.bias": (768,),
+    "Qformer.bert.encoder.layer.11.output_query.dense.weight": (768, 3072),
+    "Qformer.bert.encoder.layer.11.intermediate.dense.weight": (3072, 768),
+    "Qformer.cls.predictions.bias": (30523,),
+    "Qformer.cls.predictions.decoder.weight": (30523, 768),
+    "vision_proj.weight": (256, 768),
+    "text_proj.bias": (256,),
+    "itm_head.weight": (2, 768),
+    "mask_proj.layers.0.weight": (256, 768),
+    "mask_proj.layers.8.weight": (1, 16),
+}
+IMSCORE_REAL_ABSENT = (
+    "temp",
+    "Qformer.cls.predictions.decoder.bias",  # stored once, as Qformer.cls.predictions.bias
+    "Qformer.bert.encoder.layer.1.crossattention.self.key.weight",  # odd layers have no cross-attention
+    "visual_encoder.blocks.0.attn.qkv.bias",
+)
+
+
+def _imscore_state_dict(config: EvalMuseAlignConfig, seed: int = 0, tied_bias_twice: bool = False):
+    """Tensors named and shaped like imscore's saved ``EvalMuse``: LAVIS's module tree without ``temp``,
+    saved by safetensors' ``save_model`` (the tied LM-head bias once, the ``position_ids`` buffer kept)."""
+    state = _lavis_state_dict(config, seed)
+    del state["temp"]
+    if not tied_bias_twice:
+        del state["Qformer.cls.predictions.decoder.bias"]
+    else:
+        state["Qformer.cls.predictions.decoder.bias"] = state["Qformer.cls.predictions.bias"].clone()
+    return state
+
+
+def test_imscore_layout_has_the_real_names_and_shapes():
+    from evalmuse_models.convert import lavis_to_hf_state_dict
+
+    config = EvalMuseAlignConfig.from_preset("fga-blip2")
+    with torch.device("meta"):
+        imscore = _imscore_state_dict(config)
+        model = EvalMuseAlignModel(config)
+    for name, shape in IMSCORE_REAL_SHAPES.items():
+        assert tuple(imscore[name].shape) == shape, name
+    assert not set(IMSCORE_REAL_ABSENT) & set(imscore)
+    # imscore 0.0.11's EvalMuse state dict has 866 entries; safetensors stores the tied bias once: 865.
+    assert len(imscore) == 865
+    converted, _, dropped, unknown = lavis_to_hf_state_dict(imscore)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert not unknown and set(dropped) == {k for k in imscore if k.startswith("Qformer.cls.")} | {
+        "Qformer.bert.embeddings.position_ids"
+    }
+    assert set(expected) - set(converted) == {"temp"}  # the only tensor the port lacks
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: s for k, s in expected.items() if k != "temp"}
+
+
+@pytest.mark.parametrize("layout", ["folder", "file", "tied_bias_twice"])
+def test_imscore_port_converts_every_tensor_unchanged(tmp_path, tiny_config, tokenizer, processor_images, layout):
+    from safetensors.torch import save_file
+
+    imscore = _imscore_state_dict(tiny_config, seed=3, tied_bias_twice=layout == "tied_bias_twice")
+    src = tmp_path / "evalmuse"
+    src.mkdir()
+    save_file(imscore, src / "model.safetensors")
+    (src / "README.md").write_text("imscore port")
+    target = src / "model.safetensors" if layout == "file" else src
+    out = tmp_path / "converted"
+    report = convert_fga_blip2(target, out, preset="tiny", tokenizer=tokenizer, source="imscore")
+
+    assert report.source_format == "imscore" and set(report.filled) == {"temp"}
+    model = EvalMuseAlignModel.from_pretrained(out).eval()
+    state = model.state_dict()
+    used = set()
+    for name, sources in report.sources.items():
+        used.update(sources)
+        if len(sources) == 1:
+            assert torch.equal(state[name], imscore[sources[0]]), name
+    for name, tensor in _expected_target(tiny_config, imscore).items():
+        assert torch.equal(state[name], tensor), name
+    assert used | set(report.dropped) == set(imscore)
+    assert set(report.sources) | set(report.filled) == set(state)
+    assert math.isnan(float(state["temp"]))
+    assert json.loads((out / "conversion_report.json").read_text())["filled"]["temp"].startswith("not in the imscore")
+    assert "imscore" in (out / "README.md").read_text()
+
+    # Every score but the temperature-scaled ITC logit is complete: the mask head and ITM head are the port's.
+    images, prompts = processor_images
+    [itm] = model.score(images[:1], prompts[:1], elements=[["red cube (object)"]])
+    assert math.isfinite(itm["overall"]) and math.isfinite(itm["elements"]["red cube (object)"])
+    [itc] = model.score(images[:1], prompts[:1], match_head="itc")
+    assert math.isfinite(itc["itc_score"]) and math.isnan(itc["itc_logit"])
+
+
+@pytest.fixture(scope="module")
+def processor_images():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))], ["a red cube on the table"]
+
+
+def test_imscore_port_problems_are_refused(tmp_path, tiny_config, tokenizer):
+    from safetensors.torch import save_file
+
+    def convert(src):
+        return convert_fga_blip2(src, tmp_path / "out", preset="tiny", tokenizer=tokenizer, source="imscore")
+
+    partial = _imscore_state_dict(tiny_config)
+    last = 2 * len(tiny_config.mask_head_hidden_sizes)
+    del partial[f"mask_proj.layers.{last}.weight"]
+    partial["extra_head.weight"] = torch.zeros(3)
+    (tmp_path / "partial").mkdir()
+    save_file(partial, tmp_path / "partial" / "model.safetensors")
+    with pytest.raises(UserInputError, match=rf"(?s)mask_proj\.layers\.{last}\.weight.*extra_head\.weight"):
+        convert(tmp_path / "partial")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="no \\*.safetensors"):
+        convert(tmp_path / "empty")
+    (tmp_path / "broken.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserInputError, match="broken.safetensors"):
+        convert(tmp_path / "broken.safetensors")
+    torch.save({"model": {}}, tmp_path / "fga_blip2.pth")
+    with pytest.raises(UserInputError, match="model.safetensors"):
+        convert(tmp_path / "fga_blip2.pth")
+    (tmp_path / "badconfig").mkdir()
+    save_file(_imscore_state_dict(tiny_config), tmp_path / "badconfig" / "model.safetensors")
+    (tmp_path / "badconfig" / "config.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="config.json"):
+        convert(tmp_path / "badconfig")
+    with pytest.raises(UserInputError, match="does not exist"):
+        convert(tmp_path / "nowhere")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert_from_imscore(tmp_path, tiny_config, tokenizer, capsys):
+    from safetensors.torch import save_file
+
+    src = tmp_path / "evalmuse"
+    src.mkdir()
+    save_file(_imscore_state_dict(tiny_config), src / "model.safetensors")
+    tokenizer.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "out"
+    rc = cli_main(["convert", "fga-blip2", "--from", "imscore", str(src), str(out), "--preset", "tiny",
+                   "--tokenizer", str(tmp_path / "tok")])
+    assert rc == 0, capsys.readouterr().err
+    assert "filled temp" in capsys.readouterr().out
+    assert math.isnan(float(EvalMuseAlignModel.from_pretrained(out).temp))
+    # Without --from imscore the safetensors file is refused, pointing at the option.
+    rc = cli_main(["convert", "fga-blip2", str(src / "model.safetensors"), str(tmp_path / "x"), "--preset", "tiny",
+                   "--tokenizer", str(tmp_path / "tok")])
+    assert rc == 2 and "--from imscore" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,6 +1,7 @@
 """``evalmuse convert``: official checkpoints -> Hugging Face folders.
 
     evalmuse convert fga-blip2 fga_blip2.pth OUT_DIR [--blip2-base DIR] [--tokenizer NAME_OR_DIR]
+    evalmuse convert fga-blip2 --from imscore IMSCORE_DIR_OR_SAFETENSORS OUT_DIR
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ def register(subparsers) -> None:
 
     fga = targets.add_parser(
         "fga-blip2",
-        help="the official FGA-BLIP2 (LAVIS) checkpoint -> EvalMuseAlignModel",
+        help="the official FGA-BLIP2 (LAVIS) checkpoint, or its imscore port -> EvalMuseAlignModel",
         description=(
-            "Rename every tensor of the official LAVIS checkpoint ({'model': state_dict}) to EvalMuseAlignModel "
-            "names and write config, safetensors weights, processor and model card. Refuses to write when a "
-            "tensor is missing or unexpected."
+            "Rename every tensor of the official LAVIS checkpoint ({'model': state_dict}), or of the imscore "
+            "safetensors port (--from imscore), to EvalMuseAlignModel names and write config, safetensors "
+            "weights, processor and model card. Refuses to write when a tensor is missing or unexpected. The "
+            "imscore port has no contrastive temperature: it is filled with NaN and reported."
         ),
     )
-    fga.add_argument("checkpoint", help="the official fga_blip2.pth")
+    fga.add_argument(
+        "checkpoint",
+        help="the official fga_blip2.pth; with --from imscore, the port's folder (model.safetensors) or that file",
+    )
     fga.add_argument("output_dir", help="folder to write")
     fga.add_argument(
         "--blip2-base",
@@ -38,6 +43,13 @@ def register(subparsers) -> None:
     fga.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
     fga.add_argument("--preset", default="fga-blip2", help="architecture preset (default: fga-blip2)")
     fga.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    fga.add_argument(
+        "--from",
+        dest="source",
+        default="lavis",
+        choices=["lavis", "imscore"],
+        help="format of CHECKPOINT: the official LAVIS pickle, or the imscore safetensors port (RE-N-Y/evalmuse)",
+    )
     fga.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     fga.set_defaults(func=_run_fga_blip2, _parser=fga)
 
@@ -66,6 +78,7 @@ def _run_fga_blip2(args: argparse.Namespace) -> int:
             tokenizer=tokenizer,
             dtype=args.dtype,
             overwrite=args.overwrite,
+            source=args.source,
         )
     except (UserInputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

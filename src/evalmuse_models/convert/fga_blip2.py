@@ -1,4 +1,5 @@
-"""Convert the official FGA-BLIP2 checkpoint (LAVIS ``fga_blip2.pth``) to an ``EvalMuseAlignModel`` folder.
+"""Convert the official FGA-BLIP2 checkpoint (LAVIS ``fga_blip2.pth``), or the imscore safetensors port of it,
+to an ``EvalMuseAlignModel`` folder.
 
 The official checkpoint is a torch pickle ``{"model": state_dict, ...}`` with LAVIS names. Every tensor is
 renamed to this model's names (the same renames as transformers' BLIP-2 conversion):
@@ -21,10 +22,22 @@ LAVIS                                                   EvalMuseAlignModel
 ``Qformer.bert.encoder.layer.N.*.self.*``               ``qformer.encoder.layer.N.*.attention.*`` (rest unchanged)
 ``vision_proj`` / ``text_proj`` / ``itm_head``          ``vision_projection`` / ``text_projection`` / ``itm_head``
 ``mask_proj.layers.{0,2,4,6,8}``                        ``mask_proj.layers.{0,2,4,6,8}``
+``temp``                                                ``temp`` (contrastive temperature, for ``itc_logits``)
 ======================================================  ====================================================
 
 Not carried over, by design (listed in the report): ``Qformer.cls.*`` (the BERT LM head, unused by image-text
-matching), ``temp`` (the contrastive temperature) and ``Qformer.bert.embeddings.position_ids`` (a buffer).
+matching) and ``Qformer.bert.embeddings.position_ids`` (a buffer). The Q-Former word embeddings have 30,523
+rows (BERT's 30,522 + ``[DEC]``), like the ``fga-blip2`` preset.
+
+The imscore port (Hub ``RE-N-Y/evalmuse``: ``imscore.evalmuse.model.EvalMuse`` saved by
+``PyTorchModelHubMixin`` as ``model.safetensors``) keeps the LAVIS module names and shapes, so the same
+table applies (``source="imscore"``). It differs in three ways: it has no ``temp`` (filled with NaN and
+listed in the report's ``filled``: ``itc_logits`` are then NaN, while ``itc_similarity``, ``itc_score``
+and every ITM score are complete), its ``position_ids`` buffer is stored (dropped as above), and the LM
+head's ``decoder.bias``, tied to ``Qformer.cls.predictions.bias``, is stored once (either name is
+accepted and dropped). Its ``mask_proj`` is FGA-BLIP2's (imscore applies no sigmoid in its own forward;
+the weights are the same), and ``itm_head`` scores every token, so element scores are as complete as
+with the official checkpoint, although imscore itself only computes the overall score.
 
 LAVIS drops frozen parameters when it saves a checkpoint, so a checkpoint trained with a frozen ViT may lack
 ``visual_encoder.*``: ``blip2_base`` (a transformers BLIP-2 folder such as ``blip2-itm-vit-g-coco``, or a
@@ -47,8 +60,16 @@ from ..utils import UserInputError, atomic_directory, atomic_write_text
 #: LAVIS tensors that have no counterpart in the alignment model (and why).
 DROPPED_PREFIXES = {
     "Qformer.cls.": "BERT language-model head (not used for image-text matching)",
-    "temp": "image-text contrastive temperature (not used for image-text matching)",
     "Qformer.bert.embeddings.position_ids": "position-id buffer (rebuilt by the model)",
+}
+
+#: Where the weights come from: the official LAVIS pickle or the imscore safetensors port.
+SOURCES = ("lavis", "imscore")
+
+#: Model tensors the imscore port does not hold, and what the conversion puts there instead.
+IMSCORE_ABSENT = {
+    "temp": "not in the imscore port: set to NaN, so itc_logits (similarity / temp) are NaN; itc_similarity, "
+    "itc_score and the ITM scores do not use it",
 }
 
 _VIT_BLOCK = re.compile(r"^visual_encoder\.blocks\.(\d+)\.(.+)$")
@@ -73,6 +94,7 @@ _DIRECT_RENAMES = {
     "ln_vision.weight": "vision_model.post_layernorm.weight",
     "ln_vision.bias": "vision_model.post_layernorm.bias",
     "query_tokens": "query_tokens",
+    "temp": "temp",
     "Qformer.bert.embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
     "Qformer.bert.embeddings.position_embeddings.weight": "embeddings.position_embeddings.weight",
     "Qformer.bert.embeddings.LayerNorm.weight": "qformer.layernorm.weight",
@@ -95,6 +117,8 @@ class ConversionReport:
     dropped: dict[str, str] = field(default_factory=dict)
     interpolated: list[str] = field(default_factory=list)
     sources: dict[str, list[str]] = field(default_factory=dict)
+    filled: dict[str, str] = field(default_factory=dict)
+    source_format: str = "lavis"
     output_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +129,8 @@ class ConversionReport:
             f"converted {len(self.converted)} tensors from the checkpoint, {len(self.from_base)} from the BLIP-2 base",
             f"dropped {len(self.dropped)} LAVIS tensors not used by the alignment model",
         ]
+        for name, reason in self.filled.items():
+            lines.append(f"filled {name}: {reason}")
         if self.interpolated:
             lines.append(f"interpolated position embeddings: {', '.join(self.interpolated)}")
         if self.output_dir:
@@ -185,6 +211,11 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise UserInputError(f"checkpoint {path} does not exist; pass the path of the official fga_blip2.pth")
+    if path.suffix == ".safetensors":
+        raise UserInputError(
+            f"{path} is a safetensors file, not the official LAVIS pickle; for the imscore port pass --from imscore "
+            "(source='imscore')"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -198,6 +229,48 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return state_dict
 
 
+def _read_safetensors(files: list[Path]) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    tensors: dict[str, Any] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
+                    if key in tensors:
+                        raise UserInputError(f"{file}: tensor {key!r} is also in another *.safetensors file")
+                    tensors[key] = handle.get_tensor(key)
+        except UserInputError:
+            raise
+        except Exception as error:
+            raise UserInputError(f"could not read {file} as safetensors ({error})") from error
+    return tensors
+
+
+def _load_imscore(path: Path) -> dict[str, Any]:
+    """The imscore port: a folder holding ``model.safetensors`` (as ``PyTorchModelHubMixin`` saves it; a
+    ``config.json`` beside it is optional, imscore's ``EvalMuse`` takes no arguments) or the file itself."""
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise UserInputError(f"{path}: --from imscore needs the port's model.safetensors (or its folder)")
+        files = [path]
+    elif path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise UserInputError(f"{path} holds no *.safetensors; pass the folder of the imscore port (RE-N-Y/evalmuse)")
+        config_file = path / "config.json"
+        if config_file.is_file():
+            try:
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise UserInputError(f"{config_file} is not valid JSON ({error})") from error
+            if not isinstance(config, dict):
+                raise UserInputError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    else:
+        raise UserInputError(f"{path} does not exist; pass the imscore port's folder or its model.safetensors")
+    return _read_safetensors(files)
+
+
 def _load_base(path: Path) -> dict[str, Any]:
     """Vision tensors of a BLIP-2 base: a transformers folder (``vision_model.*``) or a LAVIS ``.pth``."""
     if path.is_file():
@@ -205,19 +278,12 @@ def _load_base(path: Path) -> dict[str, Any]:
         return {k: v for k, v in converted.items() if k.startswith("vision_model.")}
     if not path.is_dir():
         raise UserInputError(f"--blip2-base {path} is neither a folder nor a file")
-    from safetensors import safe_open
-
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise UserInputError(
             f"--blip2-base {path} holds no *.safetensors; pass a transformers BLIP-2 folder (e.g. blip2-itm-vit-g-coco)"
         )
-    tensors: dict[str, Any] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open is not iterable
-                if key.startswith("vision_model."):
-                    tensors[key] = handle.get_tensor(key)
+    tensors = {key: t for key, t in _read_safetensors(files).items() if key.startswith("vision_model.")}
     if not tensors:
         raise UserInputError(f"--blip2-base {path}: no vision_model.* tensors found")
     return tensors
@@ -254,11 +320,13 @@ def convert_fga_blip2(
     tokenizer_name_or_path: str | None = None,
     dtype: str = "float32",
     overwrite: bool = False,
+    source: str = "lavis",
 ) -> ConversionReport:
-    """Convert ``fga_blip2.pth`` to a safetensors folder that ``AutoModel.from_pretrained`` loads.
+    """Convert ``fga_blip2.pth`` (or the imscore port) to a safetensors folder that ``AutoModel.from_pretrained`` loads.
 
     Args:
-        checkpoint: the official LAVIS checkpoint (``{"model": state_dict}``), read with ``weights_only=True``.
+        checkpoint: the official LAVIS checkpoint (``{"model": state_dict}``), read with ``weights_only=True``;
+            with ``source="imscore"``, the imscore port's folder (``model.safetensors``) or that file.
         output_dir: the folder to write (config, weights, remote code, processor, model card, report).
         blip2_base: optional BLIP-2 base (transformers folder or LAVIS ``.pth``) for vision tensors the
             checkpoint lacks (LAVIS omits frozen parameters).
@@ -266,6 +334,8 @@ def convert_fga_blip2(
         tokenizer / tokenizer_name_or_path: the processor's tokenizer (default ``bert-base-uncased`` + ``[DEC]``).
         dtype: dtype of the written weights (``float32``, ``float16``, ``bfloat16``).
         overwrite: replace an existing ``output_dir``.
+        source: ``"lavis"`` (the official checkpoint) or ``"imscore"`` (its safetensors port, Hub
+            ``RE-N-Y/evalmuse``; it has no ``temp``: see the module docstring).
 
     Raises:
         UserInputError: unreadable checkpoint, tensors missing or unexpected, shape mismatch, existing output.
@@ -274,6 +344,7 @@ def convert_fga_blip2(
 
         report = convert_fga_blip2("fga_blip2.pth", "evalmuse-align", blip2_base="blip2-itm-vit-g-coco")
         print(report.summary())
+        convert_fga_blip2("evalmuse-imscore/", "evalmuse-align-imscore", source="imscore")
     """
     import torch
 
@@ -290,14 +361,22 @@ def convert_fga_blip2(
         raise UserInputError(f"output folder {output_dir} already exists; choose another one or pass --overwrite")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise UserInputError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    if source not in SOURCES:
+        raise UserInputError(f"source must be one of {SOURCES}, got {source!r}")
     checkpoint = Path(checkpoint)
     config = EvalMuseAlignConfig.from_preset(preset, **dict(config_overrides or {}))
 
-    report = ConversionReport()
-    converted, sources, dropped, unknown = lavis_to_hf_state_dict(_load_checkpoint(checkpoint))
+    report = ConversionReport(source_format=source)
+    state_dict = _load_checkpoint(checkpoint) if source == "lavis" else _load_imscore(checkpoint)
+    converted, sources, dropped, unknown = lavis_to_hf_state_dict(state_dict)
     report.dropped = dropped
     report.sources = sources
     report.converted = sorted(converted)
+    if source == "imscore":
+        for name, reason in IMSCORE_ABSENT.items():
+            if name not in converted:
+                converted[name] = torch.tensor(float("nan"))
+                report.filled[name] = reason
 
     with torch.device("meta"):
         model = EvalMuseAlignModel(config)
@@ -327,12 +406,19 @@ def convert_fga_blip2(
             converted[name] = _interpolate_position_embedding(converted[name], expected[name])
             report.interpolated.append(f"{name} {shape} -> {expected[name]}")
             continue
-        mismatched.append(f"{name}: checkpoint {shape} vs model {expected[name]}")
+        hint = ""
+        if name == "embeddings.word_embeddings.weight":
+            hint = (
+                f" (the Q-Former vocabulary: FGA-BLIP2's has {expected[name][0]:,} rows, BERT's 30,522 + [DEC]; "
+                "set qformer_config.vocab_size to the checkpoint's rows if it really has another tokenizer)"
+            )
+        mismatched.append(f"{name}: checkpoint {shape} vs model {expected[name]}{hint}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches: {'; '.join(sorted(mismatched)[:20])}")
     if problems:
         raise UserInputError(
-            f"{checkpoint} does not match the {preset!r} architecture, nothing written:\n- " + "\n- ".join(problems)
+            f"{checkpoint} ({source}) does not match the {preset!r} architecture, nothing written:\n- "
+            + "\n- ".join(problems)
         )
 
     target_dtype = getattr(torch, dtype)
@@ -371,7 +457,12 @@ def convert_fga_blip2(
                 tags=["evalmuse", "text-to-image-evaluation", "image-text-matching", "fga-blip2"],
             ),
             preset=preset,
-            source=f"converted from the official FGA-BLIP2 checkpoint `{checkpoint.name}`",
+            source=(
+                f"converted from the official FGA-BLIP2 checkpoint `{checkpoint.name}`"
+                if source == "lavis"
+                else f"converted from the imscore safetensors port of FGA-BLIP2 (`{checkpoint.name}`); that port has "
+                "no contrastive temperature `temp`, so `itc_logits` are NaN (every other score is complete)"
+            ),
             num_parameters=sum(int(t.numel()) for t in state.values()),
             metrics=None,
         )
@@ -381,4 +472,11 @@ def convert_fga_blip2(
     return report
 
 
-__all__ = ["DROPPED_PREFIXES", "ConversionReport", "convert_fga_blip2", "lavis_to_hf_state_dict"]
+__all__ = [
+    "DROPPED_PREFIXES",
+    "IMSCORE_ABSENT",
+    "SOURCES",
+    "ConversionReport",
+    "convert_fga_blip2",
+    "lavis_to_hf_state_dict",
+]

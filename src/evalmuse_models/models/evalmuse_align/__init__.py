@@ -11,19 +11,26 @@ from __future__ import annotations
 
 from .configuration_evalmuse_align import LOSS_WEIGHTINGS, PRESETS, EvalMuseAlignConfig
 from .modeling_evalmuse_align import (
+    DEFAULT_ITC_TEMPERATURE,
+    MATCH_HEADS,
     EvalMuseAlignMaskHead,
     EvalMuseAlignModel,
     EvalMuseAlignOutput,
     EvalMuseAlignPreTrainedModel,
+    vision_autocast_context,
 )
 from .processing_evalmuse_align import (
     DEFAULT_TOKENIZER,
+    ELEMENT_KEY_RULES,
+    IMAGE_ALPHA_MODES,
+    TEXT_TRUNCATIONS,
     EvalMuseAlignProcessor,
     build_tiny_processor,
     build_tiny_tokenizer,
     clean_prompt,
     element_phrase,
     find_sublist,
+    load_rgb_image,
 )
 
 
@@ -35,9 +42,14 @@ def register() -> None:
 
 
 __all__ = [
+    "DEFAULT_ITC_TEMPERATURE",
     "DEFAULT_TOKENIZER",
+    "ELEMENT_KEY_RULES",
+    "IMAGE_ALPHA_MODES",
     "LOSS_WEIGHTINGS",
+    "MATCH_HEADS",
     "PRESETS",
+    "TEXT_TRUNCATIONS",
     "EvalMuseAlignConfig",
     "EvalMuseAlignMaskHead",
     "EvalMuseAlignModel",
@@ -49,5 +61,7 @@ __all__ = [
     "clean_prompt",
     "element_phrase",
     "find_sublist",
+    "load_rgb_image",
     "register",
+    "vision_autocast_context",
 ]

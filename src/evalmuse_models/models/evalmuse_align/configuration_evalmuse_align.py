@@ -113,6 +113,9 @@ class EvalMuseAlignConfig(PreTrainedConfig):
         token_loss_weight (`float`, defaults to 0.1), mask_loss_weight (`float`, defaults to 0.1):
             weights of the token-score and element-mask terms.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear/embedding weights.
+        vision_autocast (`bool`, defaults to `False`): run the image encoder under fp16 autocast on CUDA, as
+            the official code does (LAVIS ``maybe_autocast``); a no-op on any other device. ``score()`` and
+            ``forward()`` take the same argument for one call.
 
     Example:
 
@@ -138,6 +141,7 @@ class EvalMuseAlignConfig(PreTrainedConfig):
     mask_loss_weight: float = 0.1
     initializer_range: float = 0.02
     initializer_factor: float = 1.0
+    vision_autocast: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -11,11 +11,18 @@ The model composes transformers' BLIP-2 building blocks (``Blip2VisionModel``, `
 * ``mask_proj``: an MLP with sigmoid output run on the text-only Q-Former pass, predicting which
   prompt tokens belong to elements (a training signal).
 
+``match_head="itc"`` gives the official contrastive read-out instead (FGA-BLIP2 ``forward(match_head="itc")``):
+the query-only pass (queries cross-attending to the image) and the text-only pass are projected
+(``vision_projection`` / ``text_projection``) and L2-normalised; the similarity is the MAX over the query
+tokens of the cosine with the text's CLS feature, the official ITC score is ``5 * similarity`` and
+``similarity / temp`` is BLIP-2's contrastive logit.
+
 This module imports only torch, transformers and its sibling files, so it ships as remote code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Sequence
@@ -65,6 +72,14 @@ class EvalMuseAlignOutput(ModelOutput):
             ITM logits of every token of the joint pass.
         image_embeds (`torch.FloatTensor` of shape `(batch_size, num_patches + 1, vision_hidden_size)`):
             the vision features the Q-Former attends to (after the post-encoder LayerNorm).
+        itc_similarity (`torch.FloatTensor` of shape `(batch_size,)`, *optional*, with ``match_head="itc"``):
+            max over the query tokens of the cosine between the projected query feature and the projected
+            CLS feature of the text-only pass.
+        itc_score (`torch.FloatTensor` of shape `(batch_size,)`, *optional*, with ``match_head="itc"``):
+            ``5 * itc_similarity``: what the official ``forward(match_head="itc", inference=True)`` returns.
+        itc_logits (`torch.FloatTensor` of shape `(batch_size,)`, *optional*, with ``match_head="itc"``):
+            ``itc_similarity / temp``: BLIP-2's image-text contrastive logit (NaN when ``temp`` is unknown,
+            e.g. a model converted from a port that did not keep it).
     """
 
     loss: torch.FloatTensor | None = None
@@ -75,6 +90,24 @@ class EvalMuseAlignOutput(ModelOutput):
     element_mask_prediction: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
+    itc_similarity: torch.FloatTensor | None = None
+    itc_score: torch.FloatTensor | None = None
+    itc_logits: torch.FloatTensor | None = None
+
+
+#: ``match_head`` values of ``forward`` / ``score``: the image-text matching head (FGA-BLIP2's scores) or the
+#: contrastive read-out.
+MATCH_HEADS = ("itm", "itc")
+#: BLIP-2's initial contrastive temperature (LAVIS ``Blip2Qformer``: ``0.07 * torch.ones([])``).
+DEFAULT_ITC_TEMPERATURE = 0.07
+
+
+def vision_autocast_context(device: torch.device | str, enabled: bool):
+    """The official ``maybe_autocast`` for the image encoder: fp16 autocast on CUDA when ``enabled``, no
+    context elsewhere (on CPU the official code runs in fp32, and so do we)."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 class EvalMuseAlignMaskLinear(nn.Linear):
@@ -142,6 +175,7 @@ class EvalMuseAlignPreTrainedModel(PreTrainedModel):
         elif isinstance(module, EvalMuseAlignModel):
             # LAVIS draws the query tokens from N(0, initializer_range).
             init.normal_(module.query_tokens, mean=0.0, std=std)
+            init.constant_(module.temp, DEFAULT_ITC_TEMPERATURE)
 
 
 class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
@@ -175,6 +209,9 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         self.text_projection = nn.Linear(config.qformer_config.hidden_size, config.image_text_hidden_size)
         self.itm_head = nn.Linear(config.qformer_config.hidden_size, 2)
         self.mask_proj = EvalMuseAlignMaskHead(config.qformer_config.hidden_size, config.mask_head_hidden_sizes)
+        # BLIP-2's contrastive temperature (LAVIS ``temp``), kept with the weights for ``itc_logits``. A buffer:
+        # FGA-BLIP2's loss does not train it.
+        self.register_buffer("temp", torch.full((), DEFAULT_ITC_TEMPERATURE))
         self.post_init()
 
     # ------------------------------------------------------------------ embeddings
@@ -212,14 +249,41 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         """Run the image encoder; ``last_hidden_state`` is what the Q-Former cross-attends to."""
         return self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
 
-    def predict_element_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask_proj`` on the text-only Q-Former pass: P(token belongs to an element), `(batch, length)`."""
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The text-only Q-Former pass (no queries, no image): `(batch, length, hidden)`."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_embeds = self.embeddings(input_ids=input_ids)
-        text_output = self.qformer(query_embeds=text_embeds, query_length=0, attention_mask=attention_mask)
-        hidden = text_output.last_hidden_state.to(self.mask_proj.layers[0].weight.dtype)
-        return self.mask_proj(hidden)
+        return self.qformer(query_embeds=text_embeds, query_length=0, attention_mask=attention_mask).last_hidden_state
+
+    def predict_element_mask(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        text_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``mask_proj`` on the text-only Q-Former pass: P(token belongs to an element), `(batch, length)`."""
+        if text_hidden is None:
+            text_hidden = self.get_text_features(input_ids, attention_mask)
+        return self.mask_proj(text_hidden.to(self.mask_proj.layers[0].weight.dtype))
+
+    def image_text_contrastive(self, image_embeds: torch.Tensor, text_hidden: torch.Tensor) -> torch.Tensor:
+        """The official ITC similarity: max over the query tokens of the cosine between the projected,
+        normalised query features (query-only pass over ``image_embeds``) and the projected, normalised CLS
+        feature of the text-only pass (``text_hidden``). Returns `(batch,)`."""
+        batch_size = image_embeds.shape[0]
+        query_tokens = self.query_tokens.expand(batch_size, -1, -1)
+        image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        query_output = self.qformer(
+            query_embeds=query_tokens,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_attention_mask,
+        ).last_hidden_state
+        dtype = self.vision_projection.weight.dtype
+        image_feats = nn.functional.normalize(self.vision_projection(query_output.to(dtype)), dim=-1)
+        text_feat = nn.functional.normalize(self.text_projection(text_hidden[:, 0, :].to(dtype)), dim=-1)
+        similarities = torch.bmm(image_feats, text_feat.unsqueeze(-1)).squeeze(-1)
+        return similarities.float().max(dim=1).values
 
     def forward(
         self,
@@ -235,6 +299,8 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         predict_element_mask: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
+        match_head: str = "itm",
+        vision_autocast: bool | None = None,
         **kwargs: Any,
     ) -> EvalMuseAlignOutput | tuple:
         r"""
@@ -256,6 +322,11 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             image_embeds (`torch.FloatTensor`, *optional*): precomputed vision features (skips the encoder).
             predict_element_mask (`bool`, *optional*, defaults to `True`): run ``mask_proj`` on the text-only
                 Q-Former pass (``score`` turns it off: it is a training signal).
+            match_head (`str`, defaults to `"itm"`): ``"itm"``: the FGA-BLIP2 scores (overall, tokens,
+                elements, loss); ``"itc"``: the contrastive read-out only (``itc_similarity``, ``itc_score``,
+                ``itc_logits``), like the official ``forward(match_head="itc")``.
+            vision_autocast (`bool`, *optional*, defaults to ``config.vision_autocast``): run the image encoder
+                under fp16 autocast on CUDA, as the official code does; a no-op on other devices.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if input_ids is None:
@@ -264,13 +335,30 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if predict_element_mask is None:
             predict_element_mask = True
+        if match_head not in MATCH_HEADS:
+            raise ValueError(f"match_head must be one of {MATCH_HEADS}, got {match_head!r}")
+        max_positions = self.config.qformer_config.max_position_embeddings
+        if input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"the prompt has {input_ids.shape[1]} tokens but the Q-Former has {max_positions} positions; "
+                "shorten it or tokenize with text_truncation='forward'"
+            )
 
         if image_embeds is None:
             if pixel_values is None:
                 raise ValueError("pass pixel_values (or precomputed image_embeds)")
-            image_embeds = self.get_image_features(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-            ).last_hidden_state
+            if vision_autocast is None:
+                vision_autocast = self.config.vision_autocast
+            with vision_autocast_context(pixel_values.device, vision_autocast):
+                image_embeds = self.get_image_features(
+                    pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+                ).last_hidden_state
+            if vision_autocast and image_embeds.dtype == torch.float16:
+                image_embeds = image_embeds.float()  # official: ``image_embeds.float()`` after the autocast
+        if match_head == "itc":
+            return self._forward_itc(
+                image_embeds, input_ids, attention_mask, element_mask, labels, predict_element_mask, return_dict
+            )
         image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
 
         batch_size = input_ids.shape[0]
@@ -326,6 +414,26 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def _forward_itc(self, image_embeds, input_ids, attention_mask, element_mask, labels, predict_element_mask,
+                     return_dict):
+        if labels is not None:
+            raise ValueError("the FGA-BLIP2 loss is defined on the ITM head: use match_head='itm' to train")
+        if element_mask is not None:
+            raise ValueError("the ITC head gives no element scores: use match_head='itm' for element scores")
+        text_hidden = self.get_text_features(input_ids, attention_mask)
+        similarity = self.image_text_contrastive(image_embeds, text_hidden)
+        mask_prediction = None
+        if predict_element_mask:
+            mask_prediction = self.predict_element_mask(input_ids, text_hidden=text_hidden).float()
+        output = EvalMuseAlignOutput(
+            element_mask_prediction=mask_prediction,
+            image_embeds=image_embeds,
+            itc_similarity=similarity,
+            itc_score=similarity * 5,
+            itc_logits=similarity / self.temp.float(),
+        )
+        return output if return_dict else output.to_tuple()
+
     def compute_loss(
         self,
         alignment_score: torch.Tensor,
@@ -367,23 +475,43 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         batch_size: int = 16,
         processor: Any = None,
         show_progress: bool | None = None,
+        match_head: str = "itm",
+        text_truncation: str | None = None,
+        vision_autocast: bool | None = None,
     ) -> list[dict]:
         """Score images against their prompts, in batches.
 
         Args:
-            images: PIL images or image paths, one per prompt.
+            images: PIL images or image paths, one per prompt (read like the official code; see the
+                processor's ``image_alpha`` and ``exif_transpose``).
             prompts: the T2I prompts (cleaned by the processor exactly like the official code).
-            elements: per image, element keys in the official ``"<phrase> (<category>)"`` form (plain
-                phrases are accepted), or `None`.
+            elements: per image, element keys in the official ``"<phrase> (<category>)"`` form, or `None`
+                (a key without ``(category)`` scores 0 as official unless the processor's
+                ``element_key_rule="plain_phrase"``).
             batch_size: images per forward pass.
             processor: an [`EvalMuseAlignProcessor`]; defaults to the one saved with the model.
             show_progress: tqdm bar (default: when there is more than one batch).
+            match_head: ``"itm"`` (FGA-BLIP2's scores) or ``"itc"`` (the official contrastive read-out; no
+                element scores).
+            text_truncation: ``"eval"`` (the whole prompt, as the official ``eval.py``) or ``"forward"``
+                (the first ``max_text_length`` = 32 tokens, as the official ``forward``). Default: ``"eval"``
+                for ``"itm"``; ``"forward"`` for ``"itc"``, which only the official ``forward`` computes.
+            vision_autocast: fp16 autocast of the image encoder on CUDA as in the official code (default:
+                ``config.vision_autocast``); a no-op on CPU.
 
         Returns:
-            one dict per image: ``{"overall": float (1-5), "elements": {key: float in [0, 1]},
+            one dict per image. ``"itm"``: ``{"overall": float (1-5), "elements": {key: float in [0, 1]},
             "token_scores": [P(match) per prompt token, CLS and SEP included], "missing_elements":
             [keys whose phrase is not a token sub-sequence of the prompt; scored 0 as official]}``.
+            ``"itc"``: ``{"itc_score": 5 x similarity (official), "itc_similarity": float in [-1, 1],
+            "itc_logit": similarity / temp}``.
         """
+        if match_head not in MATCH_HEADS:
+            raise ValueError(f"match_head must be one of {MATCH_HEADS}, got {match_head!r}")
+        if match_head == "itc" and elements is not None and any(elements):
+            raise ValueError("the ITC head gives no element scores: pass match_head='itm' to score elements")
+        if text_truncation is None:
+            text_truncation = "eval" if match_head == "itm" else "forward"
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
         if elements is not None and len(elements) != len(prompts):
@@ -407,8 +535,9 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
                 inputs = processor(
                     images=list(images[start:stop]),
                     text=list(prompts[start:stop]),
-                    elements=batch_elements,
+                    elements=batch_elements if match_head == "itm" else None,
                     return_tensors="pt",
+                    text_truncation=text_truncation,
                 )
                 outputs = self(
                     pixel_values=inputs["pixel_values"].to(device, pixel_dtype),
@@ -416,7 +545,15 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
                     attention_mask=inputs["attention_mask"].to(device),
                     element_mask=inputs["element_mask"].to(device) if "element_mask" in inputs else None,
                     predict_element_mask=False,
+                    match_head=match_head,
+                    vision_autocast=vision_autocast,
                 )
+                if match_head == "itc":
+                    for score, similarity, logit in zip(
+                        outputs.itc_score.tolist(), outputs.itc_similarity.tolist(), outputs.itc_logits.tolist()
+                    ):
+                        results.append({"itc_score": score, "itc_similarity": similarity, "itc_logit": logit})
+                    continue
                 overall = outputs.alignment_score.float().cpu().tolist()
                 token_scores = outputs.token_scores.float().cpu()
                 lengths = inputs["attention_mask"].sum(dim=1).tolist()
@@ -450,8 +587,12 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
 
         source = self.config.name_or_path
         if source:
+            # A model loaded as remote code (``trust_remote_code=True``) loads its processor the same way;
+            # otherwise transformers asks again for the processor's own remote code.
+            remote = type(self).__module__.startswith("transformers_modules")
+            options = {"trust_remote_code": True} if remote else {}
             try:
-                self._evalmuse_processor = EvalMuseAlignProcessor.from_pretrained(source)
+                self._evalmuse_processor = EvalMuseAlignProcessor.from_pretrained(source, **options)
                 return self._evalmuse_processor
             except (OSError, ValueError) as error:
                 raise ValueError(
@@ -477,8 +618,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
+    "DEFAULT_ITC_TEMPERATURE",
+    "MATCH_HEADS",
     "EvalMuseAlignMaskHead",
     "EvalMuseAlignModel",
     "EvalMuseAlignOutput",
     "EvalMuseAlignPreTrainedModel",
+    "vision_autocast_context",
 ]

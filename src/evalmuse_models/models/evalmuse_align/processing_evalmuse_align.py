@@ -1,16 +1,25 @@
 """Processor of the EvalMuse alignment model (FGA-BLIP2): image + prompt + element phrases -> tensors.
 
-* Images: resized to the model's size (364x364 for FGA-BLIP2) with PIL bicubic, rescaled to [0, 1] and
-  normalised with the CLIP mean/std (LAVIS ``blip_image_eval``), by transformers' ``BlipImageProcessorPil``.
+Every default follows the official evaluation (EvalMuse ``eval.py`` with LAVIS's processors); each place
+where another behaviour is also reasonable has a named option:
+
+* Images: a path is opened with PIL and converted with ``convert("RGB")``: no EXIF rotation
+  (``exif_transpose=True`` applies it) and any alpha channel dropped, keeping the colours stored under it
+  (``image_alpha="white"`` composites over white instead). Then a resize to the model's size (364x364 for
+  FGA-BLIP2) with PIL bicubic, rescale to [0, 1] and the CLIP mean/std (LAVIS ``blip_image_eval``), by
+  transformers' ``BlipImageProcessorPil``.
 * Prompts: the official text cleaning (LAVIS ``blip_caption``): lowercase, each of ``.!"()*#:;~`` replaced
   by a space, runs of whitespace collapsed, stripped, at most 50 words; then the BERT tokenizer
-  (``bert-base-uncased`` with ``[DEC]`` added as BOS, as in LAVIS).
+  (``bert-base-uncased`` with ``[DEC]`` added as BOS, as in LAVIS). ``text_truncation="eval"`` keeps every
+  token (``eval.py``); ``"forward"`` cuts to ``max_text_length`` (32) tokens like the model's ``forward``.
 * Elements: an element key ``"<phrase> (<category>)"`` is matched by the official rule: the phrase (the
   text before the LAST ``(``) is tokenized, CLS/SEP dropped, and its span is the FIRST exact
   sub-sequence of the prompt's token ids. Not found -> the element scores 0 (as official) and is
-  reported in ``element_found``.
+  reported in ``element_found``. A key without ``(`` has an empty phrase and so scores 0, as official;
+  ``element_key_rule="plain_phrase"`` matches such a key as a whole phrase instead.
 
-This module imports only transformers (and torch through it), so it ships as remote code.
+This module imports only transformers and PIL (which transformers' image processors need), so it ships as
+remote code.
 """
 
 from __future__ import annotations
@@ -20,17 +29,26 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from PIL import Image, ImageOps
 from transformers import BatchFeature, BertTokenizer, BlipImageProcessorPil
 from transformers.image_utils import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     PILImageResampling,
-    load_image,
 )
 from transformers.processing_utils import ProcessorMixin
 
 #: The Hub id of FGA-BLIP2's tokenizer.
 DEFAULT_TOKENIZER = "bert-base-uncased"
+
+#: ``element_key_rule`` values: ``"official"`` (the phrase is the text before the last ``(``; none -> empty
+#: phrase -> score 0) and ``"plain_phrase"`` (a key without a trailing ``(category)`` is the phrase itself).
+ELEMENT_KEY_RULES = ("official", "plain_phrase")
+#: ``image_alpha`` values: ``"drop"`` (PIL ``convert("RGB")``, official) and ``"white"`` (composite over white).
+IMAGE_ALPHA_MODES = ("drop", "white")
+#: ``text_truncation`` values: ``"eval"`` (the whole cleaned prompt, ``eval.py``) and ``"forward"`` (cut to
+#: ``max_text_length`` tokens, the model's ``forward(inference=True)``).
+TEXT_TRUNCATIONS = ("eval", "forward")
 
 _PUNCTUATION = re.compile(r"([.!\"()*#:;~])")
 _SPACES = re.compile(r"\s{2,}")
@@ -51,20 +69,57 @@ def clean_prompt(prompt: str, max_words: int = 50) -> str:
     return text
 
 
-def element_phrase(key: str) -> str:
-    """The phrase of an element key: the text before the LAST ``(`` of ``"<phrase> (<category>)"``.
+def element_phrase(key: str, rule: str = "official") -> str:
+    """The phrase of an element key ``"<phrase> (<category>)"``.
 
-    Plain phrases (no trailing ``(...)``) are returned unchanged.
+    ``rule="official"`` (``eval.py``: ``key.rpartition("(")[0]``): the text before the LAST ``(``; a key
+    without ``(`` gives an empty phrase, which is never found, so the element scores 0.
+    ``rule="plain_phrase"``: the same for keys ending in ``(...)``; any other key is its own phrase.
 
     >>> element_phrase("pig giants (animal)")
     'pig giants '
     >>> element_phrase("red cube")
+    ''
+    >>> element_phrase("red cube", rule="plain_phrase")
     'red cube'
     """
-    stripped = key.rstrip()
-    if stripped.endswith(")") and "(" in stripped:
-        return stripped.rpartition("(")[0]
-    return key
+    if rule == "official":
+        return key.rpartition("(")[0]
+    if rule == "plain_phrase":
+        stripped = key.rstrip()
+        if stripped.endswith(")") and "(" in stripped:
+            return stripped.rpartition("(")[0]
+        return key
+    raise ValueError(f"element_key_rule must be one of {ELEMENT_KEY_RULES}, got {rule!r}")
+
+
+def load_rgb_image(image: Any, image_alpha: str = "drop", exif_transpose: bool = False) -> Any:
+    """An RGB PIL image from a path or a PIL image, as the official evaluation reads it.
+
+    Official (the defaults): ``Image.open(path).convert("RGB")``: the EXIF orientation is NOT applied and an
+    alpha channel is dropped (the colours stored under transparent pixels stay). ``exif_transpose=True``
+    rotates by the EXIF orientation first; ``image_alpha="white"`` composites a transparent image over white.
+    Arrays and tensors are returned unchanged (the image processor takes them as they are).
+    """
+    if image_alpha not in IMAGE_ALPHA_MODES:
+        raise ValueError(f"image_alpha must be one of {IMAGE_ALPHA_MODES}, got {image_alpha!r}")
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image file {path!r} does not exist; pass an image path or a PIL image")
+        with Image.open(path) as opened:
+            opened.load()
+            return load_rgb_image(opened, image_alpha, exif_transpose)
+    if not isinstance(image, Image.Image):
+        return image
+    if exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    if image_alpha == "white" and has_alpha:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def find_sublist(needle: Sequence[int], haystack: Sequence[int]) -> int:
@@ -89,7 +144,14 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         image_processor (`BlipImageProcessorPil`): resize (bicubic), rescale, CLIP-normalise.
         tokenizer (`BertTokenizer`): ``bert-base-uncased`` + ``[DEC]`` for FGA-BLIP2.
         max_words (`int`, defaults to 50): prompts are cut to this many words after cleaning.
-        max_text_length (`int`, defaults to 32): length used by ``padding="max_length"`` (training).
+        max_text_length (`int`, defaults to 32): length used by ``padding="max_length"`` (training) and by
+            ``text_truncation="forward"``.
+        element_key_rule (`str`, defaults to `"official"`): how an element key gives its phrase (see
+            :func:`element_phrase`): ``"official"`` or ``"plain_phrase"`` (keys without ``(category)`` are
+            matched whole instead of scoring 0).
+        image_alpha (`str`, defaults to `"drop"`): ``"drop"`` (official ``convert("RGB")``) or ``"white"``
+            (composite transparent images over white).
+        exif_transpose (`bool`, defaults to `False`): apply the EXIF orientation (the official code does not).
 
     Example:
 
@@ -101,9 +163,26 @@ class EvalMuseAlignProcessor(ProcessorMixin):
     ```
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, max_words: int = 50, max_text_length: int = 32, **kwargs):
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        max_words: int = 50,
+        max_text_length: int = 32,
+        element_key_rule: str = "official",
+        image_alpha: str = "drop",
+        exif_transpose: bool = False,
+        **kwargs,
+    ):
+        if element_key_rule not in ELEMENT_KEY_RULES:
+            raise ValueError(f"element_key_rule must be one of {ELEMENT_KEY_RULES}, got {element_key_rule!r}")
+        if image_alpha not in IMAGE_ALPHA_MODES:
+            raise ValueError(f"image_alpha must be one of {IMAGE_ALPHA_MODES}, got {image_alpha!r}")
         self.max_words = max_words
         self.max_text_length = max_text_length
+        self.element_key_rule = element_key_rule
+        self.image_alpha = image_alpha
+        self.exif_transpose = bool(exif_transpose)
         super().__init__(_pil_image_processor(image_processor), tokenizer, **kwargs)
 
     # ------------------------------------------------------------------ construction
@@ -140,8 +219,13 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         return self.tokenizer(text, truncation=True, max_length=max_length).input_ids
 
     def element_ids(self, key: str) -> list[int]:
-        """Token ids of an element's phrase without CLS/SEP (official: ``tokenizer(phrase).input_ids[1:-1]``)."""
-        return self.tokenizer(element_phrase(key)).input_ids[1:-1]
+        """Token ids of an element's phrase without CLS/SEP (official: ``tokenizer(phrase).input_ids[1:-1]``),
+        the phrase taken by this processor's ``element_key_rule``."""
+        return self.tokenizer(element_phrase(key, self.element_key_rule)).input_ids[1:-1]
+
+    def load_image(self, image: Any) -> Any:
+        """A path or PIL image as an RGB PIL image, by this processor's ``image_alpha`` / ``exif_transpose``."""
+        return load_rgb_image(image, self.image_alpha, self.exif_transpose)
 
     def match_elements(self, prompt_ids: Sequence[int], keys: Sequence[str]) -> list[tuple[int, int] | None]:
         """Token span ``(start, end)`` of each element in ``prompt_ids``, or `None` when not found."""
@@ -163,18 +247,22 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         truncation: bool | None = None,
         max_length: int | None = None,
         clean_text: bool = True,
+        text_truncation: str | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Prepare a batch.
 
         Args:
-            images: PIL image(s) or path(s).
+            images: PIL image(s) or path(s) (read by :meth:`load_image`).
             text: prompt(s); cleaned with the official rule unless ``clean_text=False``.
-            elements: per prompt, a list of element keys (``"<phrase> (<category>)"`` or plain phrases).
+            elements: per prompt, a list of element keys ``"<phrase> (<category>)"`` (see ``element_key_rule``).
             padding, truncation, max_length: passed to the tokenizer. The official inference neither
                 truncates nor pads (one prompt at a time); padding to the longest prompt with an
                 attention mask gives the same scores. Training uses ``padding="max_length"``,
                 ``truncation=True``, ``max_length=32``.
+            text_truncation: ``"eval"`` (no truncation: the official ``eval.py``) or ``"forward"``
+                (truncate to ``max_text_length`` tokens: the model's ``forward(inference=True)``); overrides
+                ``truncation`` / ``max_length``. Elements are located in the tokens the model gets.
 
         Returns:
             `BatchFeature` with ``pixel_values``, ``input_ids``, ``attention_mask`` and, when elements are
@@ -189,6 +277,11 @@ class EvalMuseAlignProcessor(ProcessorMixin):
             if not all(isinstance(t, str) for t in texts):
                 raise ValueError("text must be a string or a list of strings")
             cleaned = [self.clean(t) if clean_text else t for t in texts]
+            if text_truncation is not None:
+                if text_truncation not in TEXT_TRUNCATIONS:
+                    raise ValueError(f"text_truncation must be one of {TEXT_TRUNCATIONS}, got {text_truncation!r}")
+                truncation = text_truncation == "forward"
+                max_length = self.max_text_length if truncation else None
             if padding == "max_length" and max_length is None:
                 max_length = self.max_text_length
             encoding = self.tokenizer(
@@ -208,9 +301,7 @@ class EvalMuseAlignProcessor(ProcessorMixin):
             raise ValueError("elements need the prompts (text=...)")
         if images is not None:
             image_list = images if isinstance(images, (list, tuple)) else [images]
-            image_list = [
-                load_image(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else image for image in image_list
-            ]
+            image_list = [self.load_image(image) for image in image_list]
             pixel_values = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
             data["pixel_values"] = pixel_values
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -344,6 +435,9 @@ def build_tiny_processor(config: Any, words: Sequence[str] | None = None) -> Eva
 
 __all__ = [
     "DEFAULT_TOKENIZER",
+    "ELEMENT_KEY_RULES",
+    "IMAGE_ALPHA_MODES",
+    "TEXT_TRUNCATIONS",
     "TINY_VOCAB_WORDS",
     "EvalMuseAlignProcessor",
     "build_tiny_processor",
@@ -351,4 +445,5 @@ __all__ = [
     "clean_prompt",
     "element_phrase",
     "find_sublist",
+    "load_rgb_image",
 ]
