@@ -11,6 +11,7 @@ families with transformers until a command runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -21,6 +22,9 @@ from .utils import UserInputError
 
 #: Errors that mean "your input is wrong", reported as one line (exit status 2) rather than a traceback.
 USER_ERRORS = (UserInputError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+#: Errors of the machine rather than of the program (full disk, permissions, read-only file system),
+#: reported as one line with exit status 1.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -75,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        # The disk or the file system refused a write (full disk, no permission, read-only): the
+        # outputs are atomic or resumable, so say what happened in one line.
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -184,6 +184,11 @@ def score(
     if batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
+    if out.exists() and not out.is_file():
+        # A device (/dev/full, /dev/stdout) or a folder: appends, truncation and resume need a regular file.
+        raise UserInputError(f"--out {out}: not a regular file; give the path of a .jsonl results file")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UserInputError(f"--out {out}: {out.parent} is not a folder")
     state = _distributed_state(device)
     torch_device, torch_dtype = resolve_device_dtype(device, dtype, state)
 
@@ -235,9 +240,9 @@ def score(
     )
     scored = errors = failed_in_a_row = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(mine), unit="img", desc=f"scoring (rank {state.process_index})" if state.num_processes > 1
-               else "scoring", disable=not (progress and state.is_local_main_process), dynamic_ncols=True)
-    with results_io.ResultsWriter(target) as writer:
+    with tqdm(total=len(mine), unit="img", desc=f"scoring (rank {state.process_index})" if state.num_processes > 1
+               else "scoring", disable=not (progress and state.is_local_main_process), dynamic_ncols=True) as bar, \
+            results_io.ResultsWriter(target) as writer:
         for batch in loader:
             readable = [item for item in batch if item["error"] is None]
             batch_start = time.perf_counter()
@@ -267,7 +272,6 @@ def score(
             writer.write(rows)
             scored += len(rows)
             bar.update(len(rows))
-    bar.close()
     seconds = time.perf_counter() - start
 
     counts = torch.tensor([scored, errors], dtype=torch.long)

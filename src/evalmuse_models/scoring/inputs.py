@@ -94,7 +94,17 @@ def find_prompts_file(folder: Path) -> Path | None:
 
 
 def _read_prompt_rows(path: Path) -> list[tuple[str, dict]]:
-    """``(where, record)`` pairs from a JSONL or CSV prompts file."""
+    """``(where, record)`` pairs from a JSONL or CSV prompts file (UTF-8)."""
+    try:
+        return _prompt_rows(path)
+    except UnicodeDecodeError as err:
+        raise UserInputError(
+            f"{path}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at position {err.start}); "
+            "save the prompts file as UTF-8"
+        ) from None
+
+
+def _prompt_rows(path: Path) -> list[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         rows = []

@@ -1,0 +1,69 @@
+"""Input and machine errors reach the user as one line, never as a traceback, and never as a file
+that grows without end."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from test_score_engine import write_image_folder
+
+from evalmuse_models.cli import main
+from evalmuse_models.scoring import results as results_io
+
+FAKE = "test_score_engine:make_fake_align"
+
+
+def _one_line_error(capsys, status, code):
+    assert status == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and not any("Traceback" in line for line in err), err
+    return err[-1]
+
+
+def test_non_utf8_prompts_file_names_the_file(tmp_path, capsys):
+    write_image_folder(tmp_path / "images", count=2, bad=False)
+    (tmp_path / "images" / "prompts.jsonl").write_bytes(b'{"image": "gen-a/000.png", "prompt": "caf\xe9"}\n')
+    line = _one_line_error(capsys, main(["score", str(tmp_path / "images"), "--out", str(tmp_path / "r.jsonl"),
+                                         "--align", FAKE]), 2)
+    assert "prompts.jsonl: not UTF-8 text" in line
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "folder"])
+def test_non_regular_output_is_refused_before_scoring(tmp_path, capsys, target):
+    # `--out /dev/full` used to grow without end (24 GB) instead of failing.
+    write_image_folder(tmp_path / "images", count=2, bad=False)
+    out = "/dev/full" if target == "/dev/full" else str(tmp_path)
+    line = _one_line_error(capsys, main(["score", str(tmp_path / "images"), "--out", out, "--align", FAKE]), 2)
+    assert "not a regular file" in line
+
+
+def test_a_full_disk_is_one_line_and_the_results_so_far_are_kept(tmp_path, capsys, monkeypatch):
+    write_image_folder(tmp_path / "images", count=6, bad=False)
+    out = tmp_path / "r.jsonl"
+    real_write = results_io.ResultsWriter.write
+    calls = []
+
+    def write_until_full(self, rows):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        return real_write(self, rows)
+
+    monkeypatch.setattr(results_io.ResultsWriter, "write", write_until_full)
+    line = _one_line_error(capsys, main(["score", str(tmp_path / "images"), "--out", str(out), "--align", FAKE,
+                                         "--batch-size", "2"]), 1)
+    assert line == f"error: No space left on device: {out}"
+    assert len(results_io.read_results(out)) == 2  # the batch written before the disk filled up
+
+
+def test_other_os_errors_still_raise(monkeypatch):
+    # Only machine conditions become one-line messages; a programming error keeps its traceback.
+    import evalmuse_models.commands.eval as eval_command
+
+    def broken(args):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(eval_command, "_run_alignment", broken)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["eval", "alignment", "--truth", "a", "--submission", "b"])
