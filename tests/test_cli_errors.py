@@ -4,6 +4,7 @@ that grows without end."""
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 from test_score_engine import write_image_folder
@@ -67,3 +68,66 @@ def test_other_os_errors_still_raise(monkeypatch):
     monkeypatch.setattr(eval_command, "_run_alignment", broken)
     with pytest.raises(OSError, match="Bad file descriptor"):
         main(["eval", "alignment", "--truth", "a", "--submission", "b"])
+
+
+@pytest.fixture(scope="module")
+def tiny_align(tmp_path_factory):
+    from evalmuse_models.models import save_tiny_models
+
+    align_dir, _ = save_tiny_models(tmp_path_factory.mktemp("tiny"))
+    return align_dir
+
+
+def _copy_with(tiny_align, tmp_path, edit):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_align, folder)
+    edit(folder / "model.safetensors")
+    return folder
+
+
+def _drop_one_add_one(path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    tensors.pop("mask_proj.layers.0.weight")
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_drop_one_add_one, r"weights of .* do not match its config: 1 missing \(mask_proj.layers.0.weight\); 1 unex"),
+        (lambda path: os.truncate(path, 1000), "cannot read the weights file of .*truncated"),
+        (lambda path: path.unlink(), "cannot load the model weights of"),
+    ],
+)
+def test_a_model_whose_weights_do_not_match_is_refused_not_scored_at_random(tiny_align, tmp_path, capsys, edit,
+                                                                            message):
+    # Such a folder used to be scored with random weights, every row saying "ok".
+    import re
+
+    folder = _copy_with(tiny_align, tmp_path, edit)
+    write_image_folder(tmp_path / "images", count=2, bad=False)
+    out = tmp_path / "r.jsonl"
+    line = _one_line_error(capsys, main(["score", str(tmp_path / "images"), "--out", str(out), "--align",
+                                         str(folder)]), 2)
+    assert re.search(message, line), line
+    assert not out.exists() or results_io.read_results(out) == []
+
+
+def test_an_older_folder_without_the_itc_temperature_still_loads(tiny_align, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from evalmuse_models.scoring.adapters import load_align
+
+    def drop_temp(path):
+        tensors = load_file(path)
+        tensors.pop("temp")
+        save_file(tensors, path, metadata={"format": "pt"})
+
+    scorer = load_align(str(_copy_with(tiny_align, tmp_path, drop_temp)))
+    assert float(scorer.model.temp) == pytest.approx(0.07)

@@ -56,6 +56,37 @@ def _load_factory(spec: str, device, dtype):
     return factory(device=device, dtype=dtype)
 
 
+def load_exact_weights(auto_class, spec: str, **kwargs):
+    """``auto_class.from_pretrained(spec)`` that refuses to score with weights that do not match the
+    config: a missing, unexpected or mis-shaped tensor (which transformers would only print, leaving
+    random weights in place) and an unreadable weights file raise :class:`UserInputError`."""
+    import re
+
+    try:
+        model, info = auto_class.from_pretrained(spec, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, EOFError) as err:
+        raise UserInputError(f"cannot load the model weights of {spec}: {err}") from None
+    except Exception as err:  # e.g. safetensors' SafetensorError on a truncated file
+        if type(err).__module__.split(".")[0] != "safetensors":
+            raise
+        raise UserInputError(f"cannot read the weights file of {spec} (damaged or truncated?): {err}") from None
+    allowed = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
+    problems = {
+        "missing": sorted(k for k in info.get("missing_keys", ()) if not any(p.search(k) for p in allowed)),
+        "unexpected": sorted(info.get("unexpected_keys", ())),
+        "mis-shaped": sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", ())),
+    }
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems or info.get("error_msgs"):
+        said = "; ".join(f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                         for kind, keys in problems.items()) or "; ".join(info["error_msgs"])
+        raise UserInputError(
+            f"the weights of {spec} do not match its config: {said}. Scoring would use random weights for "
+            "them; re-save the model with save_pretrained or convert the checkpoint again"
+        )
+    return model
+
+
 def _load_pretrained(spec: str, device, dtype, expected: str):
     """``AutoModel`` + ``AutoProcessor`` from a folder or Hub id, on ``device`` in ``dtype``."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
@@ -74,7 +105,7 @@ def _load_pretrained(spec: str, device, dtype, expected: str):
     model_type = getattr(config, "model_type", "")
     if expected not in model_type:
         raise UserInputError(f"{spec} is a {model_type!r} model, but this option needs an {expected} model")
-    model = AutoModel.from_pretrained(spec, dtype=dtype)
+    model = load_exact_weights(AutoModel, spec, dtype=dtype)
     model.to(device).eval()
     try:
         processor = AutoProcessor.from_pretrained(spec)
