@@ -15,7 +15,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("results", help="results .jsonl written by `evalmuse score`")
-    parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--out", required=True,
+                        help="output folder: new, empty, or an earlier report (replaced atomically); any other "
+                        "existing file or folder, the current directory and the results file are refused")
     parser.add_argument("--title", default="EvalMuse report")
     parser.add_argument("--max-cards", type=int, default=1000, help="at most this many per-image cards")
     parser.add_argument("--thumb-size", type=int, default=256, help="thumbnail size in pixels")

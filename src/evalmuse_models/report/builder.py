@@ -8,6 +8,7 @@ Layout of the output folder::
       images/00000_heat.png  distortion heatmap overlays (RGBA, same size as the thumbnail)
       leaderboard.json  the per-generator table
       categories.json   the per-category element table (element categories normalised from the keys)
+      .evalmuse-output.json  marks the folder as a report this package wrote (only such a folder is replaced)
 
 The page needs no server and no network: open ``report/index.html`` in a browser.
 """
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..utils import UserInputError, atomic_directory
+from ..utils import UserInputError
+from ..utils.io import claim_output_directory, owned_directory
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 PALETTE = ["#3558d6", "#e07b00", "#1a7f37", "#c62828", "#7b3fb8", "#00838f", "#8d6e63", "#d81b60"]
@@ -350,7 +352,11 @@ def build_report(
         max_cards: at most this many per-image cards (the first ones of the file); the
             leaderboard and plots always use every row.
         thumb_size: longest side of the thumbnails, in pixels.
-        overwrite: replace an existing ``out_dir`` (the folder is swapped in atomically).
+        overwrite: replace an earlier report at ``out_dir`` (the folder is swapped in atomically).
+            Only a report this package wrote (it holds the marker file
+            :data:`~evalmuse_models.utils.io.OUTPUT_MARKER`) or an empty folder is ever replaced:
+            any other file or folder there, the current directory, the results file or a folder
+            holding it is refused with :class:`UserInputError`, whatever ``overwrite`` says.
         generator_map: which model made each image, for inputs whose paths do not say (the
             validation release's flat ``img_0001.png``): a file (CSV ``img_path,generator`` or
             JSON ``{img_path: generator}``, see :func:`~evalmuse_models.data.read_generator_map`)
@@ -368,6 +374,7 @@ def build_report(
     from ..scoring import read_results
 
     results = Path(results)
+    claim_output_directory(out_dir, "report", inputs=[results], overwrite=overwrite, option="the report folder (--out)")
     rows = read_results(results)
     if not rows:
         raise UserInputError(f"{results} has no rows; nothing to report")
@@ -458,7 +465,7 @@ def build_report(
 
     resolver = _ImageResolver()
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    with owned_directory(out_dir, "report", inputs=[results], overwrite=overwrite, option="the report folder (--out)") as tmp:
         (tmp / "images").mkdir()
         for index, row in enumerate(tqdm(shown_rows, desc="report", unit="img", disable=not progress)):
             thumb = overlay = None
