@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 
 import pytest
 import yaml
+from test_output_safety import _contents, _one_line_error, _user_folder
 
 from evalmuse_models import hub
 from evalmuse_models.cli import main
 from evalmuse_models.utils import UserInputError
+from evalmuse_models.utils.io import OUTPUT_MARKER
 
 METRICS = {"task": "alignment", "dataset": "evalmuse-synthetic", "split": "test",
            "metrics": {"srcc": 0.61234, "plcc": 0.6, "acc": 0.7, "main_score": 0.65}}
@@ -89,6 +93,7 @@ def test_model_push_uploads_the_staged_folder(align_dir, tmp_path, monkeypatch):
     assert api.calls[0] == ("create_repo", "my-org/m", {"repo_type": "model", "private": True, "exist_ok": True})
     upload = api.calls[1][1]
     assert upload["folder_path"] == str(tmp_path / "s") and upload["repo_type"] == "model"
+    assert OUTPUT_MARKER in upload["ignore_patterns"], "the stage folder's marker is not part of the repo"
 
 
 def test_dataset_and_metric_pushes(prepared_dataset, tmp_path, monkeypatch):
@@ -117,3 +122,119 @@ def test_push_cli_errors(align_dir, tmp_path, capsys, monkeypatch):
     assert "no config.json" in capsys.readouterr().err
     assert main(["push", str(align_dir), "org/x", "--skip-load-check", "--stage-dir", str(tmp_path / "st")]) == 3
     assert "offline" in capsys.readouterr().err
+
+
+def test_relative_stage_dir_passes_the_load_check(align_dir, tmp_path, monkeypatch):
+    # the load check runs in a process with another working directory: a relative --stage-dir once failed it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(hub.HubOfflineError) as err:
+        hub.push_model(align_dir, "my-org/m", stage_dir="stage")
+    assert str(tmp_path / "stage") in str(err.value)
+    assert (tmp_path / "stage" / "README.md").is_file()
+
+
+def _temporary_copies(folder):
+    return [p.name for p in folder.iterdir() if "evalmuse-push" in p.name]
+
+
+def test_push_leaves_no_temporary_copy_unless_offline(align_dir, tmp_path, monkeypatch):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "evalmuse_align"}))
+    (broken / "big.bin").write_bytes(b"0" * 1000)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserInputError, match="does not load"):
+        hub.push_model(broken, "my-org/m")
+    assert _temporary_copies(temp) == []
+
+    class FailingApi(FakeApi):
+        def upload_folder(self, **kwargs):
+            raise ConnectionError("network down")
+
+    monkeypatch.setattr(hub, "is_offline", lambda: False)
+    with pytest.raises(ConnectionError):
+        hub.push_model(align_dir, "my-org/m", api=FailingApi(), check_loading=False)
+    assert _temporary_copies(temp) == []
+    api = FakeApi()
+    result = hub.push_model(align_dir, "my-org/m", api=api, check_loading=False)
+    assert result.uploaded and result.staged_dir is None and _temporary_copies(temp) == []
+    assert api.calls[1][1]["folder_path"].startswith(str(temp))
+
+    # offline, the checked copy is kept on purpose and the message says where
+    monkeypatch.setattr(hub, "is_offline", lambda: True)
+    with pytest.raises(hub.HubOfflineError, match="temporary folder") as err:
+        hub.push_model(align_dir, "my-org/m", check_loading=False)
+    [kept] = _temporary_copies(temp)
+    assert str(temp / kept) in str(err.value) and (temp / kept / "README.md").is_file()
+
+
+def test_load_check_runs_only_the_staged_copy_and_says_so(align_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checked = []
+    real_check = hub.check_remote_code_loading
+    monkeypatch.setattr(hub, "check_remote_code_loading", lambda folder, **kw: checked.append(folder) or real_check(
+        folder, **kw))
+    stage = tmp_path / "stage"
+    assert main(["push", str(align_dir), "my-org/m", "--stage-dir", str(stage)]) == 3
+    err = capsys.readouterr().err
+    assert "ran the folder's Python code" in err, err
+    [folder] = checked
+    assert os.path.realpath(align_dir) not in os.path.realpath(folder)
+    assert os.path.dirname(os.path.realpath(folder)) == os.path.realpath(tmp_path), "built next to --stage-dir"
+
+    # the metric Space: the evaluate module's script is run from the staged copy, never from its source
+    import evaluate
+
+    loaded = []
+    real_load = evaluate.load
+    monkeypatch.setattr(evaluate, "load", lambda path, *a, **kw: loaded.append(path) or real_load(path, *a, **kw))
+    from evalmuse_models.metrics import EVALUATE_MODULE_PATH
+
+    metric_stage = tmp_path / "metric-stage"
+    with pytest.raises(hub.HubOfflineError):
+        hub.push_metric_space("my-org/t2i", stage_dir=metric_stage)
+    assert loaded and all(os.path.realpath(EVALUATE_MODULE_PATH) not in os.path.realpath(p) for p in loaded), loaded
+    assert all(os.path.dirname(os.path.dirname(os.path.realpath(p))) == os.path.realpath(tmp_path)
+               for p in loaded), loaded
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    folder = tmp_path / "models" / "align"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "evalmuse_align", "preset": "tiny"}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def _push(model_dir, stage) -> list[str]:
+    return ["push", str(model_dir), "my-org/m", "--skip-load-check", "--stage-dir", str(stage)]
+
+
+def test_push_stage_dir_refuses_user_folders_and_the_source(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source_before = _contents(model_dir)
+    mine = tmp_path / "my-files"
+    mine_before = _user_folder(mine)
+    assert main(_push(model_dir, mine)) == 2
+    assert "not a push stage" in _one_line_error(capsys)
+    assert _contents(mine) == mine_before
+
+    for stage in (model_dir, model_dir / "stage", model_dir.parent, tmp_path):
+        assert main(_push(model_dir, stage)) == 2, stage
+        assert "the input" in _one_line_error(capsys)
+    assert _contents(model_dir) == source_before and _contents(mine) == mine_before
+
+
+def test_push_stage_dir_is_replaced_on_a_rerun(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    stage = tmp_path / "stage"
+    assert main(_push(model_dir, stage)) == 3  # offline: staged and kept, path printed
+    assert str(stage) in capsys.readouterr().err and (stage / "README.md").is_file()
+    (stage / "leftover.bin").write_bytes(b"x")
+    assert main(_push(model_dir, stage)) == 3
+    assert not (stage / "leftover.bin").exists() and (stage / "model.safetensors").read_bytes() == b"weights"

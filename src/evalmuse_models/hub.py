@@ -1,19 +1,25 @@
 """Publishing to the Hugging Face Hub (``evalmuse push``): models, the dataset, the metric Space.
 
-Each ``push_*`` function prepares a staging folder, checks it, and only then uploads with
-``huggingface_hub``:
+Each ``push_*`` function copies the folder to a stage folder, checks that copy, and only then
+uploads it with ``huggingface_hub``:
 
 * **model** — fills the card from the ``model_cards/`` template of the model's family with its
   config, training data and measured metrics (``eval_results.json`` in the folder, or
-  ``metrics=``) as ``model-index`` results, then checks that the staged folder loads with
+  ``metrics=``) as ``model-index`` results, then checks that the staged copy loads with
   ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` in a fresh Python process where
-  ``evalmuse_models`` cannot be imported (what a user without this package gets);
+  ``evalmuse_models`` cannot be imported (what a user without this package gets). That check
+  imports and RUNS the copy's ``.py`` files, as ``trust_remote_code=True`` does: push only a folder
+  whose code you trust;
 * **dataset** — checks that every config of the prepared folder's README loads with ``datasets``;
-* **metric Space** — checks that the ``evaluate`` module loads and computes, and adds a Gradio
-  ``app.py`` when the folder has none.
+* **metric Space** — checks that the staged copy of the ``evaluate`` module loads and computes
+  (which runs its script), and adds a Gradio ``app.py`` when the folder has none.
 
-Offline (``HF_HUB_OFFLINE=1``) every check still runs and :class:`HubOfflineError` is raised
-just before the upload, naming the staged folder.
+The code is only ever run from the copy the function has just staged, never from the source folder.
+The stage folder is ``stage_dir`` (made absolute; only a stage folder this package wrote, or an empty
+one, is replaced, and never the source folder, a folder inside it or holding it) or a temporary folder,
+removed when a check or the upload fails and after the upload. Offline (``HF_HUB_OFFLINE=1``) every check
+still runs and :class:`HubOfflineError` is raised just before the upload, naming the staged folder,
+which is kept.
 
 Example::
 
@@ -34,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .utils import UserInputError, atomic_write_text
+from .utils.io import OUTPUT_MARKER, owned_directory
 
 #: model_type in config.json → card template in model_cards/
 CARD_TEMPLATES = {
@@ -54,11 +61,17 @@ class HubOfflineError(UserInputError):
     """Raised instead of uploading when the Hub cannot be reached (``HF_HUB_OFFLINE=1``)."""
 
 
+#: The ``kind`` written in a stage folder's marker (:data:`~evalmuse_models.utils.io.OUTPUT_MARKER`).
+STAGE_KIND = "push stage"
+
+
 @dataclass
 class PushResult:
+    """What a push did. ``staged_dir`` is ``None`` when the stage was a temporary folder, removed after the upload."""
+
     repo_id: str
     repo_type: str
-    staged_dir: Path
+    staged_dir: Path | None
     uploaded: bool = False
     url: str | None = None
     checks: dict[str, Any] = field(default_factory=dict)
@@ -76,28 +89,60 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _stage(source: Path, stage_dir: str | os.PathLike | None, ignore=()) -> Path:
-    staged = Path(stage_dir) if stage_dir else Path(tempfile.mkdtemp(prefix="evalmuse-push-"))
-    if staged.exists():
-        shutil.rmtree(staged)
-    shutil.copytree(source, staged, ignore=shutil.ignore_patterns(".*", "__pycache__", *ignore))
-    return staged
+def _stage(source: Path, stage_dir: str | os.PathLike | None, prepare, *, ignore=(), inputs=()) -> tuple[Path, bool]:
+    """Copy ``source`` to a fresh stage folder and call ``prepare(copy)`` (the checks, the card) on that copy:
+    nothing is checked or run in ``source`` itself. Returns ``(staged folder, temporary)``.
+
+    With ``stage_dir`` the copy is built under a temporary sibling and moved to ``stage_dir`` (absolute) only
+    once prepared (:func:`~evalmuse_models.utils.io.owned_directory`: only a stage folder this package wrote,
+    or an empty one, is replaced; ``stage_dir`` may not be, hold or lie inside ``source``, nor hold one of
+    ``inputs``). Without it the copy is a new temporary folder, removed when ``prepare`` fails.
+    """
+    copy = shutil.ignore_patterns(".*", "__pycache__", *ignore)
+    if stage_dir is None:
+        staged = Path(tempfile.mkdtemp(prefix="evalmuse-push-"))
+        try:
+            shutil.copytree(source, staged, ignore=copy, dirs_exist_ok=True)
+            prepare(staged)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        return staged, True
+    with owned_directory(stage_dir, STAGE_KIND, inputs=[source, *inputs], option="the stage folder (--stage-dir)") \
+            as build:
+        shutil.copytree(source, build, ignore=copy, dirs_exist_ok=True)
+        prepare(build)
+    return Path(os.path.abspath(stage_dir)), False
 
 
-def _upload(staged: Path, repo_id: str, repo_type: str, *, private: bool, token: str | None,
-            commit_message: str, api=None, space_sdk: str | None = None) -> str:
+def _upload(result: PushResult, *, temporary: bool, ran_code: str | None, private: bool, token: str | None,
+            commit_message: str, api=None, space_sdk: str | None = None) -> PushResult:
+    """Upload ``result.staged_dir``; a temporary stage folder is removed afterwards, and when the upload fails
+    (offline it is kept: :class:`HubOfflineError` names it)."""
+    staged, repo_id, repo_type = result.staged_dir, result.repo_id, result.repo_type
     if is_offline():
+        where = (f"kept in the temporary folder {staged} (delete it when done; --stage-dir chooses the folder)"
+                 if temporary else f"staged at {staged}")
+        ran = f" ({ran_code})" if ran_code else ""
         raise HubOfflineError(
-            f"offline (HF_HUB_OFFLINE=1): nothing was uploaded. The {repo_type} folder passed every check and is "
-            f"staged at {staged}; rerun online (unset HF_HUB_OFFLINE, `hf auth login`) to upload it to {repo_id}"
+            f"offline (HF_HUB_OFFLINE=1): nothing was uploaded. The {repo_type} folder passed every check{ran} and "
+            f"is {where}; rerun online (unset HF_HUB_OFFLINE, `hf auth login`) to upload it to {repo_id}"
         )
-    from huggingface_hub import HfApi
+    try:
+        from huggingface_hub import HfApi
 
-    api = api or HfApi(token=token)
-    kwargs = {"space_sdk": space_sdk} if repo_type == "space" else {}
-    repo_url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **kwargs)
-    api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type=repo_type, commit_message=commit_message)
-    return str(repo_url)
+        api = api or HfApi(token=token)
+        kwargs = {"space_sdk": space_sdk} if repo_type == "space" else {}
+        repo_url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **kwargs)
+        api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type=repo_type,
+                          commit_message=commit_message, ignore_patterns=[OUTPUT_MARKER])
+    finally:
+        if temporary:
+            shutil.rmtree(staged, ignore_errors=True)
+    if temporary:
+        result.staged_dir = None
+    result.url, result.uploaded = str(repo_url), True
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,10 +175,13 @@ print(json.dumps(report))
 def check_remote_code_loading(folder: str | os.PathLike, *, processor: bool | None = None, timeout: float = 600) -> dict:
     """Load ``folder`` with ``trust_remote_code=True`` in a fresh process without ``evalmuse_models``.
 
+    This imports and RUNS the folder's ``.py`` files (that is what loading remote code means): call it
+    only on a folder whose code you trust. :func:`push_model` calls it on the copy it has just staged.
+
     Returns ``{"config_class", "model_class", "module", "num_parameters"[, "processor_class"]}``;
     raises :class:`UserInputError` with the loader's error when it fails.
     """
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # the check runs in another working directory
     if processor is None:
         processor = any((folder / name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -230,7 +278,8 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, metrics: str | os.
                datasets: list[str] | None = None, license: str = "apache-2.0", template: str | None = None,
                private: bool = False, token: str | None = None, stage_dir: str | os.PathLike | None = None,
                check_loading: bool = True, commit_message: str = "Upload EvalMuse model", api=None) -> PushResult:
-    """Stage ``model_dir`` with a filled card, check it loads as remote code, upload it to ``repo_id``.
+    """Stage ``model_dir`` with a filled card, check the staged copy loads as remote code (which runs its
+    ``.py`` files), upload it to ``repo_id``. ``stage_dir``: see the module's docstring.
 
     Raises :class:`HubOfflineError` (after every check) when offline.
     """
@@ -240,17 +289,21 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, metrics: str | os.
         raise UserInputError(f"model folder {model_dir} does not exist")
     if not (model_dir / "config.json").is_file():
         raise UserInputError(f"{model_dir} is not a model folder (no config.json); pass a save_pretrained folder")
-    staged = _stage(model_dir, stage_dir, ignore=("eval_results.json",))
     checks: dict[str, Any] = {}
-    if check_loading:
-        checks["remote_code"] = check_remote_code_loading(staged)
-    card = prepare_model_card(model_dir, repo_id, metrics=metrics, datasets=datasets, license=license,
-                              template=template, num_parameters=checks.get("remote_code", {}).get("num_parameters"))
-    card.save(str(staged / "README.md"))
-    result = PushResult(repo_id, "model", staged, checks=checks)
-    result.url = _upload(staged, repo_id, "model", private=private, token=token, commit_message=commit_message, api=api)
-    result.uploaded = True
-    return result
+
+    def prepare(staged: Path) -> None:
+        if check_loading:  # on the fresh copy only: loading it runs its code
+            checks["remote_code"] = check_remote_code_loading(staged)
+        card = prepare_model_card(model_dir, repo_id, metrics=metrics, datasets=datasets, license=license,
+                                  template=template,
+                                  num_parameters=checks.get("remote_code", {}).get("num_parameters"))
+        card.save(str(staged / "README.md"))
+
+    inputs = [metrics] if isinstance(metrics, (str, os.PathLike)) else []
+    staged, temporary = _stage(model_dir, stage_dir, prepare, ignore=("eval_results.json",), inputs=inputs)
+    ran = "the load check ran the folder's Python code, as trust_remote_code=True does" if check_loading else None
+    return _upload(PushResult(repo_id, "model", staged, checks=checks), temporary=temporary, ran_code=ran,
+                   private=private, token=token, commit_message=commit_message, api=api)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +342,9 @@ def push_dataset(dataset_dir: str | os.PathLike, repo_id: str, *, private: bool 
         except Exception as err:  # noqa: BLE001 - any loading failure blocks the upload
             raise UserInputError(f"config {name!r} of {dataset_dir} does not load: {err}") from None
         checks[name] = {split: ds.num_rows for split, ds in loaded.items()}
-    staged = _stage(dataset_dir, stage_dir)
-    result = PushResult(repo_id, "dataset", staged, checks=checks)
-    result.url = _upload(staged, repo_id, "dataset", private=private, token=token, commit_message=commit_message,
-                         api=api)
-    result.uploaded = True
-    return result
+    staged, temporary = _stage(dataset_dir, stage_dir, lambda staged: None)
+    return _upload(PushResult(repo_id, "dataset", staged, checks=checks), temporary=temporary, ran_code=None,
+                   private=private, token=token, commit_message=commit_message, api=api)
 
 
 SPACE_APP = """import evaluate
@@ -308,7 +358,10 @@ launch_gradio_widget(module)
 def push_metric_space(repo_id: str, metric_dir: str | os.PathLike | None = None, *, private: bool = False,
                       token: str | None = None, stage_dir: str | os.PathLike | None = None,
                       commit_message: str = "Upload t2i_main_score metric", api=None) -> PushResult:
-    """Check the ``evaluate`` module (default: the one shipped in the package) and upload it as a Gradio Space."""
+    """Check the ``evaluate`` module (default: the one shipped in the package) and upload it as a Gradio Space.
+
+    The check loads and computes the staged copy of the module, which runs its script.
+    """
     import evaluate
 
     from .metrics import EVALUATE_MODULE_PATH
@@ -320,31 +373,35 @@ def push_metric_space(repo_id: str, metric_dir: str | os.PathLike | None = None,
     if not scripts:
         raise UserInputError(f"{metric_dir} holds no evaluate module script (<name>.py)")
     checks = {}
-    for config_name in ("alignment", "structure"):
-        try:
-            module = evaluate.load(str(metric_dir), config_name)
-        except Exception as err:  # noqa: BLE001
-            raise UserInputError(f"the evaluate module in {metric_dir} does not load ({config_name}): {err}") from None
-        checks[config_name] = type(module).__name__
-    computed = evaluate.load(str(metric_dir), "alignment").compute(
-        predictions=[1.0, 2.0, 3.5, 4.0], references=[1.2, 2.5, 3.0, 4.8],
-        prediction_element_scores=[[0.9], [0.2], [0.7], [0.6]], reference_element_scores=[[1.0], [0.0], [0.67], [0.33]],
-    )
-    checks["alignment_example"] = {k: v for k, v in computed.items() if isinstance(v, (int, float))}
-    staged = _stage(metric_dir, stage_dir)
-    if not (staged / "app.py").exists():
-        atomic_write_text(staged / "app.py", SPACE_APP.format(module_name=scripts[0].stem))
-    if not (staged / "requirements.txt").exists():
-        atomic_write_text(staged / "requirements.txt", "evaluate\nevalmuse-models\n")
-    readme = staged / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.exists() else f"---\ntitle: {scripts[0].stem}\n---\n"
-    header = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else None
-    if header is None:
-        atomic_write_text(readme, "---\nsdk: gradio\napp_file: app.py\n---\n" + text)
-    elif "sdk:" not in header:
-        atomic_write_text(readme, "---\nsdk: gradio\napp_file: app.py\n" + text[3:].lstrip("\n"))
-    result = PushResult(repo_id, "space", staged, checks=checks)
-    result.url = _upload(staged, repo_id, "space", private=private, token=token, commit_message=commit_message,
-                         api=api, space_sdk="gradio")
-    result.uploaded = True
-    return result
+
+    def prepare(staged: Path) -> None:
+        script = str(staged / scripts[0].name)  # the copy's script: loading it runs it
+        for config_name in ("alignment", "structure"):
+            try:
+                module = evaluate.load(script, config_name)
+            except Exception as err:  # noqa: BLE001
+                raise UserInputError(f"the evaluate module in {metric_dir} does not load ({config_name}): {err}") \
+                    from None
+            checks[config_name] = type(module).__name__
+        computed = evaluate.load(script, "alignment").compute(
+            predictions=[1.0, 2.0, 3.5, 4.0], references=[1.2, 2.5, 3.0, 4.8],
+            prediction_element_scores=[[0.9], [0.2], [0.7], [0.6]],
+            reference_element_scores=[[1.0], [0.0], [0.67], [0.33]],
+        )
+        checks["alignment_example"] = {k: v for k, v in computed.items() if isinstance(v, (int, float))}
+        if not (staged / "app.py").exists():
+            atomic_write_text(staged / "app.py", SPACE_APP.format(module_name=scripts[0].stem))
+        if not (staged / "requirements.txt").exists():
+            atomic_write_text(staged / "requirements.txt", "evaluate\nevalmuse-models\n")
+        readme = staged / "README.md"
+        text = readme.read_text(encoding="utf-8") if readme.exists() else f"---\ntitle: {scripts[0].stem}\n---\n"
+        header = text.split("---", 2)[1] if text.startswith("---") and text.count("---") >= 2 else None
+        if header is None:
+            atomic_write_text(readme, "---\nsdk: gradio\napp_file: app.py\n---\n" + text)
+        elif "sdk:" not in header:
+            atomic_write_text(readme, "---\nsdk: gradio\napp_file: app.py\n" + text[3:].lstrip("\n"))
+
+    staged, temporary = _stage(metric_dir, stage_dir, prepare)
+    return _upload(PushResult(repo_id, "space", staged, checks=checks), temporary=temporary,
+                   ran_code="the check ran the module's script", private=private, token=token,
+                   commit_message=commit_message, api=api, space_sdk="gradio")

@@ -10,9 +10,11 @@ def register(subparsers) -> None:
         "push",
         help="publish a model (card filled from model_cards/), the dataset or the metric Space to the Hub",
         description=(
-            "Stage FOLDER, check it (models: card with model-index results, loads with trust_remote_code=True "
-            "without evalmuse_models; datasets: every config loads; metric: the evaluate module computes), "
-            "then upload it to REPO_ID with huggingface_hub. Offline it stops before the upload."
+            "Copy FOLDER to a stage folder, check the copy (models: card with model-index results, loads with "
+            "trust_remote_code=True without evalmuse_models, which RUNS the folder's .py files; datasets: every "
+            "config loads; metric: the evaluate module's script runs and computes), then upload it to REPO_ID "
+            "with huggingface_hub. Code is only ever run from the fresh copy, never from FOLDER itself: push only "
+            "code you trust. Offline it stops before the upload and keeps the stage folder."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -28,8 +30,12 @@ def register(subparsers) -> None:
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`; "
                         "prefer those: a token on the command line is visible to other users in the process list)")
-    parser.add_argument("--stage-dir", help="where to build the folder that gets uploaded (default: a temp folder)")
-    parser.add_argument("--skip-load-check", action="store_true", help="model: skip the trust_remote_code check")
+    parser.add_argument("--stage-dir", help="where to build the folder that gets uploaded: a new or empty folder, or "
+                        "one an earlier push staged (replaced); never FOLDER, inside it or holding it (default: a "
+                        "temporary folder, removed after the upload or a failure, kept when offline)")
+    parser.add_argument("--skip-load-check", action="store_true",
+                        help="model: skip the trust_remote_code load check (which imports and runs the staged "
+                        "copy's .py files in a separate Python process)")
     parser.set_defaults(func=run)
 
 
@@ -58,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     except hub.HubOfflineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
-    print(f"uploaded {result.staged_dir} to {result.url}")
+    print(f"uploaded {args.folder or 'the metric module'} to {result.url}")
     return 0
