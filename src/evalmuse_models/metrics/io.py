@@ -32,6 +32,7 @@ import numpy as np
 from ..data.alignment import element_score_dict, official_mean
 from ..data.errors import InvalidValue
 from ..utils import UserInputError, atomic_write_bytes, atomic_write_text
+from ..utils.jsonio import load_json
 
 __all__ = [
     "RestrictedUnpickler",
@@ -146,33 +147,6 @@ def _read_member(path: Path, member: str) -> tuple[bytes, str]:
                 raise UserInputError(f"{source}: cannot be extracted ({exc})") from None
     check(path.stat().st_size, str(path))
     return path.read_bytes(), str(path)
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` refusing a key written twice in one JSON object (``json`` keeps the last silently)."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def load_json(data: bytes, source: str) -> Any:
-    """Parse official JSON strictly: UTF-8, no key twice in one object, bounded nesting; every
-    failure is a :class:`UserInputError` naming ``source``."""
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except _DuplicateKey as exc:
-        raise UserInputError(f"{source}: the key {exc.args[0]!r} appears twice in one JSON object") from None
-    except RecursionError:
-        raise UserInputError(f"{source}: the JSON is nested too deeply to be an official file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"{source}: not valid JSON ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------
