@@ -74,3 +74,20 @@ def test_private_files_of_other_writers_are_opened_up_in_finished_folders(tmp_pa
     (tmp_path / "target").mkdir()
     replace_directory(staged, tmp_path / "target")
     assert _mode(tmp_path / "target") == 0o777 & ~umask
+
+
+def test_files_written_by_a_library_through_atomic_file_honour_the_umask(tmp_path, umask):
+    from evalmuse_models.mllm.data import records_from_rows, save_pseudo_labels
+    from evalmuse_models.utils.io import atomic_file
+
+    with atomic_file(tmp_path / "lib.bin") as tmp, open(tmp, "wb") as handle:
+        handle.write(b"by any writer")
+    assert _mode(tmp_path / "lib.bin") == 0o666 & ~umask
+    # the pseudo-label Parquet file came out 0o600 before
+    path = save_pseudo_labels(records_from_rows([{"prompt": "a", "total_score": 3.0}]), tmp_path / "p.parquet")
+    assert _mode(path) == 0o666 & ~umask
+    with pytest.raises(RuntimeError), atomic_file(tmp_path / "lib.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert (tmp_path / "lib.bin").read_bytes() == b"by any writer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.bin", "p.parquet"]

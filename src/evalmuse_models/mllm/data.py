@@ -375,19 +375,11 @@ def pseudo_label_dataset(scorer, dataset, batch_size: int = 8, progress: bool = 
 
 def save_pseudo_labels(dataset, path: str | os.PathLike) -> str:
     """Write pseudo-labelled records as one Parquet file, atomically."""
-    import tempfile
+    from ..utils.io import atomic_file
 
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pseudo.", suffix=".parquet.tmp", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        dataset.to_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        dataset.to_parquet(str(tmp))
     return path
 
 
