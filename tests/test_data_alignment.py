@@ -252,7 +252,7 @@ def test_missing_field(tmp_path, field):
 def test_malformed_json_names_file_and_position(tmp_path):
     path = tmp_path / "train_list.json"
     path.write_text('[{"prompt_id": "1",\n  "prompt": }]', encoding="utf-8")
-    with pytest.raises(UserInputError, match=r"train_list.json: malformed JSON at line 2"):
+    with pytest.raises(UserInputError, match=r"train_list.json: not valid JSON at line 2"):
         load_alignment_records(path)
 
 
@@ -326,7 +326,7 @@ def test_generator_map_csv_and_json_agree(tmp_path):
         ("g.csv", "img_path,generator\n../a.png,X\n", "row 2: img_path .*stay inside"),
         ("g.json", '{"a.png": 3}', "must be a non-empty string, got 3"),
         ("g.json", '[{"img_path": "a.png", "generator": "X"}]', "expected one JSON object .*got a list"),
-        ("g.json", '{"a.png": "X",}', "g.json: malformed JSON at line 1"),
+        ("g.json", '{"a.png": "X",}', "g.json: not valid JSON at line 1"),
         ("g.txt", "a.png X", r"must be a .csv file .* or a .json object"),
     ],
 )

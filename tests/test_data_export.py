@@ -418,3 +418,21 @@ def test_a_changed_release_is_not_resumed(alignment_release, tmp_path, monkeypat
     monkeypatch.setattr(export, "alignment_row", lambda r, root: (calls.append(r), real(r, root))[1])
     result = prepare_dataset(tmp_path / "out", **options)
     assert len(calls) == result.num_records  # everything rebuilt
+
+
+def test_a_split_whose_every_record_is_skipped_is_still_reported(tmp_path):
+    from PIL import Image
+
+    release = tmp_path / "release"
+    release.mkdir()
+    record = {"prompt_en": "a cat", "mos": 3.0, "bbox_info": [[], [], []]}
+    (release / "train_info.json").write_text(json.dumps({"a": record, "b": record}))
+    (release / "val_info.json").write_text(json.dumps({"c": record, "d": record}))
+    Image.new("RGB", (8, 8)).save(release / "a.jpg")
+    for key in ("b", "c", "d"):
+        (release / f"{key}.jpg").write_bytes(b"not an image")
+    result = prepare_dataset(tmp_path / "out", structure_dir=release, skip_invalid=True, progress=False,
+                             num_workers=1)
+    assert sorted(s.record for s in result.skipped) == ["'b'", "'c'", "'d'"]
+    assert len(result.skipped_report.read_text().splitlines()) == 3
+    assert result.num_rows == {"structure": {"train": 1}}

@@ -114,7 +114,7 @@ def test_wrong_top_level(tmp_path):
     with pytest.raises(UserInputError, match="keyed by image name"):
         load_structure_records(write_json(tmp_path / "train_info.json", [RECORD]))
     (tmp_path / "val_info.json").write_text("{", encoding="utf-8")
-    with pytest.raises(UserInputError, match="val_info.json: malformed JSON"):
+    with pytest.raises(UserInputError, match="val_info.json: not valid JSON"):
         load_structure_records(tmp_path / "val_info.json")
 
 

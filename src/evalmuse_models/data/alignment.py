@@ -45,7 +45,6 @@ from __future__ import annotations
 import ast
 import csv
 import io
-import json
 import math
 import re
 import statistics
@@ -56,6 +55,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..utils import UserInputError
+from ..utils.jsonio import JsonObject, find_duplicate_key, load_json, read_json_file
 from .errors import InvalidValue, RecordError, SkippedRecord
 
 #: Raw file name -> split name, in the order splits are listed.
@@ -292,6 +292,42 @@ def _check_img_path(img_path) -> str:
     return str(posix)
 
 
+def inside_release(path, root) -> Path:
+    """``path`` itself, once it is known to lead to a file inside the release folder ``root``:
+    both are resolved (symbolic links followed, ``..`` removed) and the first must lie under the
+    second. A link to a file elsewhere, or inside a linked folder that lies elsewhere, is refused.
+
+    Raises:
+        InvalidValue: the path resolves outside ``root`` (the message names both).
+    """
+    path, root = Path(path), Path(root)
+    try:
+        resolved, base = path.resolve(), root.resolve()
+    except (OSError, RuntimeError) as error:  # a link loop
+        raise InvalidValue(f"{path} cannot be resolved ({error})") from None
+    if not resolved.is_relative_to(base):
+        raise InvalidValue(
+            f"{path} leads to {resolved}, outside the release folder {root}; images must lie inside the "
+            "release folder (a link to a file or folder elsewhere is refused): copy the image into it"
+        )
+    return path
+
+
+def duplicate_key_error(source, record_id: str, raw) -> RecordError | None:
+    """The error for a key written twice in one JSON object of the raw record ``raw`` (read by
+    :func:`read_release_json`, which marks them; plain ``json`` would keep the last silently):
+    the field is the record's key under which the repeat lies."""
+    found = find_duplicate_key(raw)
+    if found is None:
+        return None
+    path, key = found
+    where = "".join(f"[{p}]" if isinstance(p, int) else f"[{p!r}]" for p in path[1:])
+    reason = (f"the key {key!r} appears twice in one JSON object" + (f" (at {path[0]}{where})" if path else "")
+              + "; which one is meant is unknown")
+    return RecordError(source, record_id, str(path[0]) if path else key, reason,
+                       "keep one of the two, or pass --skip-invalid (skip_invalid=True) to leave the record out")
+
+
 def generator_from_img_path(img_path: str, generator_map: Mapping[str, str] | None = None) -> str:
     """The generator of an image: its entry in ``generator_map`` (see :func:`read_generator_map`),
     else the first folder of ``img_path`` (``"SDXL-Turbo/00805.png"`` -> ``"SDXL-Turbo"``), else
@@ -375,19 +411,14 @@ def read_generator_map(path) -> dict[str, str]:
 
 
 def _generator_map_json(path: Path, text: str) -> list[tuple[str, Any, Any]]:
-    class Pairs(list):
-        """A JSON object's items in file order, duplicates kept (a dict would keep only the last)."""
-
-    try:
-        data = json.loads(text, object_pairs_hook=Pairs)
-    except json.JSONDecodeError as error:
-        raise UserInputError(
-            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
-    if not isinstance(data, Pairs):
+    data = load_json(text, str(path), duplicates="mark")
+    if not isinstance(data, dict):
         kind = "a list" if isinstance(data, list) else type(data).__name__
         raise UserInputError(f"{path}: expected one JSON object {{img_path: generator}}, got {kind}")
-    return [(f"key {key!r}", key, value) for key, value in data]
+    if isinstance(data, JsonObject) and data.duplicate_keys:
+        key = data.duplicate_keys[0]
+        raise UserInputError(f"{path}: key {key!r}: img_path {key!r} is listed twice; list each image once")
+    return [(f"key {key!r}", key, value) for key, value in data.items()]
 
 
 def _generator_map_csv(path: Path, text: str, suffix: str) -> list[tuple[str, Any, Any]]:
@@ -423,6 +454,9 @@ def parse_alignment_record(raw, *, source: str = "<memory>", index: int = -1) ->
         record_id = f"#{index} (img_path={raw['img_path']!r})"
     if not isinstance(raw, dict):
         raise RecordError(source, record_id, "<record>", f"expected a JSON object, got {type(raw).__name__}")
+    duplicate = duplicate_key_error(source, record_id, raw)
+    if duplicate is not None:
+        raise duplicate
     for name in REQUIRED_FIELDS:
         if name not in raw:
             raise RecordError(source, record_id, name, "missing")
@@ -499,19 +533,10 @@ def add_prompt_variance(records: list[AlignmentRecord]) -> None:
         )
 
 
-def _read_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise UserInputError(
-            f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}; "
-            "fix the file (it must be the release's JSON unchanged)"
-        ) from None
-    except UnicodeDecodeError as error:
-        raise UserInputError(f"{path}: not UTF-8 text ({error}); is this the right file?") from None
-    except OSError as error:
-        raise UserInputError(f"{path}: cannot read ({error.strerror})") from None
+def read_release_json(path: Path):
+    """A raw release file, parsed; a key written twice in one object is marked (see
+    :mod:`evalmuse_models.utils.jsonio`) for the parsers to refuse or skip the record concerned."""
+    return read_json_file(path, duplicates="mark", hint="fix the file (it must be the release's JSON unchanged)")
 
 
 def load_alignment_records(
@@ -533,10 +558,12 @@ def load_alignment_records(
 
     Raises:
         UserInputError: malformed JSON, or (unless ``skip_invalid``) a :class:`RecordError`
-        naming the record (position and ``img_path``) and the field.
+        naming the record (position and ``img_path``) and the field: an invalid field, an
+        ``img_path`` leaving the release folder or repeated in the file (the first record is
+        kept when skipping), a key written twice in one JSON object of the record.
     """
     path = Path(path)
-    data = _read_json(path)
+    data = read_release_json(path)
     if not isinstance(data, list):
         raise UserInputError(
             f"{path}: expected a JSON list of records, got {type(data).__name__}; "

@@ -35,10 +35,11 @@ from .alignment import (
     AlignmentRecord,
     find_alignment_files,
     generator_from_img_path,
+    inside_release,
     load_alignment_records,
     read_generator_map,
 )
-from .errors import RecordError, SkippedRecord, write_skipped_report
+from .errors import InvalidValue, RecordError, SkippedRecord, write_skipped_report
 from .masks import TRUTH_SIZE, truth_maps
 from .structure import StructureRecord, find_structure_files, load_structure_records
 
@@ -139,15 +140,20 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _locate_alignment_image(root: Path, img_path: str) -> Path:
+    """``root/img_path``, else ``root/images/img_path``; it must lie inside ``root`` once links are
+    followed (``InvalidValue`` otherwise)."""
     candidate = root / img_path
     if not candidate.is_file() and (root / "images" / img_path).is_file():
-        return root / "images" / img_path
-    return candidate
+        candidate = root / "images" / img_path
+    return inside_release(candidate, root)
 
 
 def alignment_row(record: AlignmentRecord, root) -> dict[str, Any]:
     """The dataset row of one alignment record, with its image bytes (validated) embedded."""
-    path = _locate_alignment_image(Path(root), record.img_path)
+    try:
+        path = _locate_alignment_image(Path(root), record.img_path)
+    except InvalidValue as error:
+        raise RecordError(record.source, record.record_id, "img_path", str(error)) from None
     data, _, _ = _read_image(path, record.source, record.record_id, "img_path")
     row = {"image": {"bytes": data, "path": record.img_path}}
     row.update(record.to_row())
@@ -326,6 +332,7 @@ def _write_split(
                     skipped_so_far.append(pending)
                 bar.update()
         paths = writer.finish()
+        save()  # records skipped after the last shard (or in a split without any row) are recorded too
     except BaseException:
         writer.abort()
         raise
@@ -436,6 +443,10 @@ def prepare_dataset(
         A :class:`PreparedDataset` with the rows written per config and split and the skipped
         records.
 
+    An image must lie inside its release folder, links followed; an image (``img_path`` or
+    structure key) belongs to one split: a repeat in a later split is invalid (refused, or left
+    out of that later split with ``skip_invalid``).
+
     Example::
 
         from evalmuse_models.data import prepare_dataset
@@ -500,6 +511,8 @@ def prepare_dataset(
             records = load_structure_records(path, skip_invalid=skip_invalid, skipped=skipped)
             jobs.append(("structure", split, path, records,
                          lambda r: structure_row(r, mask_min_votes=mask_min_votes), features))
+    for config, field_name in (("alignment", "img_path"), ("structure", "<key>")):
+        _one_split_per_image([job[1:4] for job in jobs if job[0] == config], field_name, skip_invalid, skipped)
 
     fingerprint = _fingerprint(
         [(config, split, path) for config, split, path, *_ in jobs],
@@ -558,6 +571,34 @@ def prepare_dataset(
     if skipped:
         result.skipped_report = out_dir / SKIPPED_REPORT_NAME
     return result
+
+
+def _one_split_per_image(splits: list[tuple[str, Path, list]], field_name: str, skip_invalid: bool,
+                         skipped: list[SkippedRecord]) -> None:
+    """An image (alignment ``img_path``, structure key) belongs to one split: a repeat in a later
+    split (in the order train, validation, test) is refused, or with ``skip_invalid`` removed from
+    that split's ``records`` (in place) and reported."""
+    first: dict[str, tuple[str, Path, str]] = {}
+    for split, path, records in splits:
+        kept = []
+        for record in records:
+            key = record.img_path if isinstance(record, AlignmentRecord) else record.image_name
+            if key in first:
+                other_split, other_path, other_id = first[key]
+                error = RecordError(
+                    path, record.record_id, field_name,
+                    f"the same image is in split {other_split!r} ({other_path.name}, record {other_id}) and in split "
+                    f"{split!r}; an image belongs to one split",
+                    f"remove it from one of the two files, or pass --skip-invalid (skip_invalid=True) to keep it only "
+                    f"in {other_split!r}",
+                )
+                if not skip_invalid:
+                    raise error
+                skipped.append(SkippedRecord.from_error(error))
+                continue
+            first[key] = (split, Path(path), record.record_id)
+            kept.append(record)
+        records[:] = kept
 
 
 def _fingerprint(files: list[tuple[str, str, Path]], options: dict) -> str:

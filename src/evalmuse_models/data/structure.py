@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import UserInputError
-from .alignment import _read_json
+from ..utils.jsonio import JsonObject
+from .alignment import duplicate_key_error, inside_release, read_release_json
 from .errors import InvalidValue, RecordError, SkippedRecord
 from .masks import MAX_COORDINATE
 
@@ -170,8 +171,16 @@ def parse_structure_record(key, raw, *, source: str = "<memory>") -> StructureRe
     record_id = repr(key)
     if not isinstance(key, str) or not key:
         raise RecordError(source, record_id, "<key>", "the image name must be a non-empty string")
+    if any(c in key for c in "/\\\0"):
+        # the image is <key>.jpg in the release folder: a path such as "../x" would read a file outside it
+        raise RecordError(source, record_id, "<key>",
+                          "the image name must be a file name (no '/', '\\' or NUL): the image is <key>.jpg in "
+                          "the release folder or its split folder")
     if not isinstance(raw, dict):
         raise RecordError(source, record_id, "<record>", f"expected a JSON object, got {type(raw).__name__}")
+    duplicate = duplicate_key_error(source, record_id, raw)
+    if duplicate is not None:
+        raise duplicate
     for name in ("prompt_en", "bbox_info"):
         if name not in raw:
             raise RecordError(source, record_id, name, "missing")
@@ -217,31 +226,62 @@ def load_structure_records(
         path: the JSON file (a dict keyed by image name).
         image_dir: where to look for ``<key>.jpg``; by default beside the JSON file or in the
             split's sub-folder (``train/``, ``val/``, ``test/``). Images are located (and their
-            sizes read from the file header) only when found; see :func:`resolve_images`.
+            sizes read from the file header) only when found; see :func:`resolve_images`. An image
+            must lie inside ``image_dir`` (by default the JSON file's folder) once links are
+            followed.
         skip_invalid: leave invalid records out instead of raising, appending each to ``skipped``.
 
     Returns:
         The records in file order.
+
+    Raises:
+        UserInputError: malformed JSON, or (unless ``skip_invalid``) a :class:`RecordError`
+        naming the record and the field: an invalid field, a key that is not a file name, a key
+        written twice in the file or in a record (the first entry of a repeated key is kept when
+        skipping), two keys naming one image (``abc`` and ``abc.jpg``), an image outside the
+        release folder.
     """
     path = Path(path)
-    data = _read_json(path)
+    data = read_release_json(path)
     if not isinstance(data, dict):
         raise UserInputError(
             f"{path}: expected a JSON object keyed by image name, got {type(data).__name__}; "
             "is this an EvalMuse-Structure *_info.json file?"
         )
-    records = []
-    for key, raw in data.items():
-        try:
-            records.append(parse_structure_record(key, raw, source=str(path)))
-        except RecordError as error:
-            if not skip_invalid:
-                raise
-            if skipped is not None:
-                skipped.append(SkippedRecord.from_error(error))
+    root = Path(image_dir) if image_dir is not None else path.parent
     dirs = [Path(image_dir)] if image_dir is not None else candidate_image_dirs(path)
-    for record in records:
-        record.image_path = find_image(record.image_name, dirs)
+
+    def invalid(error: RecordError) -> None:
+        if not skip_invalid:
+            raise error
+        if skipped is not None:
+            skipped.append(SkippedRecord.from_error(error))
+
+    repeated = set(data.duplicate_keys) if isinstance(data, JsonObject) else set()
+    records = []
+    first_key: dict[str, str] = {}  # image name -> the key that named it first
+    for key, raw in data.items():
+        if key in repeated:
+            # json would keep the last entry silently: refused, or skipped keeping the first entry
+            invalid(RecordError(path, repr(key), "<key>", "the key appears twice in this JSON object",
+                                "keep one of the entries, or pass --skip-invalid (skip_invalid=True) to keep only "
+                                "the first"))
+        try:
+            record = parse_structure_record(key, raw, source=str(path))
+            if record.image_name in first_key:
+                raise RecordError(path, repr(key), "<key>",
+                                  f"names the same image as the key {first_key[record.image_name]!r}",
+                                  "keep one of the two entries, or pass --skip-invalid (skip_invalid=True) to keep "
+                                  "only the first")
+            try:
+                record.image_path = find_image(record.image_name, dirs, root=root)
+            except InvalidValue as error:
+                raise RecordError(path, record.record_id, "<image>", str(error)) from None
+        except RecordError as error:
+            invalid(error)
+            continue
+        first_key[record.image_name] = key
+        records.append(record)
     return records
 
 
@@ -257,12 +297,15 @@ def candidate_image_dirs(json_path) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def find_image(image_name: str, dirs) -> Path | None:
+def find_image(image_name: str, dirs, *, root=None) -> Path | None:
+    """The first ``<image_name><ext>`` file in ``dirs``, or None. With ``root`` (the release folder)
+    the file found must lie inside it once links are followed (see
+    :func:`~evalmuse_models.data.alignment.inside_release`, which raises ``InvalidValue``)."""
     for directory in dirs:
         for ext in IMAGE_EXTENSIONS:
             candidate = Path(directory) / f"{image_name}{ext}"
             if candidate.is_file():
-                return candidate
+                return candidate if root is None else inside_release(candidate, root)
     return None
 
 
