@@ -12,7 +12,8 @@ Usage::
     huggingface-cli upload --repo-type dataset ORG/evalmuse evalmuse/ .    # publish (needs a token)
 
 Then ``datasets.load_dataset("ORG/evalmuse", "alignment")``, or ``load_dataset("evalmuse", ...)``
-from the folder's parent.
+from the folder's parent. The official truth files of the labelled splits are written beside the
+data, in ``evalmuse/official/<config>/<split>/`` (``--no-official-truth`` leaves them out).
 """
 
 from __future__ import annotations

@@ -212,6 +212,12 @@ def test_skip_invalid_writes_the_rest_and_a_report(alignment_release, structure_
     assert set(val["image_name"]) == set(keys) - set(keys[:2])
     _, text = _card(tmp_path / "out")
     assert "6 invalid record(s)" in text
+    # the official truth files hold exactly the records written, skipped ones left out
+    from evalmuse_models.metrics import read_alignment_file, read_structure_pickle
+
+    official = tmp_path / "out" / "official"
+    assert [t["img_path"] for t in read_alignment_file(official / "alignment" / "train" / "eval.json")] == ds["img_path"]
+    assert list(read_structure_pickle(official / "structure" / "validation" / "gt.pkl")) == val["image_name"]
 
 
 def test_shards_and_overwrite(alignment_release, tmp_path):
@@ -272,12 +278,15 @@ def test_cli_synthetic_then_prepare_data(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "alignment: train" in printed and f"wrote {out}" in printed
+    assert f"official truth: {out / 'official' / 'alignment' / 'train' / 'eval.json'}" in printed
     assert len(list((out / "structure").glob("train-*-of-00002.parquet"))) == 2
+    assert (out / "official" / "structure" / "train" / "gt.pkl").is_file()
     # an existing folder is refused with a clear message, and --overwrite replaces it
     assert main(["prepare-data", "--structure", str(tmp_path / "st"), str(out), "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["prepare-data", "--structure", str(tmp_path / "st"), str(out), "--overwrite", "--no-progress"]) == 0
-    assert not (out / "alignment").exists()
+    assert main(["prepare-data", "--structure", str(tmp_path / "st"), str(out), "--overwrite", "--no-progress",
+                 "--no-official-truth"]) == 0
+    assert not (out / "alignment").exists() and not (out / "official").exists()
     assert main(["prepare-data", str(out)]) == 2
 
 
@@ -390,6 +399,9 @@ def test_an_interrupted_build_resumes_after_the_last_complete_shard(alignment_re
     fresh = prepare_dataset(tmp_path / "fresh", resume=False, **options)
     assert fresh.num_records == total
     assert _rows_without_decoding(out, tmp_path / "a") == _rows_without_decoding(tmp_path / "fresh", tmp_path / "b")
+    for split in ("train", "validation"):  # the truth covers the shards written before the interruption too
+        truth = out / "official" / "alignment" / split / "eval.json"
+        assert truth.read_bytes() == (tmp_path / "fresh" / "official" / "alignment" / split / "eval.json").read_bytes()
 
 
 def test_a_changed_release_is_not_resumed(alignment_release, tmp_path, monkeypatch):
@@ -418,6 +430,73 @@ def test_a_changed_release_is_not_resumed(alignment_release, tmp_path, monkeypat
     monkeypatch.setattr(export, "alignment_row", lambda r, root: (calls.append(r), real(r, root))[1])
     result = prepare_dataset(tmp_path / "out", **options)
     assert len(calls) == result.num_records  # everything rebuilt
+
+
+# --- the official truth files ------------------------------------------------------------------
+
+
+def test_official_truth_files_score_perfectly_against_themselves(prepared_dataset, tmp_path, capsys):
+    from datasets import Image
+
+    from evalmuse_models.cli import main
+    from evalmuse_models.data import truth_maps
+    from evalmuse_models.metrics import read_alignment_file, read_structure_pickle
+
+    official = prepared_dataset / "official"
+    assert sorted(p.relative_to(official).as_posix() for p in official.rglob("*") if p.is_file()) == [
+        "alignment/train/eval.json", "alignment/validation/eval.json",  # the test split has no labels
+        "structure/test/gt.pkl", "structure/train/gt.pkl", "structure/validation/gt.pkl"]
+    _, card = _card(prepared_dataset)
+    assert card.count("## Official truth files") == 1 and "`official/structure/test/gt.pkl`" in card
+    for split in ("train", "validation"):
+        path = official / "alignment" / split / "eval.json"
+        rows = _load(prepared_dataset, "alignment", tmp_path, split=split).select_columns(
+            ["img_path", "prompt", "total_score", "elements"])
+        truth = read_alignment_file(path)
+        assert [t["img_path"] for t in truth] == rows["img_path"]
+        for entry, row in zip(truth, rows):
+            assert entry["prompt"] == row["prompt"] and entry["total_score"] == row["total_score"]
+            assert entry["element_score"] == {e["key"]: e["score"] for e in row["elements"]}  # raw keys, mean votes
+        assert main(["eval", "alignment", "--truth", str(path), "--submission", str(path), "--json"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert scores["srcc"] == pytest.approx(1) and scores["plcc"] == pytest.approx(1) and scores["acc"] == 1
+    for split in ("train", "validation", "test"):
+        path = official / "structure" / split / "gt.pkl"
+        rows = _load(prepared_dataset, "structure", tmp_path, split=split).select_columns(
+            ["image_name", "mos", "shapes", "image"]).cast_column("image", Image(decode=False))
+        truth = read_structure_pickle(path)
+        assert list(truth) == rows["image_name"]
+        for row in rows:
+            entry = truth[row["image_name"]]
+            assert entry["pred_area"].dtype == np.uint8 and entry["pred_area"].shape == (512, 512)
+            np.testing.assert_array_equal(entry["pred_area"], truth_maps(row).truth)  # the one truth rule
+            assert entry["score"] == row["mos"]
+        assert main(["eval", "structure", "--truth", str(path), "--submission", str(path), "--json"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert scores["srcc"] == pytest.approx(1) and scores["plcc"] == pytest.approx(1)
+        assert scores["precision"] == 1 and scores["f1"] > 0.9
+
+
+def test_write_official_truth_from_dataset_rows(prepared_dataset, tmp_path):
+    from evalmuse_models.data import write_official_truth
+
+    official = prepared_dataset / "official"
+    structure = _load(prepared_dataset, "structure", tmp_path, split="validation")
+    path = write_official_truth("structure", structure, tmp_path / "gt.pkl")
+    assert path.read_bytes() == (official / "structure" / "validation" / "gt.pkl").read_bytes()
+    alignment = _load(prepared_dataset, "alignment", tmp_path)
+    path = write_official_truth("alignment", alignment["validation"], tmp_path / "eval.json")
+    assert path.read_bytes() == (official / "alignment" / "validation" / "eval.json").read_bytes()
+    with pytest.raises(UserInputError, match=r"row 0 \(img_path=.*\): no label"):
+        write_official_truth("alignment", alignment["test"], tmp_path / "test.json")
+    assert not (tmp_path / "test.json").exists()
+    with pytest.raises(UserInputError, match="'alignment' or 'structure'"):
+        write_official_truth("other", [], tmp_path / "x")
+
+
+def test_official_truth_can_be_left_out(structure_release, tmp_path):
+    result = prepare_dataset(tmp_path / "out", structure_dir=structure_release, official_truth=False, progress=False)
+    assert result.official_truth == {} and not (tmp_path / "out" / "official").exists()
 
 
 def test_a_split_whose_every_record_is_skipped_is_still_reported(tmp_path):

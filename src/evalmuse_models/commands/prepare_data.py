@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="build a Hub-ready dataset (Parquet + dataset card) from raw EvalMuse releases",
         description=(
             "Parse and validate raw EvalMuse-40K (--alignment) and/or EvalMuse-Structure (--structure) "
-            "releases and write OUT_DIR: Parquet shards with the images embedded and a README whose "
-            "configs define 'alignment' and 'structure', loadable with "
+            "releases and write OUT_DIR: Parquet shards with the images embedded, the official truth file of "
+            "each labelled split (OUT_DIR/official/) and a README whose configs define 'alignment' and "
+            "'structure', loadable with "
             "datasets.load_dataset(OUT_DIR, 'alignment'). Example: evalmuse prepare-data "
             "--alignment EvalMuse-40K/ --structure EvalMuse-Structure/ evalmuse/"
         ),
@@ -45,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if an interrupted run of the same command left "
                         "completed shards in .OUT_DIR.partial (resumed by default)")
+    parser.add_argument("--no-official-truth", action="store_true",
+                        help="do not write the official truth files of the labelled splits "
+                        "(OUT_DIR/official/alignment/SPLIT/eval.json, OUT_DIR/official/structure/SPLIT/gt.pkl, for "
+                        "evalmuse eval --truth; a gt.pkl takes 256 KiB per image)")
     parser.add_argument("--card-template", metavar="FILE", default=None,
                         help="dataset card template (default: the packaged one, as in dataset_scripts/)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -71,10 +76,14 @@ def _run(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         card_template=args.card_template,
         generator_map=args.generator_map,
+        official_truth=not args.no_official_truth,
     )
     for config, splits in result.num_rows.items():
         counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())
         print(f"{config}: {counts}")
+    for splits in result.official_truth.values():
+        for path in splits.values():
+            print(f"official truth: {path}")
     if args.skip_invalid:
         print(f"skipped {len(result.skipped)} invalid record(s)"
               + (f"; reasons in {result.skipped_report}" if result.skipped_report else ""))

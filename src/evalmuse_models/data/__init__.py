@@ -12,6 +12,8 @@ Typical uses::
     structure = load_structure_records("EvalMuse-Structure/val_info.json")
     truth_512 = binary_mask(structure[0], size=(512, 512))   # needs the image size: see below
     prepare_dataset("out/evalmuse", alignment_dir="EvalMuse-40K", structure_dir="EvalMuse-Structure")
+    # -> also out/evalmuse/official/<config>/<split>/{eval.json|gt.pkl}, the labelled splits' truth;
+    #    write_official_truth("structure", rows_or_records, "gt.pkl") writes one from any labelled rows
 
 ``load_structure_records`` locates the images but does not read them; call
 :func:`resolve_images` (reads image headers) before rasterising records, or rasterise rows of
@@ -38,10 +40,13 @@ from .alignment import (
 )
 from .errors import RecordError, SkippedRecord
 from .export import (
+    OFFICIAL_TRUTH_FILES,
     PreparedDataset,
     alignment_features,
+    build_official_truth,
     prepare_dataset,
     structure_features,
+    write_official_truth,
 )
 from .masks import (
     HEATMAP_LEVELS,
@@ -78,6 +83,7 @@ __all__ = [
     "ALIGNMENT_SPLIT_FILES",
     "ELEMENT_CATEGORIES",
     "HEATMAP_LEVELS",
+    "OFFICIAL_TRUTH_FILES",
     "STRUCTURE_SPLIT_FILES",
     "TRUTH_SIZE",
     "AlignmentRecord",
@@ -92,6 +98,7 @@ __all__ = [
     "alignment_features",
     "baseline_heatmap",
     "binary_mask",
+    "build_official_truth",
     "element_key_parts",
     "find_alignment_files",
     "find_structure_files",
@@ -111,4 +118,5 @@ __all__ = [
     "structure_features",
     "truth_maps",
     "vote_map",
+    "write_official_truth",
 ]

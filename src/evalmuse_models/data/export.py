@@ -2,7 +2,9 @@
 
 The output folder holds ``alignment/<split>-XXXXX-of-YYYYY.parquet`` and
 ``structure/<split>-XXXXX-of-YYYYY.parquet`` (images embedded as bytes, ``datasets`` features
-stored in the Parquet metadata) and a ``README.md`` whose YAML ``configs:`` declares the two
+stored in the Parquet metadata), the official truth files of the labelled splits
+(``official/alignment/<split>/eval.json``, ``official/structure/<split>/gt.pkl``, see
+:func:`write_official_truth`) and a ``README.md`` whose YAML ``configs:`` declares the two
 configs, so that::
 
     from datasets import load_dataset
@@ -22,9 +24,10 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ import numpy as np
 from ..utils import UserInputError, atomic_write_text, replace_directory
 from .alignment import (
     AlignmentRecord,
+    element_record_key,
     find_alignment_files,
     generator_from_img_path,
     inside_release,
@@ -41,11 +45,14 @@ from .alignment import (
 )
 from .errors import InvalidValue, RecordError, SkippedRecord, write_skipped_report
 from .masks import TRUTH_SIZE, truth_maps
-from .structure import StructureRecord, find_structure_files, load_structure_records
+from .structure import StructureRecord, find_structure_files, load_structure_records, resolve_images
 
 CONFIG_NAMES = ("alignment", "structure")
 HEATMAP_SIZE = TRUTH_SIZE
 SKIPPED_REPORT_NAME = "skipped_records.jsonl"
+#: Where the official truth files go in a prepared folder: ``official/<config>/<split>/<file>``.
+OFFICIAL_DIR = "official"
+OFFICIAL_TRUTH_FILES = {"alignment": "eval.json", "structure": "gt.pkl"}
 CARD_TEMPLATE = Path(__file__).resolve().parent / "resources" / "dataset_card_template.md"
 
 
@@ -101,6 +108,8 @@ class PreparedDataset:
     num_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # config -> split -> rows
     skipped: list[SkippedRecord] = field(default_factory=list)
     skipped_report: Path | None = None
+    #: config -> split -> the official truth file (``eval.json`` / ``gt.pkl``) of each labelled split
+    official_truth: dict[str, dict[str, Path]] = field(default_factory=dict)
 
     @property
     def num_records(self) -> int:
@@ -273,28 +282,30 @@ class _ShardedParquetWriter:
         return final
 
 
+def _map_in_order(function: Callable[[Any], Any], items: Iterable, num_workers: int) -> Iterator:
+    """``function`` over ``items``, results in order, in a thread pool (image decoding, PNG encoding and
+    OpenCV drawing release the GIL) with a bounded look-ahead."""
+    if num_workers <= 1:
+        yield from map(function, items)
+        return
+    items = iter(items)
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        while chunk := list(islice(items, num_workers * 16)):
+            yield from pool.map(function, chunk)
+
+
 def _rows_in_order(
     make_row: Callable[[Any], dict[str, Any]], records: list, num_workers: int
 ) -> Iterable[tuple[Any, dict[str, Any] | None, RecordError | None]]:
-    """Yield ``(record, row, error)`` in record order, building rows in a thread pool
-    (image decoding and PNG encoding release the GIL) with a bounded look-ahead."""
+    """Yield ``(record, row, error)`` in record order, building rows in a thread pool."""
 
     def safe(record):
         try:
-            return make_row(record), None
+            return record, make_row(record), None
         except RecordError as error:
-            return None, error
+            return record, None, error
 
-    if num_workers <= 1:
-        for record in records:
-            yield (record, *safe(record))
-        return
-    window = num_workers * 16
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for start in range(0, len(records), window):
-            chunk = records[start:start + window]
-            for record, (row, error) in zip(chunk, pool.map(safe, chunk)):
-                yield record, row, error
+    return _map_in_order(safe, records, num_workers)
 
 
 def _write_split(
@@ -340,11 +351,153 @@ def _write_split(
 
 
 # ---------------------------------------------------------------------------------------------
+# Official truth files
+
+
+def _has_label(config: str, record) -> bool:
+    if config == "alignment":
+        return record.total_score is not None and all(e.score is not None for e in record.elements)
+    return record.mos is not None
+
+
+def _alignment_truth(item, where: str) -> dict[str, Any]:
+    if isinstance(item, AlignmentRecord):
+        prompt, img_path, total, elements = item.prompt, item.img_path, item.total_score, item.element_scores()
+    else:
+        prompt, img_path, total = item.get("prompt", ""), item.get("img_path"), item.get("total_score")
+        elements = {element_record_key(e): e.get("score") for e in item.get("elements") or []}
+    unlabelled = "total_score" if total is None else next(
+        (f"the score of element {key!r}" for key, value in elements.items() if value is None), None)
+    if unlabelled:
+        raise UserInputError(f"{where}: no label ({unlabelled} is null); official truth files are made of "
+                             "labelled records only (the test split has none)")
+    return {"prompt": prompt, "img_path": img_path, "total_score": total, "element_score": elements}
+
+
+def _structure_truth(item, where: str, min_votes: int) -> tuple[str, dict[str, Any]]:
+    name, mos = (item.image_name, item.mos) if isinstance(item, StructureRecord) else (
+        item.get("image_name"), item.get("mos"))
+    if mos is None:
+        raise UserInputError(f"{where}: no label (mos is null); official truth files are made of labelled "
+                             "records only")
+    try:
+        truth = truth_maps(item, min_votes=min_votes).truth
+    except (ValueError, OSError) as error:
+        raise UserInputError(f"{where}: cannot draw the truth mask ({error})") from None
+    return name, {"pred_area": truth, "score": float(mos)}
+
+
+def build_official_truth(config: str, records, *, min_votes: int = 1, num_workers: int = 1):
+    """The official truth of labelled records, in the layout the NTIRE 2025 scoring programs read.
+
+    Args:
+        config: ``"alignment"`` or ``"structure"``.
+        records: parsed records (:class:`AlignmentRecord` / :class:`StructureRecord`) or rows of a
+            prepared ``alignment`` / ``structure`` split (dicts, or a ``datasets.Dataset``, whose
+            images are then not decoded).
+        min_votes: structure: annotators needed for a truth pixel (1 = union, as the ``mask``
+            column of ``prepare-data`` by default).
+        num_workers: structure: threads drawing the masks.
+
+    Returns:
+        alignment: the ``eval.json`` records, ``[{"prompt", "img_path", "total_score",
+        "element_score": {raw key, byte for byte: mean vote}}]`` in record order; structure: the
+        ``gt.pkl`` dict ``{image_name: {"pred_area": 512x512 uint8 0/1, "score": mos}}``, the
+        mask made by :func:`~evalmuse_models.data.masks.truth_maps` (the one truth rule).
+
+    Raises:
+        UserInputError: an unknown config, a record without a label (``total_score``, an element
+            score or ``mos`` null), or an image named twice.
+    """
+    if config not in OFFICIAL_TRUTH_FILES:
+        raise UserInputError(f"config must be 'alignment' or 'structure', got {config!r}")
+    if hasattr(records, "select_columns") and hasattr(records, "column_names"):  # a datasets.Dataset
+        records = _dataset_columns(config, records)
+
+    def where(index: int, item) -> str:
+        if isinstance(item, (AlignmentRecord, StructureRecord)):
+            return f"{item.source}: record {item.record_id}"
+        key = "img_path" if config == "alignment" else "image_name"
+        return f"row {index} ({key}={item.get(key)!r})" if isinstance(item, dict) else f"row {index}"
+
+    if config == "alignment":
+        return [_alignment_truth(item, where(i, item)) for i, item in enumerate(records)]
+    if not hasattr(records, "column_names"):
+        records = list(records)
+        unsized = [r for r in records if isinstance(r, StructureRecord) and (r.width is None or r.height is None)]
+        resolve_images(unsized)  # image sizes from the file headers
+    truth: dict[str, dict[str, Any]] = {}
+    entries = _map_in_order(lambda pair: _structure_truth(pair[1], where(*pair), min_votes),
+                            enumerate(records), num_workers)
+    for index, (name, entry) in enumerate(entries):
+        if name in truth:
+            raise UserInputError(f"the image {name!r} appears twice (the second time at position {index}); an "
+                                 "image has one truth")
+        truth[name] = entry
+    return truth
+
+
+def _dataset_columns(config: str, dataset):
+    columns = {"alignment": ["img_path", "prompt", "total_score", "elements"],
+               "structure": ["image_name", "mos", "shapes", "image"]}[config]
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise UserInputError(f"the official {config} truth needs the columns {', '.join(missing)}; give a split "
+                             f"of a prepared {config!r} dataset")
+    dataset = dataset.select_columns(columns)
+    if config == "structure":
+        from datasets import Image
+
+        dataset = dataset.cast_column("image", Image(decode=False))  # the size is read from the header
+    return dataset
+
+
+def write_official_truth(config: str, records, path, *, min_votes: int = 1, num_workers: int = 1) -> Path:
+    """Write the official truth file of labelled records: ``eval.json`` (alignment, with
+    :func:`evalmuse_models.metrics.write_alignment_truth`) or ``gt.pkl`` (structure, with
+    :func:`evalmuse_models.metrics.write_structure_truth`), atomically. See :func:`build_official_truth`
+    for the arguments; ``evalmuse prepare-data`` writes one per labelled split in
+    ``OUT_DIR/official/<config>/<split>/``.
+
+    Example::
+
+        from datasets import load_dataset
+        from evalmuse_models.data import write_official_truth
+
+        test = load_dataset("evalmuse", "structure", split="test")
+        write_official_truth("structure", test, "ref/gt.pkl")   # then: evalmuse eval structure --truth ref/gt.pkl
+    """
+    from ..metrics import write_alignment_truth, write_structure_truth
+
+    truth = build_official_truth(config, records, min_votes=min_votes, num_workers=num_workers)
+    writer = write_alignment_truth if config == "alignment" else write_structure_truth
+    return writer(truth, path)
+
+
+def _write_split_truth(config: str, split: str, records: list, state: dict, folder: Path, *, min_votes: int,
+                       num_workers: int) -> str | None:
+    """Write the truth file of one written split when every record written is labelled; its path
+    relative to ``folder`` (the dataset folder being built), or None."""
+    dropped = {(item["file"], item["record"]) for item in state.get("skipped", [])}
+    written = [r for r in records if (r.source, r.record_id) not in dropped]
+    labelled = sum(_has_label(config, r) for r in written)
+    if not written or labelled < len(written):
+        if labelled:
+            print(f"note: {config}/{split}: {len(written) - labelled} of {len(written)} records have no label; no "
+                  "official truth file is written for this split", file=sys.stderr)
+        return None
+    relative = f"{OFFICIAL_DIR}/{config}/{split}/{OFFICIAL_TRUTH_FILES[config]}"
+    write_official_truth(config, written, folder / relative, min_votes=min_votes, num_workers=num_workers)
+    return relative
+
+
+# ---------------------------------------------------------------------------------------------
 # Dataset card
 
 
 def _render_card(
-    out: Path, infos: dict, data_files: dict, num_rows: dict, skipped: int, mask_min_votes: int, template: Path
+    out: Path, infos: dict, data_files: dict, num_rows: dict, skipped: int, mask_min_votes: int, template: Path,
+    official_truth: list[str] = (),
 ):
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
@@ -372,6 +525,7 @@ def _render_card(
         configs=list(num_rows),
         skipped=skipped,
         mask_min_votes=mask_min_votes,
+        official_truth=list(official_truth),
     )
     card.save(out / "README.md")
 
@@ -402,6 +556,7 @@ def prepare_dataset(
     card_template=None,
     resume: bool = True,
     generator_map=None,
+    official_truth: bool = True,
 ) -> PreparedDataset:
     """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
 
@@ -438,10 +593,15 @@ def prepare_dataset(
             :func:`~evalmuse_models.data.read_generator_map` (CSV ``img_path,generator`` or JSON
             ``{img_path: generator}``) or a dict. A listed image takes the map's generator;
             others keep the folder of their ``img_path``, or ``""`` (unknown) when it has none.
+        official_truth: also write the official truth file of each labelled split (every record
+            written has its labels), in ``official/alignment/<split>/eval.json`` and
+            ``official/structure/<split>/gt.pkl`` (see :func:`write_official_truth`; the
+            structure masks use ``mask_min_votes``), for ``evalmuse eval ... --truth``. A
+            ``gt.pkl`` takes 256 KiB per image (2.6 GB for the 10,000 training images).
 
     Returns:
-        A :class:`PreparedDataset` with the rows written per config and split and the skipped
-        records.
+        A :class:`PreparedDataset` with the rows written per config and split, the skipped
+        records and the official truth files.
 
     An image must lie inside its release folder, links followed; an image (``img_path`` or
     structure key) belongs to one split: a repeat in a later split is invalid (refused, or left
@@ -517,7 +677,7 @@ def prepare_dataset(
     fingerprint = _fingerprint(
         [(config, split, path) for config, split, path, *_ in jobs],
         {"skip_invalid": skip_invalid, "num_shards": num_shards, "max_bytes": max_bytes,
-         "mask_min_votes": mask_min_votes,
+         "mask_min_votes": mask_min_votes, "official_truth": official_truth,
          "generator_map": sorted(generator_map.items()) if generator_map else None},
     )
     staging = _Staging(out_dir, fingerprint, resume=resume)
@@ -549,6 +709,13 @@ def prepare_dataset(
                 continue
             result.num_rows.setdefault(config, {})[split] = num_rows
             data_files.setdefault(config, {})[split] = f"{config}/{split}-*.parquet"
+            if official_truth:
+                if "truth" not in state:
+                    state["truth"] = _write_split_truth(config, split, records, state, tmp,
+                                                        min_votes=mask_min_votes, num_workers=num_workers)
+                    staging.save()
+                if state["truth"]:
+                    result.official_truth.setdefault(config, {})[split] = out_dir / state["truth"]
             info = infos.setdefault(config, DatasetInfo(config_name=config, features=features, splits=SplitDict()))
             info.splits.add(SplitInfo(name=split, num_bytes=sum(s["bytes"] for s in state["shards"]),
                                       num_examples=num_rows))
@@ -556,7 +723,10 @@ def prepare_dataset(
             raise UserInputError("every record was invalid: nothing to write (see the skipped records)")
         if skipped:
             write_skipped_report(tmp / SKIPPED_REPORT_NAME, skipped)
-        _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes, card_template)
+        truth_files = [path.relative_to(out_dir).as_posix()
+                       for splits in result.official_truth.values() for path in splits.values()]
+        _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes, card_template,
+                     truth_files)
         staging.publish(overwrite=overwrite)
     except UserInputError:
         staging.discard()  # bad input: nothing worth resuming
