@@ -91,3 +91,19 @@ def test_files_written_by_a_library_through_atomic_file_honour_the_umask(tmp_pat
         raise RuntimeError("interrupted")
     assert (tmp_path / "lib.bin").read_bytes() == b"by any writer"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.bin", "p.parquet"]
+
+
+def test_replacing_a_folder_never_touches_a_user_folder_named_like_the_backup(tmp_path):
+    # The backup used to be the fixed name ".<name>.old", deleted without a look.
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    keep = tmp_path / ".out.old"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("user data")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "new.txt").write_text("new")
+    replace_directory(new, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
+    assert (keep / "mine.txt").read_text() == "user data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "out"]

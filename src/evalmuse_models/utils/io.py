@@ -90,16 +90,15 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
 def replace_directory(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Move the finished folder ``source`` to ``target``, replacing any folder there.
 
-    Each ``os.replace`` is atomic; an existing ``target`` is first moved aside to a hidden ``.old``
-    sibling, so ``target`` is never a half-written mix of the two. The folder and its contents first get
-    the usual permissions (:func:`apply_usual_permissions`).
+    Each ``os.replace`` is atomic; an existing ``target`` is first moved aside to a new hidden ``.old``
+    sibling of its own (never a folder that was already there), so ``target`` is never a half-written mix
+    of the two. The folder and its contents first get the usual permissions (:func:`apply_usual_permissions`).
     """
     source, target = Path(source), Path(target)
     apply_usual_permissions(source)
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
+        old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
+        os.replace(target, old)  # over the empty placeholder just made
         os.replace(source, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
