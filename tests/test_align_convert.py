@@ -225,9 +225,21 @@ def test_cli_convert(tmp_path, tiny_config, tokenizer, capsys):
     assert rc == 0, capsys.readouterr().err
     assert "converted" in capsys.readouterr().out
     assert EvalMuseAlignModel.from_pretrained(out).config.num_query_tokens == tiny_config.num_query_tokens
-    # Existing output is refused with a clear message.
-    rc = cli_main(["convert", "fga-blip2", str(ckpt), str(out), "--preset", "tiny", "--tokenizer", str(tok_dir)])
+    # Existing output is refused with a clear message; --overwrite replaces a converted folder...
+    args = ["convert", "fga-blip2", str(ckpt), str(out), "--preset", "tiny", "--tokenizer", str(tok_dir)]
+    rc = cli_main(args)
     assert rc == 2 and "already exists" in capsys.readouterr().err
+    assert cli_main([*args, "--overwrite"]) == 0
+    capsys.readouterr()
+    # ...but never a folder of the user's files, nor the folder holding the checkpoint (it used to delete them).
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    rc = cli_main([*args[:3], str(mine), *args[4:], "--overwrite"])
+    assert rc == 2 and "not a model folder written by evalmuse-models" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep"
+    rc = cli_main([*args[:3], str(tmp_path), *args[4:], "--overwrite"])
+    assert rc == 2 and "holds" in capsys.readouterr().err and ckpt.exists()
     # Not a checkpoint.
     bad = tmp_path / "bad.pth"
     bad.write_text("not a pickle")

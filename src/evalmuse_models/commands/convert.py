@@ -50,7 +50,8 @@ def register(subparsers) -> None:
         choices=["lavis", "imscore"],
         help="format of CHECKPOINT: the official LAVIS pickle, or the imscore safetensors port (RE-N-Y/evalmuse)",
     )
-    fga.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    fga.add_argument("--overwrite", action="store_true",
+                     help="replace an output folder written by an earlier conversion (never a folder of other files)")
     fga.set_defaults(func=_run_fga_blip2, _parser=fga)
 
 

@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils import UserInputError, atomic_directory, atomic_write_text
+from ..utils import UserInputError, atomic_write_text, claim_output_directory, owned_directory
 
 #: LAVIS tensors that have no counterpart in the alignment model (and why).
 DROPPED_PREFIXES = {
@@ -333,7 +333,8 @@ def convert_fga_blip2(
         preset: the architecture (``"fga-blip2"``; ``"tiny"`` for tests); ``config_overrides`` adjust it.
         tokenizer / tokenizer_name_or_path: the processor's tokenizer (default ``bert-base-uncased`` + ``[DEC]``).
         dtype: dtype of the written weights (``float32``, ``float16``, ``bfloat16``).
-        overwrite: replace an existing ``output_dir``.
+        overwrite: replace an existing ``output_dir`` that an earlier conversion (or another command of this
+            package) wrote as a model folder; any other existing folder or file is refused.
         source: ``"lavis"`` (the official checkpoint) or ``"imscore"`` (its safetensors port, Hub
             ``RE-N-Y/evalmuse``; it has no ``temp``: see the module docstring).
 
@@ -357,8 +358,9 @@ def convert_fga_blip2(
     )
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise UserInputError(f"output folder {output_dir} already exists; choose another one or pass --overwrite")
+    inputs = [p for p in (checkpoint, blip2_base) if p is not None and Path(p).exists()]
+    # Only a model folder this package wrote is ever replaced (--overwrite), never a folder of other files.
+    claim_output_directory(output_dir, "model", inputs=inputs, overwrite=overwrite, option="output folder")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise UserInputError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
     if source not in SOURCES:
@@ -445,7 +447,7 @@ def convert_fga_blip2(
     else:
         processor = EvalMuseAlignProcessor.from_config(config, tokenizer=tokenizer)
 
-    with atomic_directory(output_dir, overwrite=overwrite) as tmp:
+    with owned_directory(output_dir, "model", inputs=inputs, overwrite=overwrite, option="output folder") as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         from huggingface_hub import ModelCardData
