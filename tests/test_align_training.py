@@ -99,10 +99,10 @@ def test_max_steps_run_decays_the_learning_rate_to_the_minimum(prepared_dataset,
         min_learning_rate=0.0, num_epochs=1, per_device_train_batch_size=48, augment=False,
     ))
     assert metrics["steps"] == 6 and metrics["epochs_completed"] >= 1
-    scheduler_state = torch.load(out / "checkpoints" / "step-6" / "custom_checkpoint_0.pkl", weights_only=False)
+    scheduler_state = json.loads((out / "checkpoints" / "step-6" / "scheduler.json").read_text())
     assert scheduler_state["last_epoch"] == 6
     assert scheduler_state["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
-    middle = torch.load(out / "checkpoints" / "step-3" / "custom_checkpoint_0.pkl", weights_only=False)
+    middle = json.loads((out / "checkpoints" / "step-3" / "scheduler.json").read_text())
     assert middle["last_epoch"] == 3 and middle["_last_lr"][0] == pytest.approx(1e-3 * 0.5, rel=1e-6)
 
 
@@ -202,15 +202,20 @@ def test_short_cpu_run_improves_the_validation_main_score(tmp_path_factory):
 def test_two_process_cpu_run(prepared_dataset, tmp_path):
     """The multi-process path (DDP over gloo) on CPU: ``torchrun --nproc_per_node 2``."""
     out = tmp_path / "ddp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         str(REPO / "train_scripts/train_align.py"), "--config", str(REPO / "train_scripts/configs/align_tiny.yaml"),
-         "--dataset_dir", str(prepared_dataset), "--output_dir", str(out), "--max_steps", "2",
-         "--eval_every", "2", "--save_every", "2", "--show_progress", "false", "--eval_on_start", "false"],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(REPO / "train_scripts/train_align.py"), "--config", str(REPO / "train_scripts/configs/align_tiny.yaml"),
+               "--dataset_dir", str(prepared_dataset), "--output_dir", str(out),
+               "--eval_every", "2", "--save_every", "2", "--show_progress", "false", "--eval_on_start", "false",
+               "--max_steps", "2"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     checkpoint = out / "checkpoints" / "step-2"
-    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (checkpoint / "rng_state_0.json").is_file() and (checkpoint / "rng_state_1.json").is_file()
+    assert not [p.name for p in checkpoint.iterdir() if p.suffix in (".pkl", ".bin", ".pt")]
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
     assert EvalMuseAlignModel.from_pretrained(out / "model").config.model_type == "evalmuse_align"
+    # Both processes resume from it (each with its own RNG states).
+    resumed = subprocess.run([*command[:-2], "--max_steps", "4"], capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stdout
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4

@@ -17,8 +17,9 @@ The recipe is FGA-BLIP2's (SPEC §4; LAVIS ``fga_blip2.yaml``):
   evaluation images: plain bicubic resize.
 
 Every epoch (or every ``eval_every`` steps) the validation split is scored with the NTIRE 2025 Main Score.
-Checkpoints (accelerate state + progress) are written atomically under ``output_dir/checkpoints`` and a
-rerun resumes from the latest one. The end result is ``output_dir/model`` (``save_pretrained`` folder with
+Checkpoints (weights, optimizer, scheduler and RNG states, progress: safetensors and JSON, see
+:mod:`evalmuse_models.training.checkpoint`; nothing in them is unpickled) are written atomically under
+``output_dir/checkpoints`` and a rerun resumes from the latest one. The end result is ``output_dir/model`` (``save_pretrained`` folder with
 processor and model card) and ``output_dir/metrics.json``.
 
 Example::
@@ -46,6 +47,7 @@ from typing import Any
 
 from ..data.alignment import element_record_key
 from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
+from .checkpoint import check_supported, load_training_state, read_progress, sample_seed, save_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -162,12 +164,19 @@ def build_token_targets(processor, prompt: str, elements: list[dict], total_scor
 
 
 class AlignTrainDataset:
-    """Map-style torch dataset over the prepared ``alignment`` split with official targets."""
+    """Map-style torch dataset over the prepared ``alignment`` split with official targets.
 
-    def __init__(self, split, processor, max_text_length: int, augment: bool, image_size: int, skip_unmatched: bool):
+    A sample's augmentation is drawn from its own seed (``seed``, the ``epoch`` attribute the loop sets, its
+    index), not from the global RNG, so that it does not depend on loading order and a resumed run
+    augments exactly as an uninterrupted one."""
+
+    def __init__(self, split, processor, max_text_length: int, augment: bool, image_size: int, skip_unmatched: bool,
+                 seed: int = 0):
         self.split = split
         self.processor = processor
         self.max_text_length = max_text_length
+        self.seed = seed
+        self.epoch = 0
         self.transform = None
         if augment:
             from torchvision import transforms
@@ -200,10 +209,14 @@ class AlignTrainDataset:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> dict:
+        import torch
+
         row = self.split[self.indices[item]]
         image = row["image"].convert("RGB")
         if self.transform is not None:
-            image = self.transform(image)
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
+                torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, item))
+                image = self.transform(image)
         variance = row.get("prompt_variance")
         mask, score = self.targets[item]
         return {
@@ -488,6 +501,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
         # with several processes (`torchrun --nproc_per_node N`)
         cpu=args.use_cpu or not _has_accelerator(),
     )
+    check_supported(accelerator)
     set_seed(args.seed)
 
     model, processor = build_model_and_processor(args)
@@ -495,7 +509,8 @@ def _train_align(args: TrainAlignArguments) -> dict:
     image_size = model.config.vision_config.image_size
     image_size = image_size if isinstance(image_size, int) else image_size[0]
     train_dataset = AlignTrainDataset(
-        train_split, processor, args.max_text_length, args.augment, image_size, args.skip_unmatched_elements
+        train_split, processor, args.max_text_length, args.augment, image_size, args.skip_unmatched_elements,
+        seed=args.seed,
     )
     if len(train_dataset) == 0:
         raise UserInputError(f"{args.dataset_dir}: no labelled training sample left (skipped {train_dataset.skipped})")
@@ -532,14 +547,20 @@ def _train_align(args: TrainAlignArguments) -> dict:
     # Stepped by hand once per optimizer step (not handed to accelerate, which would step it once per
     # process); its state is saved with the checkpoints.
     scheduler = torch.optim.lr_scheduler.LambdaLR(base_optimizer, warmup_cosine_lr_lambda(args, total_steps))
-    accelerator.register_for_checkpointing(scheduler)
 
     checkpoints = output_dir / "checkpoints"
-    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "initial": None, "losses": []}
+    # "running": the losses since the last logged mean (kept in checkpoints so a resumed run logs the same means)
+    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "initial": None, "losses": [],
+                "running": []}
+    # The loader's generator as the current epoch began: a mid-epoch checkpoint keeps it, so that a resume
+    # draws the same order and skips the batches already seen.
+    epoch_start_state = generator.get_state()
     latest = _latest_checkpoint(checkpoints) if args.resume else None
     if latest is not None:
-        accelerator.load_state(str(latest))
-        progress = json.loads((latest / "progress.json").read_text())
+        hint = "--resume false (resume=False)"
+        progress = read_progress(latest, "progress.json", progress, resume_hint=hint)
+        load_training_state(accelerator, latest, model=model, optimizer=optimizer, scheduler=scheduler,
+                            generators={"train_loader": generator}, resume_hint=hint)
         accelerator.print(f"resumed from {latest} (step {progress['step']})")
 
     def evaluate() -> dict:
@@ -550,7 +571,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
             )
 
     def save_checkpoint() -> None:
-        # Every process calls save_state (accelerate writes per-process RNG states); the folder is built
+        # Every process calls save_training_state (each writes its own RNG states); the folder is built
         # under a partial name and renamed into place by the main process, so a crash never leaves a
         # half-written checkpoint that a resume would pick up.
         target = checkpoints / f"step-{progress['step']}"
@@ -559,7 +580,9 @@ def _train_align(args: TrainAlignArguments) -> dict:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))
+        loader_state = epoch_start_state if progress["batches_in_epoch"] else generator.get_state()
+        save_training_state(accelerator, partial, model=model, optimizer=optimizer, scheduler=scheduler,
+                            generator_states={"train_loader": loader_state})
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             atomic_write_text(partial / "progress.json", json.dumps(progress, indent=2))
@@ -584,7 +607,9 @@ def _train_align(args: TrainAlignArguments) -> dict:
         epoch_loader = loader
         if progress["batches_in_epoch"]:
             epoch_loader = accelerator.skip_first_batches(loader, progress["batches_in_epoch"])
-        running = []
+        epoch_start_state = generator.get_state()
+        train_dataset.epoch = progress["epoch"]  # not a set_epoch method: accelerate's loaders call that with their own count
+        running = progress["running"]
         for batch in epoch_loader:
             with accelerator.accumulate(model):
                 outputs = model(**batch, predict_element_mask=True)
@@ -606,7 +631,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
                 mean_loss = sum(running) / len(running)
                 progress["losses"].append([progress["step"], mean_loss])
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                running = []
+                running.clear()
             if args.eval_every and progress["step"] % args.eval_every == 0 and accelerator.is_main_process:
                 progress["history"].append({"step": progress["step"], **evaluate()})
                 model.train()
@@ -619,6 +644,7 @@ def _train_align(args: TrainAlignArguments) -> dict:
                 break
         if running:
             progress["losses"].append([progress["step"], sum(running) / len(running)])
+            running.clear()
         if not stop:
             progress["epoch"] += 1
             progress["batches_in_epoch"] = 0

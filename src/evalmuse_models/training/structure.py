@@ -21,7 +21,9 @@ Output folder::
     <output_dir>/model/          save_pretrained folder (config with the chosen threshold, weights,
                                  processor, remote code): AutoModel.from_pretrained(<output_dir>/model)
     <output_dir>/metrics.json    initial / per-epoch / final metrics and the threshold table
-    <output_dir>/checkpoints/last/  accelerate state for resuming (removed at the end unless kept)
+    <output_dir>/checkpoints/last/  training state for resuming (weights, optimizer, scheduler and RNG
+                                 states, counters: safetensors and JSON, nothing unpickled; see
+                                 :mod:`evalmuse_models.training.checkpoint`), removed at the end unless kept
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
+from .checkpoint import check_supported, load_training_state, read_progress, sample_seed, save_training_state
 
 _PRESET_LR = {"tiny": 3e-3, "hnu-vpai": 1e-4, "em-rahf": 2e-5}
 
@@ -198,6 +201,25 @@ def _heatmap_array(row: dict[str, Any], size: int) -> np.ndarray:
         ) from exc
 
 
+class _TrainRows:
+    """The training split for the loader: each row with its horizontal-flip draw (``_hflip``), made from
+    its own seed (``seed``, the ``epoch`` attribute the loop sets, its index) rather than the global RNG,
+    so that it does not depend on loading order and a resumed run flips exactly as an uninterrupted one."""
+
+    def __init__(self, split, seed: int):
+        self.split = split
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = dict(self.split[index])
+        row["_hflip"] = bool(np.random.default_rng(sample_seed(self.seed, self.epoch, index)).random() < 0.5)
+        return row
+
+
 class _Collator:
     def __init__(self, processor, heatmap_size: int, uses_text: bool, train: bool, hflip: bool):
         self.processor = processor
@@ -214,8 +236,7 @@ class _Collator:
         for row in rows:
             image = row["image"].convert("RGB")
             heat = _heatmap_array(row, self.heatmap_size)
-            # torch's generator: seeded by set_seed in the main process and per worker by the DataLoader
-            if self.train and self.hflip and float(torch.rand(())) < 0.5:
+            if self.train and self.hflip and row.get("_hflip", False):  # drawn per sample by _TrainRows
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)
                 heat = heat[:, ::-1]
             images.append(image)
@@ -391,6 +412,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    check_supported(accelerator)
     set_seed(args.seed)
     show = accelerator.is_local_main_process if args.show_progress is None else args.show_progress and accelerator.is_local_main_process
 
@@ -421,9 +443,11 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     frozen_at_start = config.freeze_vit, config.freeze_cnn, config.freeze_text
 
     collate = _Collator(processor, config.heatmap_size, config.uses_text, train=True, hflip=args.hflip)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_rows = _TrainRows(train_split, args.seed)
     loader = DataLoader(
-        train_split, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate,
-        num_workers=args.num_workers, generator=torch.Generator().manual_seed(args.seed),
+        train_rows, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate,
+        num_workers=args.num_workers, generator=generator,
     )
     steps_per_epoch = max(1, math.ceil(len(loader) / args.gradient_accumulation_steps / accelerator.num_processes))
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
@@ -465,11 +489,16 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "initial": None, "initial_test": None, "epochs": [],
              "losses": [],
              "unfrozen": False, "seconds": 0.0, "samples": 0}
+    # The loader's generator as the current epoch began: a mid-epoch checkpoint keeps it, so that a resume
+    # draws the same order and skips the batches already seen.
+    epoch_start_state = generator.get_state()
     if args.resume and (last_ckpt / "trainer_state.json").is_file():
-        state.update(json.loads((last_ckpt / "trainer_state.json").read_text()))
+        hint = "--resume false (resume=False)"
+        state = read_progress(last_ckpt, "trainer_state.json", state, resume_hint=hint)
         if state["unfrozen"]:
             accelerator.unwrap_model(model).freeze_backbones(False, False, False)
-        accelerator.load_state(str(last_ckpt))
+        load_training_state(accelerator, last_ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                            generators={"train_loader": generator}, resume_hint=hint)
         accelerator.print(f"resumed from {last_ckpt} at step {state['step']}")
     elif args.eval_before_training:
         state["initial"] = evaluate()
@@ -481,7 +510,9 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        loader_state = epoch_start_state if state["batches_in_epoch"] else generator.get_state()
+        save_training_state(accelerator, tmp, model=model, optimizer=optimizer, scheduler=scheduler,
+                            generator_states={"train_loader": loader_state})
         if accelerator.is_main_process:
             atomic_write_text(tmp / "trainer_state.json", json.dumps(_jsonable(state)))
             replace_directory(tmp, last_ckpt)
@@ -498,6 +529,8 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
         epoch_loader = loader
         if state["batches_in_epoch"]:
             epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
+        epoch_start_state = generator.get_state()
+        train_rows.epoch = state["epoch"]  # not a set_epoch method: accelerate's loaders call that with their own count
         for batch in epoch_loader:
             if unfreeze_step is not None and not state["unfrozen"] and state["step"] >= unfreeze_step:
                 net = accelerator.unwrap_model(model)

@@ -1,0 +1,316 @@
+"""Resuming a training run never unpickles what it finds in a checkpoint folder.
+
+A checkpoint folder is input like any other: whoever can write into ``output_dir`` (a shared run
+folder, a downloaded run, an old demo folder) must not be able to run code in the next resume. Each
+test plants a pickle whose unpickling touches a marker file under every name a resume might read
+(accelerate's ``custom_checkpoint_*.pkl``, ``random_states_*.pkl``, ``optimizer.bin``, ... and the
+files of a checkpoint proper) and checks that the marker never appears: a planted extra file is
+ignored (the resume gives what a clean resume gives) and a checkpoint file replaced by a pickle is
+refused with a one-line error. A genuine interrupted run still resumes at the right step to the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evalmuse_models.training import align as align_training
+from evalmuse_models.training import structure as structure_training
+from evalmuse_models.training.align import TrainAlignArguments, train_align
+from evalmuse_models.training.structure import TrainStructureArguments, train_structure
+from evalmuse_models.utils import UserInputError
+
+torch.set_num_threads(1)
+
+#: Every file name accelerate's ``load_state`` (or an older version of these loops) reads from a folder.
+ACCELERATE_NAMES = (
+    "pytorch_model.bin", "pytorch_model_1.bin", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin",
+    "scheduler.bin", "scheduler_1.bin", "sampler.bin", "dl_state_dict.bin", "scaler.pt",
+    "random_states_0.pkl", "random_states_1.pkl", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+)
+PICKLE_SUFFIXES = (".bin", ".pkl", ".pt", ".pth")
+
+
+class TouchOnUnpickle:
+    """Unpickling this object touches ``marker`` (what a hostile pickle could do with any callable)."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path(self.marker).touch, ())
+
+
+def plant(path: pathlib.Path, marker: pathlib.Path) -> None:
+    """A hostile pickle at ``path``: torch's zip format for the names torch.load reads, a bare pickle otherwise."""
+    if path.suffix in PICKLE_SUFFIXES:
+        torch.save(TouchOnUnpickle(marker), path)
+    else:
+        path.write_bytes(pickle.dumps(TouchOnUnpickle(marker)))
+
+
+def test_the_planted_pickle_is_live(tmp_path):
+    """The payload really runs when unpickled the unsafe way (so its absence later means something)."""
+    marker = tmp_path / "pwned"
+    plant(tmp_path / "x.pkl", marker)
+    torch.load(tmp_path / "x.pkl", weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    plant(tmp_path / "x.json", marker)
+    with open(tmp_path / "x.json", "rb") as handle:
+        pickle.load(handle)
+    assert marker.exists()
+
+
+def plant_extras(checkpoint: pathlib.Path, marker: pathlib.Path) -> list[str]:
+    """Plant the hostile pickle under every accelerate name absent from ``checkpoint``, and over the
+    custom-object and RNG pickles an older checkpoint holds (what accelerate unpickled after the weights)."""
+    names = [n for n in ACCELERATE_NAMES
+             if not (checkpoint / n).exists() or n.startswith(("custom_checkpoint_", "random_states_"))]
+    for name in names:
+        plant(checkpoint / name, marker)
+    return names
+
+
+def weights(folder: pathlib.Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+# ---------------------------------------------------------------------------------------------- alignment
+
+
+def align_args(dataset, out, **overrides) -> TrainAlignArguments:
+    values = {
+        "dataset_dir": str(dataset), "output_dir": str(out), "preset": "tiny", "learning_rate": 1e-3, "warmup_steps": 2,
+        "per_device_train_batch_size": 48, "per_device_eval_batch_size": 16, "freeze_vision": True, "augment": True,
+        "num_epochs": 50, "seed": 0, "show_progress": False, "torch_num_threads": 1, "eval_on_start": False,
+        "eval_every": 10**6, "save_every": 2, "max_steps": 2,
+    }
+    values.update(overrides)
+    return TrainAlignArguments(**values)
+
+
+@pytest.fixture(scope="module")
+def align_run(prepared_dataset, tmp_path_factory):
+    """A finished 2-step alignment run with its checkpoint ``step-2`` (copied by each test)."""
+    out = tmp_path_factory.mktemp("align_run") / "run"
+    train_align(align_args(prepared_dataset, out))
+    assert (out / "checkpoints" / "step-2").is_dir()
+    return out
+
+
+def test_align_resume_ignores_planted_pickles(prepared_dataset, align_run, tmp_path):
+    marker = tmp_path / "pwned"
+    clean, planted = tmp_path / "clean", tmp_path / "planted"
+    shutil.copytree(align_run, clean)
+    shutil.copytree(align_run, planted)
+    names = plant_extras(planted / "checkpoints" / "step-2", marker)
+    assert "custom_checkpoint_0.pkl" in names and "random_states_0.pkl" in names
+
+    expected = train_align(align_args(prepared_dataset, clean, max_steps=4))
+    try:
+        got = train_align(align_args(prepared_dataset, planted, max_steps=4))
+    except UserInputError as error:  # refusing is fine too, as long as nothing was unpickled
+        assert "step-2" in str(error)
+        got = None
+    assert not marker.exists(), "a resume unpickled a planted file"
+    if got is not None:
+        assert got["steps"] == expected["steps"] == 4
+        assert got["train_loss"] == expected["train_loss"]
+        assert_same_weights(weights(planted / "model"), weights(clean / "model"))
+
+
+def test_align_resume_refuses_a_checkpoint_file_replaced_by_a_pickle(prepared_dataset, align_run, tmp_path):
+    """Each file of the checkpoint in turn is a hostile pickle: the resume stops with a clear error."""
+    marker = tmp_path / "pwned"
+    files = sorted(p.name for p in (align_run / "checkpoints" / "step-2").iterdir())
+    assert files
+    for name in files:
+        run = tmp_path / name
+        shutil.copytree(align_run, run)
+        plant(run / "checkpoints" / "step-2" / name, marker)
+        with pytest.raises(UserInputError, match="step-2") as caught:
+            train_align(align_args(prepared_dataset, run, max_steps=4))
+        assert not marker.exists(), f"resuming with a hostile {name} unpickled it"
+        assert "\n" not in str(caught.value)
+        assert not (run / "checkpoints" / "step-4").exists()
+
+
+def test_align_resume_refuses_a_checkpoint_without_its_state_file(prepared_dataset, align_run, tmp_path):
+    """A folder in accelerate's pickle layout (as written before) is not read at all."""
+    marker = tmp_path / "pwned"
+    run = tmp_path / "old"
+    shutil.copytree(align_run, run)
+    checkpoint = run / "checkpoints" / "step-2"
+    for path in checkpoint.iterdir():
+        if path.name not in ("progress.json", "model.safetensors"):
+            path.unlink()
+    for name in ACCELERATE_NAMES:
+        plant(checkpoint / name, marker)
+    with pytest.raises(UserInputError, match="resume") as caught:
+        train_align(align_args(prepared_dataset, run, max_steps=4))
+    assert str(checkpoint) in str(caught.value)
+    assert not marker.exists()
+    # Without resuming, the run starts over and never looks at the folder.
+    metrics = train_align(align_args(prepared_dataset, run, max_steps=2, resume=False))
+    assert metrics["steps"] == 2 and not marker.exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def crash_on_call(monkeypatch, cls, when, only_train=False):
+    """Make the collator ``cls`` raise :class:`Interrupted` on its ``when``-th (training) call."""
+    real = cls.__call__
+    calls = {"n": 0}
+
+    def call(self, rows):
+        if not only_train or self.train:
+            calls["n"] += 1
+            if calls["n"] == when:
+                raise Interrupted
+        return real(self, rows)
+
+    monkeypatch.setattr(cls, "__call__", call)
+    return real
+
+
+def test_interrupted_align_run_resumes_to_the_same_weights(prepared_dataset, tmp_path, monkeypatch):
+    """Interrupted mid-epoch after the step-4 checkpoint (the data order, the augmentation and dropout
+    RNGs, the optimizer and the LR schedule all restored), the resumed run equals an uninterrupted one."""
+    args = {"max_steps": 7, "save_every": 2, "augment": True, "freeze_vision": False}
+    straight = train_align(align_args(prepared_dataset, tmp_path / "straight", **args))
+    real = crash_on_call(monkeypatch, align_training.AlignCollator, 6)
+    with pytest.raises(Interrupted):
+        train_align(align_args(prepared_dataset, tmp_path / "resumed", **args))
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "step-2", "step-4"]
+    progress = json.loads((tmp_path / "resumed" / "checkpoints" / "step-4" / "progress.json").read_text())
+    assert progress["step"] == 4 and progress["batches_in_epoch"] > 0  # a mid-epoch checkpoint
+    monkeypatch.setattr(align_training.AlignCollator, "__call__", real)
+    resumed = train_align(align_args(prepared_dataset, tmp_path / "resumed", **args))
+    assert resumed["steps"] == straight["steps"] == 7
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert_same_weights(weights(tmp_path / "resumed" / "model"), weights(tmp_path / "straight" / "model"))
+    assert resumed["final"] == straight["final"]
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+
+def structure_args(dataset, out, **overrides) -> TrainStructureArguments:
+    values = {
+        "dataset_dir": str(dataset), "output_dir": str(out), "preset": "tiny", "max_steps": 2,
+        "max_train_samples": 12, "per_device_train_batch_size": 4, "eval_split": None, "evaluate_test": False,
+        "eval_before_training": False, "threshold_search": False, "show_progress": False, "save_steps": 2,
+        "keep_checkpoints": True, "seed": 0,
+    }
+    values.update(overrides)
+    return TrainStructureArguments(**values)
+
+
+@pytest.fixture(scope="module")
+def structure_run(prepared_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("structure_run") / "run"
+    train_structure(structure_args(prepared_dataset, out))
+    assert (out / "checkpoints" / "last").is_dir()
+    return out
+
+
+def test_structure_resume_ignores_planted_pickles(prepared_dataset, structure_run, tmp_path):
+    marker = tmp_path / "pwned"
+    clean, planted = tmp_path / "clean", tmp_path / "planted"
+    shutil.copytree(structure_run, clean)
+    shutil.copytree(structure_run, planted)
+    names = plant_extras(planted / "checkpoints" / "last", marker)
+    assert "custom_checkpoint_0.pkl" in names and "random_states_0.pkl" in names
+
+    expected = train_structure(structure_args(prepared_dataset, clean, max_steps=4))
+    try:
+        got = train_structure(structure_args(prepared_dataset, planted, max_steps=4))
+    except UserInputError as error:
+        assert "last" in str(error)
+        got = None
+    assert not marker.exists(), "a resume unpickled a planted file"
+    if got is not None:
+        assert got["train"]["steps"] == expected["train"]["steps"] == 4
+        assert got["train"]["loss_last"] == expected["train"]["loss_last"]
+        assert_same_weights(weights(planted / "model"), weights(clean / "model"))
+
+
+def test_structure_resume_refuses_a_checkpoint_file_replaced_by_a_pickle(prepared_dataset, structure_run, tmp_path):
+    marker = tmp_path / "pwned"
+    files = sorted(p.name for p in (structure_run / "checkpoints" / "last").iterdir())
+    assert files
+    for name in files:
+        run = tmp_path / name
+        shutil.copytree(structure_run, run)
+        plant(run / "checkpoints" / "last" / name, marker)
+        with pytest.raises(UserInputError, match="last") as caught:
+            train_structure(structure_args(prepared_dataset, run, max_steps=4))
+        assert not marker.exists(), f"resuming with a hostile {name} unpickled it"
+        assert "\n" not in str(caught.value)
+
+
+def test_interrupted_structure_run_resumes_to_the_same_weights(prepared_dataset, tmp_path, monkeypatch):
+    """Interrupted mid-epoch after a checkpoint: the resumed run equals an uninterrupted one."""
+    args = {"max_steps": 7, "save_steps": 2, "hflip": True, "keep_checkpoints": False}
+    straight = train_structure(structure_args(prepared_dataset, tmp_path / "straight", **args))
+    real = crash_on_call(monkeypatch, structure_training._Collator, 6, only_train=True)
+    with pytest.raises(Interrupted):
+        train_structure(structure_args(prepared_dataset, tmp_path / "resumed", **args))
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["batches_in_epoch"] == 1  # 3 batches an epoch: a mid-epoch checkpoint
+    monkeypatch.setattr(structure_training._Collator, "__call__", real)
+    resumed = train_structure(structure_args(prepared_dataset, tmp_path / "resumed", **args))
+    assert resumed["train"]["steps"] == straight["train"]["steps"] == 7
+    assert resumed["train"]["loss_last"] == straight["train"]["loss_last"]
+    assert_same_weights(weights(tmp_path / "resumed" / "model"), weights(tmp_path / "straight" / "model"))
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+class StopAfterAlign(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_demo_resume_never_unpickles_a_planted_checkpoint_file(tmp_path, monkeypatch, capsys):
+    """``evalmuse demo`` resumes its alignment run from ``runs/align/checkpoints``: a pickle planted
+    there is never unpickled."""
+    from evalmuse_models.cli import main
+
+    def stop(*args, **kwargs):
+        raise StopAfterAlign
+
+    monkeypatch.setattr(structure_training, "train_structure", stop)
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--seed", "1", "--device", "cpu", "--num-prompts", "12",
+            "--num-structure-images", "60", "--align-steps", "3", "--structure-epochs", "1", "--no-progress"]
+    with pytest.raises(StopAfterAlign):
+        main(argv)
+    checkpoint = out / "runs" / "align" / "checkpoints" / "step-3"
+    assert checkpoint.is_dir()
+    (out / ".steps" / "align").unlink()  # the rerun resumes the alignment run from its checkpoint
+    marker = tmp_path / "pwned"
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):  # what accelerate's load_state unpickles
+        plant(checkpoint / name, marker)
+    with pytest.raises(StopAfterAlign):
+        main(argv)
+    assert not marker.exists(), "the demo's resume unpickled a planted file"
+    assert (out / ".steps" / "align").is_file()
