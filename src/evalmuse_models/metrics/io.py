@@ -31,7 +31,7 @@ import numpy as np
 
 from ..data.alignment import element_score_dict, official_mean
 from ..data.errors import InvalidValue
-from ..utils import UserInputError, atomic_write_bytes, atomic_write_text
+from ..utils import UserInputError, atomic_file, atomic_write_bytes, atomic_write_text
 from ..utils.jsonio import load_json
 
 __all__ = [
@@ -573,7 +573,7 @@ def _structure_records(records: Mapping[str, Any], what: str) -> dict[str, dict[
         score = rec["score"]
         if isinstance(score, np.generic):
             score = score.item()
-        out[str(name)] = {"pred_area": mask.astype(np.uint8), "score": _number(score, f"{where}: score")}
+        out[str(name)] = {"pred_area": mask.astype(np.uint8, copy=False), "score": _number(score, f"{where}: score")}
     if not out:
         raise UserInputError(f"{what}: no record to write")
     return out
@@ -611,4 +611,6 @@ def write_alignment_truth(records: Iterable[Mapping[str, Any]], path: str | os.P
 def write_structure_truth(records: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> Path:
     """Write a ``gt.pkl`` truth file (same layout as ``output.pkl``)."""
     clean = _structure_records(records, "write_structure_truth")
-    return atomic_write_bytes(path, pickle.dumps(clean, protocol=4))
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # streamed: a training-set gt.pkl is GBs
+        pickle.dump(clean, handle, protocol=4)
+    return Path(path)
