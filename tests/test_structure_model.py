@@ -330,7 +330,7 @@ def test_torch_components_match_opencv():
     for trial in range(6):
         mask = (rng.random((96, 128)) < (0.3 if trial % 2 else 0.55)).astype(np.uint8)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-        labels, areas = label_regions(torch.from_numpy(mask), min_area=5)
+        labels, areas = label_regions(torch.from_numpy(mask), min_area=5, backend="torch")
         _n, _cv_labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         cv_areas = sorted(int(a) for a in stats[1:, cv2.CC_STAT_AREA] if a >= 5)
         assert sorted(areas.tolist()) == cv_areas
@@ -340,9 +340,10 @@ def test_torch_components_match_opencv():
         assert torch_regions == cv_regions
     # a batch gives the same labels as one by one
     batch = torch.from_numpy(np.stack([mask, 1 - mask]))
-    batch_labels, _ = label_regions(batch)
-    assert torch.equal(batch_labels[1], label_regions(batch[1])[0])
-    empty, empty_areas = label_regions(torch.zeros(5, 5, dtype=torch.uint8))
+    batch_labels, _ = label_regions(batch, backend="torch")
+    assert torch.equal(batch_labels[1], label_regions(batch[1], backend="torch")[0])
+    assert torch.equal(batch_labels, label_regions(batch)[0])  # the default backend numbers them alike
+    empty, empty_areas = label_regions(torch.zeros(5, 5, dtype=torch.uint8), backend="torch")
     assert not empty.any() and len(empty_areas) == 0
 
 
@@ -429,6 +430,8 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Block())
+for name in ("cv2", "scipy", "scipy.ndimage"):
+    sys.modules[name] = None  # as if not installed: imports fail, find_spec answers None
 import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
@@ -442,8 +445,14 @@ pixel_values = torch.load(folder + "/pixels.pt")
 with torch.no_grad():
     out = model(pixel_values=pixel_values)
 result = model.predict([Image.new("RGB", (40, 30))], processor=processor)[0]
+# without OpenCV and SciPy the regions are labelled in torch: same masks and regions
+threshold = float(sys.argv[2])
+images = [Image.open(folder + "/image.png"), Image.open(folder + "/image.png").resize((700, 600))]
+regions = model.predict(images, processor=processor, threshold=threshold)
+assert sys.modules["cv2"] is None and sys.modules["scipy"] is None
 print(json.dumps({"score": out.structure_score.tolist(), "heat": float(out.heatmap.mean()),
-                  "mask_shape": list(result["mask"].shape), "processor": type(processor).__name__}))
+                  "mask_shape": list(result["mask"].shape), "processor": type(processor).__name__,
+                  "regions": [r["regions"] for r in regions], "mask_sums": [int(r["mask"].sum()) for r in regions]}))
 """
 
 
@@ -459,12 +468,20 @@ def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
     torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
         expected = tiny_model(pixel_values=pixels)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    image.save(tmp_path / "image.png")
+    images = [image, image.resize((700, 600))]
+    heat = tiny_model.predict(images[:1])[0]["heatmap"]
+    threshold = float(np.median(np.round(heat * 255))) / 255  # masks with regions (see the postprocess tests)
+    regions = tiny_model.predict(images, threshold=threshold)  # labelled by OpenCV here
     env = {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path)], check=False, capture_output=True, text=True, env=env,
+        [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path), repr(threshold)], check=False, capture_output=True,
+        text=True, env=env,
         cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -472,6 +489,8 @@ def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
     assert got["processor"] == "EvalMuseStructureProcessor" and got["mask_shape"] == [30, 40]
     assert np.allclose(got["score"], expected.structure_score.tolist(), atol=1e-5)
     assert got["heat"] == pytest.approx(float(expected.heatmap.mean()), abs=1e-6)
+    assert got["regions"] == [r["regions"] for r in regions] and any(got["regions"])
+    assert got["mask_sums"] == [int(r["mask"].sum()) for r in regions]
 
 
 def test_pretrained_backbones_load_from_local_folders(tmp_path):

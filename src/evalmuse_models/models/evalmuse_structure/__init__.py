@@ -1,6 +1,7 @@
 """The EvalMuse structure model family (CNN + ViT fuser: distortion heatmap and structure score):
-config, model, processor, Auto-class registration. The OpenCV post-processing and the threshold
-search live in :mod:`evalmuse_models.models.evalmuse_structure.postprocess` (not shipped as
+config, model, processor, Auto-class registration. The post-processing (heatmap -> masks and
+regions) is the model file's own; :mod:`evalmuse_models.models.evalmuse_structure.postprocess`
+wraps it with input checks and adds the evaluation and the threshold search (not shipped as
 remote code).
 
 Example::

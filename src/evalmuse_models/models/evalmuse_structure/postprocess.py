@@ -1,7 +1,8 @@
-"""Post-processing of structure heatmaps with OpenCV (library only, not shipped as remote code):
-heatmap -> binary mask at a threshold, small-region removal, regions / boxes, mask at the original
-image size, the official-score evaluation of a set of predictions and the validation threshold
-search that maximises the official structure Final score.
+"""Post-processing of structure heatmaps (library only, not shipped as remote code): heatmap ->
+binary mask at a threshold, small-region removal, regions / boxes, mask at the original image size
+(thin checked wrappers over the model file's own post-processing, so ``predict`` and these
+functions agree exactly), the official-score evaluation of a set of predictions and the validation
+threshold search that maximises the official structure Final score.
 
 Example::
 
@@ -19,11 +20,25 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from ...utils import UserInputError
+from . import modeling_evalmuse_structure as _model
 
 BASELINE_THRESHOLD = 40 / 255
 DEFAULT_THRESHOLDS = tuple(round(v / 255, 6) for v in range(10, 250, 10))
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise UserInputError(f"threshold must be a heatmap level in [0, 1], got {threshold}")
+
+
+def _as_mask(mask: Any, name: str = "mask") -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise UserInputError(f"{name}: expected a 2-D mask, got shape {arr.shape}")
+    return arr
 
 
 def _as_heatmap(heatmap: Any, name: str = "heatmap") -> np.ndarray:
@@ -38,47 +53,29 @@ def _as_heatmap(heatmap: Any, name: str = "heatmap") -> np.ndarray:
 def heatmap_to_mask(heatmap: Any, threshold: float = BASELINE_THRESHOLD) -> np.ndarray:
     """Binary uint8 0/1 mask: ``round(heatmap * 255) > threshold * 255`` (the baseline's rule, which
     is ``> 40`` on 8-bit levels for the default threshold 40/255). ``heatmap`` is in [0, 1]."""
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise UserInputError(f"threshold must be a heatmap level in [0, 1], got {threshold}")
+    _check_threshold(threshold)
     arr = _as_heatmap(heatmap)
-    return (np.round(arr * 255) > float(threshold) * 255 + 1e-6).astype(np.uint8)
+    return _model.binarize_heatmap(torch.from_numpy(arr), float(threshold)).numpy()
 
 
 def remove_small_regions(mask: Any, min_area: int) -> np.ndarray:
     """Drop 8-connected regions with fewer than ``min_area`` pixels (uint8 0/1 out)."""
-    import cv2
-
-    binary = (np.asarray(mask) > 0).astype(np.uint8)
-    if min_area <= 1 or not binary.any():
-        return binary
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    keep = np.zeros(n, dtype=bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
-    return keep[labels].astype(np.uint8)
+    return _model.remove_small_regions(_as_mask(mask), min_area)
 
 
 def mask_to_regions(mask: Any) -> list[dict[str, Any]]:
     """``[{"bbox": [x0, y0, x1, y1], "area": pixels}]`` of the 8-connected regions of a mask (``x1``,
     ``y1`` exclusive), in raster order of each region's first pixel."""
-    import cv2
-
-    binary = (np.asarray(mask) > 0).astype(np.uint8)
-    if not binary.any():
-        return []
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    regions = []
-    for i in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[i, :5])
-        regions.append({"bbox": [x, y, x + w, y + h], "area": area})
-    return regions
+    return _model.mask_to_regions(_as_mask(mask))
 
 
 def resize_mask(mask: Any, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a 0/1 mask to ``(width, height)`` (e.g. back to the original image)."""
-    import cv2
-
+    """Nearest resize of a 0/1 mask to ``(width, height)`` (e.g. back to the original image), pixel
+    centres aligned: the model's own resize (:func:`~.modeling_evalmuse_structure.resize_mask`)."""
     width, height = (int(v) for v in size)
-    return cv2.resize((np.asarray(mask) > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+    if width < 1 or height < 1:
+        raise UserInputError(f"size must be (width, height) of at least 1 x 1, got {tuple(size)}")
+    return _model.resize_mask((_as_mask(mask) > 0).astype(np.uint8), (width, height))
 
 
 def postprocess_heatmap(
@@ -88,10 +85,18 @@ def postprocess_heatmap(
     original_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Heatmap -> ``{"mask_512", "mask", "regions"}``: threshold, small-region removal (on the 512
-    grid), the mask at ``original_size`` (``(width, height)``) and its regions."""
-    mask_512 = remove_small_regions(heatmap_to_mask(heatmap, threshold), min_area)
-    mask = resize_mask(mask_512, original_size) if original_size is not None else mask_512
-    return {"mask_512": mask_512, "mask": mask, "regions": mask_to_regions(mask)}
+    grid), the mask at ``original_size`` (``(width, height)``) and the regions of that mask. The
+    model's own post-processing (:func:`~.modeling_evalmuse_structure.postprocess_heatmaps`), so
+    ``model.predict`` returns exactly this for its heatmap."""
+    _check_threshold(threshold)
+    arr = _as_heatmap(heatmap)
+    sizes = None
+    if original_size is not None:
+        width, height = (int(v) for v in original_size)
+        if width < 1 or height < 1:
+            raise UserInputError(f"original_size must be (width, height) of at least 1 x 1, got {tuple(original_size)}")
+        sizes = [(width, height)]
+    return _model.postprocess_heatmaps(torch.from_numpy(arr), threshold, min_area, sizes=sizes)[0]
 
 
 def evaluate_structure(
