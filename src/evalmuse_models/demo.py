@@ -12,7 +12,9 @@ With no network and no weights it:
 6. writes the HTML report and ``summary.json``.
 
 Every step is seeded: the same ``seed`` gives the same numbers on the same machine. Each step
-reuses its output when it is already complete, so an interrupted demo resumes.
+reuses its output when it is already complete, so an interrupted demo resumes. Every setting and the
+output folder are checked before any work (:func:`check_demo_arguments`): a bad one is a one-line
+:class:`~evalmuse_models.utils.UserInputError` and nothing is written.
 
 Example::
 
@@ -24,15 +26,29 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .utils import UserInputError, atomic_write_text
+
+#: The smallest synthetic releases the demo can score: each of the train, validation and test splits
+#: needs a prompt, and the structure validation and test splits (15 % of the images each, see
+#: :func:`evalmuse_models.data.synthetic.write_structure_release`) the 3 images the correlations need.
+MIN_PROMPTS = 3
+MIN_STRUCTURE_IMAGES = 17
+#: The options of ``evalmuse demo`` for the settings it exposes (the others are named as DemoConfig fields).
+CLI_OPTIONS = {
+    "seed": "--seed", "device": "--device", "num_prompts": "--num-prompts",
+    "num_structure_images": "--num-structure-images", "align_steps": "--align-steps",
+    "structure_epochs": "--structure-epochs",
+}
 
 
 @dataclass
@@ -57,6 +73,82 @@ class DemoConfig:
     progress: bool = True
 
 
+def _setting(name: str) -> str:
+    return CLI_OPTIONS.get(name, f"DemoConfig.{name}")
+
+
+def _check_config(config: DemoConfig) -> None:
+    """Every setting of ``config`` has the type and range the demo needs; raises :class:`UserInputError`."""
+
+    def refuse(name: str, expected: str) -> UserInputError:
+        return UserInputError(f"{_setting(name)} must be {expected}, got {getattr(config, name)!r}")
+
+    minimum = {"num_prompts": MIN_PROMPTS, "num_structure_images": MIN_STRUCTURE_IMAGES, "align_steps": 1,
+               "align_batch_size": 1, "structure_epochs": 1, "structure_batch_size": 1, "score_batch_size": 1,
+               "num_workers": 0, "chance_draws": 1}
+    why = {"num_prompts": " (a prompt each for the train, validation and test splits)",
+           "num_structure_images": " (3 images each in the validation and test splits for the correlations)"}
+    for field in fields(DemoConfig):
+        name, value = field.name, getattr(config, field.name)
+        if field.type == "bool" and not isinstance(value, bool):
+            raise refuse(name, "true or false")
+        if field.type == "int" and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise refuse(name, "an integer")
+    for name, low in minimum.items():
+        if getattr(config, name) < low:
+            raise refuse(name, f"at least {low}{why.get(name, '')}")
+    if not 0 <= config.seed < 2**32:
+        raise refuse("seed", "an integer from 0 to 2**32 - 1")
+    rate = config.align_learning_rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
+        raise refuse("align_learning_rate", "a positive number")
+    budget = config.time_budget_s
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not (math.isfinite(budget) and budget > 0)):
+        raise refuse("time_budget_s", "a positive number of seconds or None")
+    if not isinstance(config.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        raise refuse("device", "auto, cpu, cuda or cuda:N")
+
+
+def _check_out_dir(out_dir) -> Path:
+    """``out_dir`` may be new, empty, or the folder of an earlier demo run (``.steps/recipe``, the demo's
+    first file); returns it absolute. Anything else (a file, a folder of other things, the current
+    directory) raises :class:`UserInputError`: the demo writes ``raw/``, ``dataset/``, ``runs/``... there."""
+    out = Path(os.path.abspath(out_dir))
+    if out.is_dir() and (out / ".steps" / "recipe").is_file():
+        return out
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out_dir} is a file; nothing was changed: choose a new folder for the demo")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserInputError(
+            f"--out {out_dir} holds other files and is not the folder of an earlier demo run (no .steps/recipe); "
+            "nothing was changed: choose a new or empty folder for the demo"
+        )
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserInputError(f"--out {out_dir}: {ancestor} is a file, not a folder; choose another place for the demo")
+    return out
+
+
+def check_demo_arguments(out_dir, config: DemoConfig) -> Path:
+    """Check every setting of ``config`` and the output folder before any work (nothing is written):
+    raises :class:`UserInputError` naming the option, what it must be and what it was. Returns the
+    output folder made absolute. ``device="cuda"`` also needs a CUDA GPU here."""
+    _check_config(config)
+    out = _check_out_dir(out_dir)
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+        index = int(config.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserInputError(f"--device {config.device}: there are only {torch.cuda.device_count()} CUDA devices")
+    return out
+
+
 def _log(message: str) -> None:
     print(f"[evalmuse demo] {message}", flush=True)
 
@@ -75,12 +167,8 @@ def _configure_device(device: str) -> str:
     if device == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "1"
         return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserInputError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    if device.startswith("cuda"):  # checked by check_demo_arguments
         return device
-    if device != "auto":
-        raise UserInputError(f"unknown device {device!r}; use auto, cpu or cuda")
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -182,15 +270,18 @@ def run_demo(out_dir: str | os.PathLike = "demo_output", config: DemoConfig | No
     """Run the whole demo into ``out_dir``; returns (and writes to ``summary.json``) the scores.
 
     Keyword arguments override :class:`DemoConfig` fields, e.g. ``run_demo("out", seed=1, device="cuda")``.
+    Every setting and ``out_dir`` are checked first (:func:`check_demo_arguments`); a bad one raises
+    :class:`UserInputError` before anything is written.
     """
-    config = config or DemoConfig()
+    config = DemoConfig(**asdict(config)) if config is not None else DemoConfig()
     for key, value in overrides.items():
         if not hasattr(config, key):
             raise TypeError(f"unknown demo option {key!r}")
         setattr(config, key, value)
+    out = check_demo_arguments(out_dir, config)
     saved_env = os.environ.get("ACCELERATE_USE_CPU")
     try:
-        return _run(out_dir, config)
+        return _run(out, config)
     finally:
         if saved_env is None:
             os.environ.pop("ACCELERATE_USE_CPU", None)

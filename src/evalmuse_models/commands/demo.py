@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ..demo import DemoConfig  # light: the heavy imports of the demo happen when it runs
+    from ..demo import MIN_PROMPTS, MIN_STRUCTURE_IMAGES, DemoConfig  # light: the heavy imports happen when it runs
 
     defaults = DemoConfig()
     parser = subparsers.add_parser(
@@ -19,17 +19,19 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", default="demo_output", help="output folder (an interrupted demo resumes)")
+    parser.add_argument("--out", default="demo_output",
+                        help="output folder: new, empty, or an earlier demo run's (an interrupted demo resumes)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seeds data, training and the chance baseline (same seed, same numbers)")
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
+                        help="seeds data, training and the chance baseline (same seed, same numbers; 0 to 2**32 - 1)")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--align-steps", type=int, default=defaults.align_steps,
                         help="alignment training steps (at most; the time budget may stop it first)")
     parser.add_argument("--structure-epochs", type=int, default=defaults.structure_epochs,
                         help="structure training epochs")
-    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="synthetic alignment prompts")
+    parser.add_argument("--num-prompts", type=int, default=defaults.num_prompts,
+                        help=f"synthetic alignment prompts (at least {MIN_PROMPTS})")
     parser.add_argument("--num-structure-images", type=int, default=defaults.num_structure_images,
-                        help="synthetic structure images")
+                        help=f"synthetic structure images (at least {MIN_STRUCTURE_IMAGES})")
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
