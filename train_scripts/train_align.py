@@ -18,7 +18,8 @@ CPU run of the tiny preset (random weights, offline tokenizer; a minute or two):
         --dataset_dir data/evalmuse --output_dir runs/align-tiny
 
 Any field of ``TrainAlignArguments`` can be set with ``--field value``; YAML keys are defaults. The run
-resumes from the latest checkpoint in ``<output_dir>/checkpoints``, evaluates the NTIRE 2025 Main Score on
+resumes from the latest checkpoint in ``<output_dir>/checkpoints`` (safetensors and JSON, nothing unpickled;
+``--resume false`` starts over), evaluates the NTIRE 2025 Main Score on
 the validation split each epoch, and writes ``<output_dir>/model/`` and ``<output_dir>/metrics.json``.
 """
 

@@ -13,7 +13,8 @@ HNU-VPAI design (frozen DINOv2-L + ResNet-50, fusion trained, bf16) on one or ma
 
 Any field of ``TrainStructureArguments`` can be set with ``--field value`` (lists comma-separated,
 ``--config_overrides '{"rank_loss_weight": 0.1}'`` as JSON). The run resumes from
-``<output_dir>/checkpoints/last`` when present, evaluates the official structure Final score
+``<output_dir>/checkpoints/last`` when present (safetensors and JSON, nothing unpickled; ``--resume false``
+starts over), evaluates the official structure Final score
 after each epoch, searches the heatmap threshold on the validation split and writes
 ``<output_dir>/model/`` (``save_pretrained``) and ``<output_dir>/metrics.json``.
 """
