@@ -213,3 +213,306 @@ def test_report_generator_map_and_category_filter(tmp_path, capsys):
     wrong.write_text('{"SDXL/0001.png": "SDXL"}', encoding="utf-8")
     assert main(["report", str(results), "--out", str(tmp_path / "r2"), "--generator-map", str(wrong)]) == 2
     assert "no image of" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# What a new user met: the structure split, long labels, the heatmap legend, outlines, axis titles
+# ---------------------------------------------------------------------------------------------
+
+LONG_GENERATORS = ["Stable-Diffusion-XL-Turbo-1.0-refiner-with-an-extraordinarily-long-checkpoint-name",
+                   "DALL·E 3 HD (wide aspect ratio, vivid style, second attempt with seed 1234567)"]
+LONG_KEY = "an extraordinarily_long_unbroken_element_phrase_that_never_stops_going_on_and_on (object)"
+LONG_PROMPT = ("a photograph of " + "x" * 90 + " next to a very long prompt that describes many things, "
+               "such as the weather, the light and the precise arrangement of the objects on the table")
+
+
+def run_probe(tmp_path, index, script: str, fragment: str = "") -> dict:
+    """Open a copy of the report page with ``script`` appended after the page's own script (it
+    stores its findings with ``done(result)``) in headless Chromium, and return what it found."""
+    page = index.read_text(encoding="utf-8")
+    probe = index.with_name(f"probe-{len(list(index.parent.glob('probe-*.html')))}.html")
+    helper = ("function done(result) { document.body.setAttribute('data-probe', JSON.stringify(result)); }\n"
+              "try {\n" + script + "\n} catch (err) { done({error: String(err) + ' ' + err.stack}); }")
+    probe.write_text(page.replace("</body>", f"<script>{helper}</script>\n</body>"), encoding="utf-8")
+    dom = _Cards()
+    dom.feed(run_chromium(tmp_path, probe.resolve().as_uri() + fragment, "--dump-dom",
+                          "--window-size=1280,2000").stdout)
+    assert dom.body_attrs.get("data-ready") == "1", "the page script did not run"
+    found = json.loads(dom.body_attrs["data-probe"])
+    assert "error" not in found, found.get("error")
+    return found
+
+
+def _rectangle_images(folder, count: int) -> list[np.ndarray]:
+    """Dark images with one bright rectangle each (what FakeStructure marks as distorted)."""
+    folder.mkdir(parents=True)
+    masks = []
+    for i in range(count):
+        width, height = 60 + 10 * i, 48 + 6 * i
+        pixels = np.full((height, width, 3), 30, dtype=np.uint8)
+        x0, y0 = 5 + 3 * i, 4 + 2 * i
+        pixels[y0:y0 + 12, x0:x0 + 16 + i] = 240
+        Image.fromarray(pixels).save(folder / f"s{i:02d}.png")
+        masks.append((pixels[..., 0] > 127).astype(np.uint8))
+    return masks
+
+
+@pytest.fixture(scope="module")
+def mixed_results(tmp_path_factory):
+    """The demo's combined file: images of two (long-named) generators with both scores, and the
+    images of a structure split (no generator, the true MOS and mask attached by the dataset)."""
+    from evalmuse_models.scoring import mask_to_rle
+    from evalmuse_models.scoring.results import ResultsWriter
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    write_image_folder(tmp / "gen", count=4, bad=False)
+    score(tmp / "gen", out=tmp / "gen.jsonl", align=FakeAlign(), structure=FakeStructure(), progress=False)
+    rows = read_results(tmp / "gen.jsonl")
+    for i, row in enumerate(rows):
+        row["generator"] = LONG_GENERATORS[i % 2]
+        row["alignment"]["elements"][LONG_KEY] = 0.25
+    rows[0]["prompt"] = LONG_PROMPT
+    masks = _rectangle_images(tmp / "structure", 4)
+    score(tmp / "structure", out=tmp / "structure.jsonl", structure=FakeStructure(), progress=False)
+    split_rows = read_results(tmp / "structure.jsonl")
+    for i, row in enumerate(split_rows[:3]):  # the last image is unlabelled
+        truth = masks[i] if i != 2 else np.zeros_like(masks[i])  # the third: labelled, no distortion
+        # the truth sits a few pixels off the prediction, as a real one would
+        row["reference"] = {"mos": 2.0 + i, "mask": mask_to_rle(np.roll(truth, 2, axis=1))}
+    out = tmp / "results.jsonl"
+    with ResultsWriter(out) as writer:
+        writer.write(rows)
+        writer.write(split_rows)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_report(mixed_results, tmp_path_factory):
+    return build_report(mixed_results, tmp_path_factory.mktemp("mixed-report") / "report", progress=False)
+
+
+def test_structure_split_is_no_generator(mixed_results, mixed_report, tmp_path):
+    from evalmuse_models.report import is_structure_split, structure_split_table
+
+    # which rows are a structure split: scored for structure only, with no generator or from a structure dataset
+    assert is_structure_split({"meta": {"align_model": None, "structure_model": "m"}, "generator": None})
+    assert is_structure_split({"meta": {"align_model": None}, "generator": "EvalMuse-Structure test",
+                               "source": {"path": "ds", "config": "structure", "split": "test", "index": 0}})
+    assert not is_structure_split({"meta": {"align_model": None}, "generator": "sdxl", "source": {"path": "a.png"}})
+    assert not is_structure_split({"meta": {"align_model": "a"}, "generator": None})  # alignment: "(unknown)"
+    assert not is_structure_split({"alignment": {"overall": 3.0, "elements": {}}})  # hand-made rows
+
+    rows = read_results(mixed_results)
+    split_rows = [r for r in rows if r["meta"]["align_model"] is None]
+    assert {r["generator"] for r in generator_table(rows)} == set(LONG_GENERATORS)  # no "(unknown)" row
+    split = structure_split_table(rows)
+    assert split["images"] == len(split_rows) == 4 and split["truth_masks"] == 3
+    assert split["structure"] == pytest.approx(np.mean([r["structure"]["score"] for r in split_rows]))
+    assert split["reference_structure"] == pytest.approx(3.0) and split["reference_distorted"] == pytest.approx(2 / 3)
+    folder = mixed_report.parent
+    assert {r["generator"] for r in json.loads((folder / "leaderboard.json").read_text())} == set(LONG_GENERATORS)
+    assert json.loads((folder / "structure_split.json").read_text()) == split
+
+    found = run_probe(tmp_path, mixed_report, """
+      var text = function (el) { return el ? el.textContent.trim() : null; };
+      var cards = Array.prototype.slice.call(document.querySelectorAll('.card'));
+      document.getElementById('generator').value = '(no generator)';
+      document.getElementById('generator').dispatchEvent(new Event('change'));
+      done({
+        board: Array.prototype.map.call(document.querySelectorAll('#leaderboard tbody tr td:first-child'), text),
+        splitHead: Array.prototype.map.call(document.querySelectorAll('#structure-split th'), text),
+        splitRows: document.querySelectorAll('#structure-split tbody tr').length,
+        barLabels: Array.prototype.map.call(document.querySelectorAll('g.bar title'), text),
+        ids: cards.map(function (c) { return text(c.querySelector('.id')); }),
+        shown: cards.filter(function (c) { return !c.classList.contains('hidden'); }).map(function (c) {
+          return text(c.querySelector('.id')); }),
+      });""")
+    assert sorted(found["board"]) == sorted(LONG_GENERATORS)
+    assert "Generator" not in found["splitHead"] and found["splitRows"] == 1
+    assert found["splitHead"][:3] == ["Images", "Errors", "Structure (1–5)"]
+    assert not any("(unknown)" in t or "no generator" in t for t in found["barLabels"])
+    assert found["shown"] == [r["id"] for r in split_rows]  # the filter's "without a generator" entry
+    assert all("·" not in i for i in found["ids"][-4:]) and all("·" in i for i in found["ids"][:-4])
+
+    # a report of a structure split alone: no per-generator table or chart at all
+    only = tmp_path / "split.jsonl"
+    only.write_text("".join(json.dumps(r) + "\n" for r in split_rows), encoding="utf-8")
+    page = build_report(only, tmp_path / "split-report", progress=False).read_text()
+    assert 'id="structure-split"' in page and 'id="leaderboard"' not in page
+    assert "score per generator" not in page and 'class="bar"' not in page
+    assert json.loads((tmp_path / "split-report" / "leaderboard.json").read_text()) == []
+
+
+def test_long_labels_are_never_cut(mixed_report, tmp_path):
+    from evalmuse_models.report.builder import wrap_label
+
+    assert "".join(wrap_label(LONG_GENERATORS[0], 100)) == LONG_GENERATORS[0]  # nothing dropped
+    assert " ".join(wrap_label(LONG_GENERATORS[1], 100)) == LONG_GENERATORS[1]
+    found = run_probe(tmp_path, mixed_report, """
+      var inside = function (inner, outer) {
+        var a = inner.getBoundingClientRect(), b = outer.getBoundingClientRect();
+        return a.width > 0 && a.left >= b.left - 0.5 && a.right <= b.right + 0.5 &&
+          a.top >= b.top - 0.5 && a.bottom <= b.bottom + 0.5;
+      };
+      var fits = function (el) { return el.scrollWidth <= el.clientWidth + 1; };
+      var bars = Array.prototype.map.call(document.querySelectorAll('.plot svg g.bar'), function (g) {
+        var label = g.querySelector('text.label');
+        return {label: Array.prototype.map.call(label.querySelectorAll('tspan'), function (t) {
+                  return t.textContent; }).join(' '),
+                title: g.querySelector('title').textContent, inside: inside(label, g.ownerSVGElement)};
+      });
+      var card = document.querySelector('.card');
+      card.scrollIntoView();
+      var html = ['.card .prompt', '.card .id', '.checklist .key', '.checklist .p', '.scores', '#leaderboard td',
+                  '.legend li'].map(function (sel) {
+        var el = card.querySelector(sel) || document.querySelector(sel);
+        var holder = el.closest('.card') || el.closest('.plot') || el.closest('table');
+        return {sel: sel, fits: fits(el), inside: inside(el, holder), text: el.textContent};
+      });
+      done({bars: bars, html: html, card: fits(card),
+            legend: Array.prototype.map.call(document.querySelectorAll('.legend li'), function (li) {
+              return li.textContent; })});""")
+    assert len(found["bars"]) == 4  # two generators, two bar charts
+    for bar in found["bars"]:
+        label = bar["title"].rsplit(": ", 1)[0]  # the tooltip: the full label and the value
+        assert label in LONG_GENERATORS and bar["inside"], bar
+        assert bar["label"].replace(" ", "") == label.replace(" ", ""), bar  # wrapped, not cut
+    for item in found["html"]:
+        assert item["fits"] and item["inside"], item
+    assert found["card"]
+    texts = {item["sel"]: item["text"] for item in found["html"]}
+    assert texts[".card .prompt"] == LONG_PROMPT
+    assert set(LONG_GENERATORS) <= set(found["legend"])
+
+
+def test_heatmap_legend(mixed_results, mixed_report, results, tmp_path):
+    from evalmuse_models.report.builder import heat_color
+
+    found = run_probe(tmp_path, mixed_report, """
+      var legend = document.getElementById('heat-legend');
+      var stops = Array.prototype.map.call(legend.querySelectorAll('stop'), function (s) {
+        return [s.getAttribute('offset'), s.getAttribute('stop-color')]; });
+      done({visible: legend.getBoundingClientRect().height > 0, stops: stops,
+            title: legend.querySelector('.axis-title').textContent,
+            ticks: Array.prototype.map.call(legend.querySelectorAll('.tick'), function (t) { return t.textContent; }),
+            threshold: !!legend.querySelector('line.threshold'), text: legend.textContent});""")
+    assert found["visible"] and found["title"] == "predicted distortion probability (0–1)"
+    assert found["ticks"] == ["0", "0.25", "0.5", "0.75", "1"]
+    assert found["stops"][0] == ["0", heat_color(0)] and found["stops"][-1] == ["1", heat_color(1)]
+    assert not found["threshold"] and "not recorded in the results" in found["text"]  # FakeStructure's is unknown
+
+    # the threshold, when known (from the rows, or given), is marked on the colour bar
+    page = build_report(mixed_results, tmp_path / "t", progress=False, mask_threshold=40 / 255).read_text()
+    assert 'class="threshold"' in page and "mask threshold 0.157" in page and "heatmap above 0.157" in page
+    recorded = tmp_path / "recorded.jsonl"
+    rows = read_results(mixed_results)
+    for row in rows:
+        row.setdefault("meta", {})["structure_threshold"] = 0.5
+    recorded.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    page = build_report(recorded, tmp_path / "r", progress=False, mask_threshold=0.1).read_text()
+    assert "mask threshold 0.5<" in page  # what the rows say wins
+    assert main(["report", str(mixed_results), "--out", str(tmp_path / "c"), "--mask-threshold", "2"]) == 2
+
+    # no structure scores, no heatmap legend
+    align_only = tmp_path / "align.jsonl"
+    align_only.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "structure"}) + "\n"
+                                  for r in read_results(results)), encoding="utf-8")
+    page = build_report(align_only, tmp_path / "a", progress=False).read_text()
+    assert 'id="heat-legend"' not in page and 'id="outlines"' not in page
+
+
+def test_outline_path_traces_the_mask():
+    from evalmuse_models.report.builder import outline_path
+
+    mask = np.zeros((100, 200), dtype=np.uint8)
+    mask[20:40, 50:90] = 1
+    path = outline_path(mask, (100, 50))  # a thumbnail at half the size
+    points = np.array([[float(v) for v in p.split()] for p in path.strip("MZ").split("L")])
+    assert points.min(axis=0) == pytest.approx([25, 10], abs=0.6) and points.max(axis=0) == pytest.approx([45, 20], abs=0.6)
+    assert outline_path(np.zeros((8, 8)), (8, 8)) == ""
+    noisy = (np.random.default_rng(0).random((256, 256)) > 0.5).astype(np.uint8)  # thousands of tiny regions
+    assert 0 < outline_path(noisy, (128, 128)).count("L") <= 600
+
+
+def test_outlines_and_truth_toggle(mixed_results, mixed_report, results, tmp_path):
+    from evalmuse_models.scoring import rle_to_mask
+
+    rows = read_results(mixed_results)
+    page = mixed_report.read_text()
+    svgs = re.findall(r'<svg class="outlines" viewBox="0 0 (\d+) (\d+)"', page)
+    thumbs = sorted((mixed_report.parent / "images").glob("*.jpg"))
+    assert len(svgs) == len(thumbs) == len(rows)
+    assert [tuple(map(int, s)) for s in svgs] == [Image.open(t).size for t in thumbs]  # in thumbnail pixels
+
+    script = """
+      var cards = Array.prototype.slice.call(document.querySelectorAll('.card'));
+      var state = function () {
+        return cards.map(function (c) {
+          var pred = c.querySelector('.outlines .pred'), truth = c.querySelector('.outlines .truth');
+          var empty = c.querySelector('.truth-empty');
+          return {pred: pred ? pred.getAttribute('d') : null,
+                  predShown: pred ? getComputedStyle(pred).display !== 'none' : null,
+                  truth: truth ? truth.getAttribute('d') : null,
+                  truthShown: truth ? getComputedStyle(truth).display !== 'none' : null,
+                  emptyShown: empty ? getComputedStyle(empty).display !== 'none' : null};
+        });
+      };
+      var box = document.getElementById('truth');
+      var result = {toggle: !!box, checked: box && box.checked, first: state()};
+      box.click();
+      result.clicked = state(); result.hash = location.hash;
+      box.click();
+      result.again = state();
+      document.getElementById('outlines').click();
+      result.noOutlines = state();
+      done(result);"""
+    found = run_probe(tmp_path, mixed_report, script)
+    assert found["toggle"] and not found["checked"]
+    split = [i for i, r in enumerate(rows) if r["meta"]["align_model"] is None]
+    for i, (row, card) in enumerate(zip(rows, found["first"])):
+        assert card["predShown"] and (card["pred"] != "") == bool(rle_to_mask(row["structure"]["mask"]).any())
+        assert (card["truth"] is not None) == ("mask" in (row.get("reference") or {}))
+        assert card["truthShown"] in (None, False) and card["emptyShown"] in (None, False)  # hidden at first
+    labelled = [i for i in split if "mask" in (rows[i].get("reference") or {})]
+    assert len(labelled) == 3
+    for i in labelled:
+        assert found["clicked"][i]["truthShown"]  # the toggle shows the truth...
+        assert not found["again"][i]["truthShown"]  # ... and hides it again
+    empty = labelled[2]
+    assert found["first"][empty]["truth"] == "" and found["clicked"][empty]["emptyShown"]
+    assert found["hash"].endswith("&truth=1")
+    assert not any(c["predShown"] for c in found["noOutlines"] if c["pred"] is not None)
+
+    # a shared view with the truth on opens with it on
+    shared = run_probe(tmp_path, mixed_report, "done({shown: getComputedStyle(document.querySelectorAll('.card')"
+                       f"[{labelled[0]}].querySelector('.truth')).display}});", fragment="#truth=1")
+    assert shared["shown"] != "none"
+
+    # without true masks in the rows there is no truth toggle, but there are outlines
+    page = build_report(results, tmp_path / "plain", progress=False).read_text()
+    assert 'id="truth"' not in page and 'class="truth"' not in page and page.count('<path class="pred"') == 9
+
+
+def test_axis_titles_on_every_plot(mixed_report, tmp_path):
+    found = run_probe(tmp_path, mixed_report, """
+      done(Array.prototype.map.call(document.querySelectorAll('.plot svg.chart'), function (svg) {
+        var box = svg.getBoundingClientRect();
+        var titles = {};
+        ['x', 'y'].forEach(function (axis) {
+          var t = svg.querySelector('.axis-title.' + axis);
+          var r = t && t.getBoundingClientRect();
+          titles[axis] = t ? {text: t.textContent, inside: r.width > 0 && r.height > 0 && r.left >= box.left - 0.5 &&
+            r.right <= box.right + 0.5 && r.top >= box.top - 0.5 && r.bottom <= box.bottom + 0.5} : null;
+        });
+        return {plot: svg.closest('.plot').querySelector('h3').textContent, x: titles.x, y: titles.y,
+                ticks: svg.querySelectorAll('.tick').length};
+      }));""")
+    assert [p["plot"] for p in found] == ["Mean alignment per generator", "Mean structure score per generator",
+                                          "Alignment score (1–5)", "Element probabilities", "Structure score (1–5)"]
+    for plot in found:
+        assert plot["x"] and plot["y"] and plot["x"]["inside"] and plot["y"]["inside"], plot
+        assert plot["ticks"] >= 3
+    titles = {p["plot"]: (p["x"]["text"], p["y"]["text"]) for p in found}
+    assert titles["Mean alignment per generator"] == ("mean alignment score (1–5)", "generator")
+    assert titles["Alignment score (1–5)"] == ("alignment score (1–5), bins of 0.2", "images")
+    assert titles["Element probabilities"] == ("element presence probability (0–1), bins of 0.05", "elements")

@@ -9,9 +9,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
         help="write a static HTML report of `evalmuse score` results",
-        description="Write OUT/index.html: per-generator leaderboard and plots, element scores per category, "
-        "score distributions and sortable, filterable per-image cards with the distortion heatmap and the "
-        "element checklist.",
+        description="Write OUT/index.html: per-generator leaderboard and plots, a summary of the structure images "
+        "that have no generator, element scores per category, score distributions and sortable, filterable "
+        "per-image cards with the distortion heatmap (and its colour legend), the predicted distortion outlines, "
+        "the true mask when the results carry one, and the element checklist.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("results", help="results .jsonl written by `evalmuse score`")
@@ -25,14 +26,18 @@ def register(subparsers) -> None:
                         help="which model made each image when the paths do not say (flat img_0001.png): a CSV "
                         "with the columns img_path,generator or a JSON object {img_path: generator}, matched on "
                         "the image ids of the results; the per-generator tables group by it")
+    parser.add_argument("--mask-threshold", type=float, metavar="LEVEL", default=None,
+                        help="the heatmap threshold in [0, 1] the structure masks were made with (`evalmuse score "
+                        "--threshold`, else the model's `threshold`), marked on the heatmap legend; only used when "
+                        "the results do not record it")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-
     from ..report import build_report
 
     index = build_report(args.results, args.out, title=args.title, max_cards=args.max_cards,
-                         thumb_size=args.thumb_size, generator_map=args.generator_map)
+                         thumb_size=args.thumb_size, generator_map=args.generator_map,
+                         mask_threshold=args.mask_threshold)
     print(f"report written to {index}")
     return 0

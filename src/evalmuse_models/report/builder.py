@@ -5,9 +5,11 @@ Layout of the output folder::
     report/
       index.html        self-contained page (CSS, JS and SVG plots inline)
       images/00000.jpg  thumbnails
-      images/00000_heat.png  distortion heatmap overlays (RGBA, same size as the thumbnail)
+      images/00000_heat.png  distortion heatmap overlays (RGBA, same size as the thumbnail); the
+                        predicted and true mask outlines are inline SVG paths on the cards
       leaderboard.json  the per-generator table
       categories.json   the per-category element table (element categories normalised from the keys)
+      structure_split.json  the summary of the structure images that have no generator (when there are any)
       .evalmuse-output.json  marks the folder as a report this package wrote (only such a folder is replaced)
 
 The page needs no server and no network: open ``report/index.html`` in a browser.
@@ -51,11 +53,28 @@ def _mean(values: list[float]) -> float | None:
 # Statistics
 # ---------------------------------------------------------------------------------------------
 
+NO_GENERATOR = "(no generator)"  # the generator filter's value for the structure images that have none
+
+
+def is_structure_split(row: dict) -> bool:
+    """Whether ``row`` is an image of a structure split: scored without an alignment model and
+    either without a generator or taken from a ``structure`` dataset split (EvalMuse-Structure has
+    no generators). Such images have no place in a per-generator table; the report sums them up in
+    a table of their own."""
+    meta = row.get("meta") or {}
+    aligned = meta.get("align_model") is not None if "align_model" in meta else "alignment" in row
+    if aligned:
+        return False
+    return not row.get("generator") or (row.get("source") or {}).get("config") == "structure"
+
+
 def generator_table(rows: list[dict]) -> list[dict]:
-    """Per-generator summary rows (what the leaderboard shows), best mean alignment first."""
+    """Per-generator summary rows (what the leaderboard shows), best mean alignment first. Images
+    of a structure split (:func:`is_structure_split`) are left out: see :func:`structure_split_table`."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[row.get("generator") or "(unknown)"].append(row)
+        if not is_structure_split(row):
+            groups[row.get("generator") or "(unknown)"].append(row)
     table = []
     for name, members in groups.items():
         ok = [r for r in members if r.get("status") == "ok"]
@@ -77,6 +96,33 @@ def generator_table(rows: list[dict]) -> list[dict]:
         )
     table.sort(key=lambda r: (-(r["alignment"] if r["alignment"] is not None else -1e9), r["generator"]))
     return table
+
+
+def _rle_has_pixels(rle: dict | None) -> bool:
+    return bool(rle) and any(int(c) > 0 for c in list(rle.get("counts") or [])[1::2])
+
+
+def structure_split_table(rows: list[dict]) -> dict | None:
+    """The summary of the images of a structure split (:func:`is_structure_split`), which have no
+    generator: how many, errors, mean structure score, the share with predicted distortions and,
+    where the rows carry their labels, the mean true score and the share with true distortions.
+    ``None`` when there are no such images."""
+    members = [r for r in rows if is_structure_split(r)]
+    if not members:
+        return None
+    ok = [r for r in members if r.get("status") == "ok"]
+    structure = [r["structure"] for r in ok if "structure" in r]
+    truth_masks = [(r.get("reference") or {}).get("mask") for r in ok]
+    truth_masks = [m for m in truth_masks if m is not None]
+    return {
+        "images": len(members),
+        "errors": len(members) - len(ok),
+        "structure": _mean([s["score"] for s in structure]),
+        "distorted": (float(np.mean([len(s["regions"]) > 0 for s in structure])) if structure else None),
+        "reference_structure": _mean([(r.get("reference") or {}).get("mos") for r in ok]),
+        "reference_distorted": (float(np.mean([_rle_has_pixels(m) for m in truth_masks])) if truth_masks else None),
+        "truth_masks": len(truth_masks),
+    }
 
 
 def category_table(rows: list[dict]) -> list[dict]:
@@ -130,38 +176,138 @@ def apply_generator_map(rows: list[dict], generator_map) -> int:
 # SVG plots
 # ---------------------------------------------------------------------------------------------
 
+_NARROW = set("iljtfr.,:;'|!()[] ")
+
+
+def text_width(text: str, size: float = 12) -> float:
+    """A generous estimate of the rendered width (px) of ``text`` in the page's sans-serif font at
+    ``size`` px, to lay out SVG labels without measuring them (a wrapped label must not overflow)."""
+    width = 0.0
+    for ch in str(text):
+        if ch in _NARROW:
+            width += 0.36
+        elif ch in "mwMW@%":
+            width += 0.95
+        elif ch.isupper():
+            width += 0.76
+        elif ch.isdigit():
+            width += 0.64
+        elif ord(ch) > 0x2E7F:  # CJK and other wide scripts
+            width += 1.0
+        else:
+            width += 0.62
+    return width * size
+
+
+def wrap_label(text: str, max_px: float, size: float = 12) -> list[str]:
+    """``text`` in lines that each fit ``max_px`` (by :func:`text_width`): broken at spaces, and
+    inside a word only when the word alone is too long. Nothing is dropped."""
+    lines: list[str] = []
+    line = ""
+    for word in str(text).split() or [""]:
+        candidate = f"{line} {word}" if line else word
+        if text_width(candidate, size) <= max_px:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for ch in word:  # a word longer than a line is cut into pieces
+            if line and text_width(line + ch, size) > max_px:
+                lines.append(line)
+                line = ""
+            line += ch
+    lines.append(line)
+    return lines
+
+
+def _ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    span = (hi - lo) or 1.0
+    for step in (0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000):
+        if span / step <= most - 1:
+            break
+    first = math.ceil(lo / step - 1e-9)
+    values = []
+    k = first
+    while k * step <= hi + 1e-9:
+        values.append(round(k * step, 6))
+        k += 1
+    return values
+
+
+def _svg_open(width: int, height: int, title: str) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">')
+
+
+def _tspans(lines: list[str], x: float, y: float, line_h: float) -> str:
+    return "".join(f'<tspan x="{x:.1f}" y="{y + i * line_h:.1f}">{_esc(t)}</tspan>' for i, t in enumerate(lines))
+
+
 def svg_bars(labels: list[str], values: list[float | None], *, title: str, vmin: float, vmax: float,
-             width: int = 420) -> str:
-    """Horizontal bar chart, one bar per label."""
-    bar_h, gap, left, right = 20, 6, 130, 50
-    height = 14 + len(labels) * (bar_h + gap)
+             x_title: str, y_title: str = "generator", width: int = 460, digits: int = 2) -> str:
+    """Horizontal bar chart, one bar per label, with both axes titled. Long labels wrap over several
+    lines (never cut) and every bar carries its full label and value as a tooltip."""
+    size, line_h, bar_h, gap = 12, 14, 18, 8
+    label_px = min(max([text_width(str(lb), size) for lb in labels] + [40]), 170.0)
+    left, right, top = 22 + label_px + 8, 44, 8
+    wrapped = [wrap_label(str(lb), label_px, size) for lb in labels]
+    heights = [max(bar_h, len(lines) * line_h + 4) for lines in wrapped]
+    plot_h = sum(heights) + gap * len(heights)
+    height = top + plot_h + 46
+    plot_w = width - left - right
     span = (vmax - vmin) or 1.0
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{_esc(title)}">')]
-    for i, (label, value) in enumerate(zip(labels, values)):
-        y = 8 + i * (bar_h + gap)
-        length = 0 if value is None else max(0.0, min(1.0, (value - vmin) / span)) * (width - left - right)
-        parts.append(f'<text x="{left - 6}" y="{y + 14}" font-size="12" text-anchor="end">{_esc(label[:20])}</text>')
-        parts.append(f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar_h}" fill="{PALETTE[i % len(PALETTE)]}" rx="3"/>')
-        parts.append(f'<text x="{left + length + 4:.1f}" y="{y + 14}" font-size="12">{_fmt(value, 2)}</text>')
+    axis_y = top + plot_h
+    parts = [_svg_open(width, height, title)]
+    y = top + gap / 2
+    for i, (label, value, lines, h) in enumerate(zip(labels, values, wrapped, heights)):
+        length = 0 if value is None else max(0.0, min(1.0, (value - vmin) / span)) * plot_w
+        mid = y + h / 2
+        first = mid - (len(lines) - 1) * line_h / 2 + 4
+        parts.append(f'<g class="bar"><title>{_esc(label)}: {_fmt(value, digits)}</title>'
+                     f'<text class="label" x="{left - 8:.1f}" font-size="{size}" text-anchor="end">'
+                     f'{_tspans(lines, left - 8, first, line_h)}</text>'
+                     f'<rect x="{left:.1f}" y="{mid - bar_h / 2:.1f}" width="{length:.1f}" height="{bar_h}" '
+                     f'fill="{PALETTE[i % len(PALETTE)]}" rx="3"/>'
+                     f'<text x="{left + length + 4:.1f}" y="{mid + 4:.1f}" font-size="{size}">{_fmt(value, digits)}</text>'
+                     "</g>")
+        y += h + gap
+    parts.append(f'<line x1="{left:.1f}" y1="{axis_y:.1f}" x2="{left + plot_w:.1f}" y2="{axis_y:.1f}" stroke="#999"/>')
+    for tick in _ticks(vmin, vmax):
+        x = left + plot_w * (tick - vmin) / span
+        parts.append(f'<line x1="{x:.1f}" y1="{axis_y:.1f}" x2="{x:.1f}" y2="{axis_y + 4:.1f}" stroke="#999"/>'
+                     f'<text class="tick" x="{x:.1f}" y="{axis_y + 16:.1f}" font-size="11" text-anchor="middle">'
+                     f'{tick:g}</text>')
+    parts.append(f'<text class="axis-title x" x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="12" '
+                 f'text-anchor="middle">{_esc(x_title)}</text>')
+    parts.append(f'<text class="axis-title y" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
+                 f'font-size="12" text-anchor="middle">{_esc(y_title)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def svg_histogram(series: dict[str, list[float]], *, title: str, lo: float, hi: float, bins: int = 20,
-                  width: int = 420, height: int = 190) -> str:
-    """Overlaid step histograms (one line per series) of values in [lo, hi]."""
-    left, bottom, top = 34, 24, 10
+def svg_histogram(series: dict[str, list[float]], *, title: str, lo: float, hi: float, x_title: str,
+                  y_title: str = "images", bins: int = 20, width: int = 460, height: int = 220) -> str:
+    """Overlaid step histograms (one line per series, colours in order of the non-empty series, as
+    :func:`legend_html` lists them) of values in [lo, hi], with both axes titled."""
+    left, right, bottom, top = 52, 14, 44, 10
     edges = np.linspace(lo, hi, bins + 1)
     counts = {name: np.histogram(np.clip(vals, lo, hi), bins=edges)[0] for name, vals in series.items() if vals}
     peak = max([int(c.max()) for c in counts.values()] + [1])
-    plot_w, plot_h = width - left - 10, height - bottom - top
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{_esc(title)}">'),
-             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#999"/>',
-             f'<text x="{left}" y="{height - 6}" font-size="11">{lo:g}</text>',
-             f'<text x="{left + plot_w}" y="{height - 6}" font-size="11" text-anchor="end">{hi:g}</text>',
-             f'<text x="{left - 4}" y="{top + 8}" font-size="11" text-anchor="end">{peak}</text>']
+    plot_w, plot_h = width - left - right, height - bottom - top
+    axis_y = top + plot_h
+    parts = [_svg_open(width, height, title),
+             f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#999"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{axis_y}" stroke="#999"/>']
+    for tick in _ticks(lo, hi):
+        x = left + plot_w * (tick - lo) / ((hi - lo) or 1.0)
+        parts.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}" stroke="#999"/>'
+                     f'<text class="tick" x="{x:.1f}" y="{axis_y + 16}" font-size="11" text-anchor="middle">'
+                     f'{tick:g}</text>')
+    for tick in sorted({0, peak // 2, peak} if peak >= 2 else {0, peak}):
+        y = axis_y - plot_h * tick / peak
+        parts.append(f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#999"/>'
+                     f'<text class="tick" x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{tick}</text>')
     for i, (name, c) in enumerate(counts.items()):
         color = PALETTE[i % len(PALETTE)]
         points = []
@@ -170,11 +316,21 @@ def svg_histogram(series: dict[str, list[float]], *, title: str, lo: float, hi: 
             x1 = left + plot_w * (b + 1) / bins
             y = top + plot_h - plot_h * value / peak
             points += [f"{x0:.1f},{y:.1f}", f"{x1:.1f},{y:.1f}"]
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{" ".join(points)}"/>')
-        parts.append(f'<text x="{left + plot_w - 4}" y="{top + 12 + 13 * i}" font-size="11" fill="{color}" '
-                     f'text-anchor="end">{_esc(name[:24])}</text>')
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{" ".join(points)}">'
+                     f"<title>{_esc(name)}</title></polyline>")
+    parts.append(f'<text class="axis-title x" x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="12" '
+                 f'text-anchor="middle">{_esc(x_title)}</text>')
+    parts.append(f'<text class="axis-title y" transform="translate(14 {top + plot_h / 2:.1f}) rotate(-90)" '
+                 f'font-size="12" text-anchor="middle">{_esc(y_title)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def legend_html(names: list[str]) -> str:
+    """The colour key of a multi-series plot, as wrapping HTML (long names stay whole)."""
+    items = "".join(f'<li><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{_esc(name)}</li>'
+                    for i, name in enumerate(names))
+    return f'<ul class="legend">{items}</ul>'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +385,143 @@ def heat_overlay(structure: dict, size: tuple[int, int]):
     return Image.fromarray(rgba, mode="RGBA")
 
 
+HEAT_OPACITY = 0.55  # the page shows the overlay at this opacity (report.css, .thumb .overlay)
+
+
+def heat_color(level: float) -> str:
+    """The colour :func:`heat_overlay` gives a heatmap level, as the page shows it (CSS ``rgba``)."""
+    h = min(max(float(level), 0.0), 1.0)
+    alpha = HEAT_OPACITY * round(230 * min(h * 1.4, 1.0)) / 255
+    return f"rgba(255,{round(200 * (1 - h))},0,{alpha:.3f})"
+
+
+def outline_path(mask: np.ndarray, size: tuple[int, int], *, max_points: int = 600) -> str:
+    """SVG path data (``fill-rule: evenodd``) outlining the regions of a 0/1 ``mask``, in the
+    coordinates of an image of ``size`` (width, height) — the thumbnail. Outlines are simplified to
+    about half a thumbnail pixel; a mask of many tiny regions keeps its largest outlines, at most
+    ``max_points`` points in all, so that thousands of cards stay light."""
+    import cv2
+
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    if binary.ndim != 2 or not binary.any():
+        return ""
+    sx, sy = size[0] / binary.shape[1], size[1] / binary.shape[0]
+    contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    contours = sorted(contours, key=lambda c: -cv2.contourArea(c) - len(c))
+    epsilon = 0.5 / min(sx, sy)
+    for _ in range(6):
+        simple = [cv2.approxPolyDP(c, epsilon, True) if len(c) > 2 else c for c in contours]
+        if sum(len(c) for c in simple) <= max_points:
+            break
+        epsilon *= 2
+    parts, used = [], 0
+    for contour in simple:
+        points = contour.reshape(-1, 2).astype(np.float64)
+        if used + max(len(points), 4) > max_points:
+            break
+        used += max(len(points), 4)
+        if len(points) < 3:  # a pixel or a thin line: its box
+            x0, y0 = points.min(axis=0) * (sx, sy)
+            x1, y1 = (points.max(axis=0) + 1) * (sx, sy)
+            points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        else:  # pixel centres -> pixel corners, roughly: the outline runs around the pixels
+            points = (points + 0.5) * (sx, sy)
+        parts.append("M" + "L".join(f"{x:.1f} {y:.1f}" for x, y in points) + "Z")
+    return "".join(parts)
+
+
+def _boxes_path(regions: list[dict], scale: tuple[float, float]) -> str:
+    parts = []
+    for region in regions:
+        x0, y0, x1, y1 = (float(v) for v in region["bbox"])
+        x0, x1, y0, y1 = x0 * scale[0], x1 * scale[0], y0 * scale[1], y1 * scale[1]
+        parts.append(f"M{x0:.1f} {y0:.1f}H{x1:.1f}V{y1:.1f}H{x0:.1f}Z")
+    return "".join(parts)
+
+
+def card_outlines(row: dict, size: tuple[int, int]) -> tuple[str, str | None]:
+    """The predicted and the true distortion outlines of a row (SVG path data in thumbnail
+    coordinates): the predicted mask (its region boxes when the mask cannot be read) and, when the
+    row carries one (``reference.mask``, from a labelled structure dataset), the true mask.
+    The truth is ``None`` when the row has none, ``""`` when it is empty."""
+    from ..scoring.rle import rle_to_mask
+
+    structure = row.get("structure") or {}
+    predicted, mask_rle = "", structure.get("mask")
+    if mask_rle:
+        try:
+            predicted = outline_path(rle_to_mask(mask_rle), size)
+        except UserInputError:
+            mask_rle = None
+    if not mask_rle and structure.get("regions"):
+        width, height = row.get("width") or size[0], row.get("height") or size[1]
+        predicted = _boxes_path(structure["regions"], (size[0] / width, size[1] / height))
+    truth = None
+    truth_rle = (row.get("reference") or {}).get("mask")
+    if truth_rle:
+        try:
+            truth = outline_path(rle_to_mask(truth_rle), size)
+        except UserInputError:
+            truth = None
+    return predicted, truth
+
+
+def recorded_mask_threshold(rows: list[dict]) -> float | None | str:
+    """The heatmap threshold the structure masks were made with, when the rows record it
+    (``structure.threshold`` or ``meta.structure_threshold``): one value, ``"varies"`` when the
+    rows disagree, ``None`` when none records it."""
+    values = set()
+    for row in rows:
+        value = (row.get("structure") or {}).get("threshold")
+        if value is None:
+            value = (row.get("meta") or {}).get("structure_threshold")
+        if value is not None:
+            values.add(round(float(value), 6))
+    if not values:
+        return None
+    return values.pop() if len(values) == 1 else "varies"
+
+
+def _heat_legend_html(threshold: float | None | str, has_truth: bool) -> str:
+    """What the colours and outlines over the thumbnails mean: the heatmap's colour bar (0 → 1), the
+    mask threshold marked on it when known, and the outline styles."""
+    width, left, bar_w, top, bar_h = 300, 10, 280, 16, 14
+    stops = "".join(f'<stop offset="{v:g}" stop-color="{heat_color(v)}"/>' for v in np.linspace(0, 1, 11))
+    svg = [_svg_open(width, 62, "heatmap colour scale"),
+           (f'<defs><linearGradient id="heat-gradient">{stops}</linearGradient>'
+           '<pattern id="heat-checker" width="8" height="8" patternUnits="userSpaceOnUse">'
+           '<rect width="8" height="8" fill="#fff"/><rect width="4" height="4" fill="#ddd"/>'
+           '<rect x="4" y="4" width="4" height="4" fill="#ddd"/></pattern></defs>'),
+           f'<rect x="{left}" y="{top}" width="{bar_w}" height="{bar_h}" fill="url(#heat-checker)"/>',
+           f'<rect x="{left}" y="{top}" width="{bar_w}" height="{bar_h}" fill="url(#heat-gradient)" stroke="#999"/>']
+    for v in (0, 0.25, 0.5, 0.75, 1):
+        x = left + bar_w * v
+        svg.append(f'<line x1="{x:g}" y1="{top + bar_h}" x2="{x:g}" y2="{top + bar_h + 4}" stroke="#666"/>'
+                   f'<text class="tick" x="{x:g}" y="{top + bar_h + 15}" font-size="11" text-anchor="middle">{v:g}</text>')
+    if isinstance(threshold, float):
+        x = left + bar_w * threshold
+        anchor = "start" if x < 80 else "end" if x > width - 80 else "middle"
+        svg.append(f'<line class="threshold" x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{top + bar_h + 2}" '
+                   'stroke="#111" stroke-width="2"/>'
+                   f'<text class="threshold-label" x="{x:.1f}" y="{top - 6}" font-size="11" text-anchor="{anchor}">'
+                   f"mask threshold {threshold:.3g}</text>")
+    svg.append(f'<text class="axis-title x" x="{left + bar_w / 2}" y="60" font-size="12" text-anchor="middle">'
+               "predicted distortion probability (0–1)</text></svg>")
+    if isinstance(threshold, float):
+        rule = f"the predicted mask is the heatmap above {threshold:.3g}"
+    elif threshold == "varies":
+        rule = "the predicted mask is the heatmap above a threshold that differs between the images"
+    else:
+        rule = "the predicted mask is the heatmap above the structure model's threshold (not recorded in the results)"
+    keys = [(f'<li><svg width="26" height="10"><path d="M1 5H25" class="key-pred"/></svg>'
+            f"predicted distortion outline ({_esc(rule)})</li>")]
+    if has_truth:
+        keys.append('<li><svg width="26" height="10"><path d="M1 5H25" class="key-truth"/></svg>'
+                    "true distortion mask (shown with “truth masks”)</li>")
+    return (f'<div class="heat-legend" id="heat-legend"><div><b>Heatmap</b> (red over the image)</div>'
+            f'{"".join(svg)}<ul class="outline-keys">{"".join(keys)}</ul></div>')
+
+
 # ---------------------------------------------------------------------------------------------
 # HTML
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +551,21 @@ def _leaderboard_html(table: list[dict], has_align: bool, has_structure: bool, h
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+def _structure_split_html(split: dict) -> str:
+    """The one-row table of the structure images that have no generator (no generator column)."""
+    columns = [("images", "Images", 0), ("errors", "Errors", 0), ("structure", "Structure (1–5)", 3)]
+    if split["reference_structure"] is not None:
+        columns.append(("reference_structure", "True structure (1–5)", 3))
+    columns.append(("distorted", "With predicted distortions", 3))
+    if split["reference_distorted"] is not None:
+        columns.append(("reference_distorted", "With true distortions", 3))
+    head = "".join(f"<th>{_esc(label)}</th>" for _, label, _ in columns)
+    cells = "".join(f'<td data-value="{_esc("" if split[k] is None else split[k])}">'
+                    f"{_esc(split[k]) if digits == 0 else _fmt(split[k], digits)}</td>" for k, _, digits in columns)
+    return (f'<table class="leaderboard numeric" id="structure-split"><thead><tr>{head}</tr></thead>'
+            f"<tbody><tr>{cells}</tr></tbody></table>")
+
+
 def _category_html(table: list[dict]) -> str:
     has_truth = any(r["accuracy"] is not None for r in table)
     head = "<th>Category</th><th>Elements</th><th>Predicted present</th>" + (
@@ -274,16 +582,20 @@ def _category_html(table: list[dict]) -> str:
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
-def _card_html(index: int, row: dict, thumb: str | None, overlay: str | None) -> str:
+def _card_html(index: int, row: dict, media: dict | None) -> str:
+    """One image card. ``media``: the thumbnail (``thumb``, its ``size``), the heatmap ``overlay``
+    and the ``predicted`` / ``truth`` outline paths (see :func:`card_outlines`), or ``None``."""
     from ..metrics import element_category
 
     align = row.get("alignment")
     structure = row.get("structure")
     reference = row.get("reference") or {}
     element_probs = (align or {}).get("elements") or {}
+    split = is_structure_split(row)
+    generator = NO_GENERATOR if split else row.get("generator") or "(unknown)"
     data = {
         "index": index,
-        "generator": row.get("generator") or "(unknown)",
+        "generator": generator,
         "alignment": "" if not align or align["overall"] is None else f'{align["overall"]:.6f}',
         "structure": "" if not structure or structure["score"] is None else f'{structure["score"]:.6f}',
         "regions": len(structure["regions"]) if structure else 0,
@@ -297,14 +609,24 @@ def _card_html(index: int, row: dict, thumb: str | None, overlay: str | None) ->
     attrs = " ".join(f'data-{k}="{_esc(v)}"' for k, v in data.items())
     classes = "card" + ("" if row.get("status") == "ok" else " error")
     parts = [f'<article class="{classes}" {attrs}>', '<div class="thumb">']
-    if thumb:
-        parts.append(f'<img src="{_esc(thumb)}" alt="{_esc(row["id"])}" loading="lazy">')
-        if overlay:
-            parts.append(f'<img class="overlay" src="{_esc(overlay)}" alt="distortion heatmap">')
+    if media:
+        parts.append(f'<img src="{_esc(media["thumb"])}" alt="{_esc(row["id"])}" loading="lazy">')
+        if media.get("overlay"):
+            parts.append(f'<img class="overlay" src="{_esc(media["overlay"])}" alt="distortion heatmap" loading="lazy">')
+        if structure:
+            width, height = media["size"]
+            truth = media.get("truth")
+            parts.append(f'<svg class="outlines" viewBox="0 0 {width} {height}" preserveAspectRatio="xMidYMid meet" '
+                         'aria-hidden="true">'
+                         f'<path class="pred" d="{media.get("predicted") or ""}"/>'
+                         + ("" if truth is None else f'<path class="truth" d="{truth}"/>') + "</svg>")
+            if truth == "":
+                parts.append('<span class="truth-empty">no true distortion</span>')
     else:
         parts.append("<span>image not available</span>")
     parts.append('</div><div class="body">')
-    parts.append(f'<div class="id">{_esc(row["id"])} · {_esc(data["generator"])}</div>')
+    id_line = _esc(row["id"]) if split else f'{_esc(row["id"])} · {_esc(generator)}'
+    parts.append(f'<div class="id">{id_line}</div>')
     parts.append(f'<div class="prompt">{_esc(row.get("prompt", ""))}</div>')
     if row.get("status") != "ok":
         parts.append(f'<div class="errmsg">{_esc(row.get("error"))}</div>')
@@ -328,7 +650,7 @@ def _card_html(index: int, row: dict, thumb: str | None, overlay: str | None) ->
             truth = ref_elements.get(key)
             truth_text = f" · true {_fmt(truth, 2)}" if truth is not None else ""
             parts.append(f'<li class="{"yes" if present else "no"}" data-category="{_esc(element_category(key))}">'
-                         f'<span>{_esc(key)}</span>'
+                         f'<span class="key">{_esc(key)}</span>'
                          f'<span class="p">{_fmt(None if p is None else 100 * p, 0)}%{truth_text}</span></li>')
         parts.append("</ul>")
     parts.append("</div></article>")
@@ -345,6 +667,7 @@ def build_report(
     overwrite: bool = True,
     progress: bool = True,
     generator_map=None,
+    mask_threshold: float | None = None,
 ) -> Path:
     """Write the HTML report of ``results`` (a file written by ``evalmuse score``) to ``out_dir``.
 
@@ -361,6 +684,11 @@ def build_report(
             validation release's flat ``img_0001.png``): a file (CSV ``img_path,generator`` or
             JSON ``{img_path: generator}``, see :func:`~evalmuse_models.data.read_generator_map`)
             or a dict, matched on the row ids. The leaderboard, plots and filters group by it.
+            Images scored for structure only without a generator (a structure split) are summed up
+            in a table of their own, not as a generator.
+        mask_threshold: the heatmap threshold the structure masks were made with (``evalmuse score
+            --threshold``, else the model's ``threshold``), marked on the heatmap legend when the
+            rows do not record it (``structure.threshold`` or ``meta.structure_threshold``).
 
     Returns: the path of ``index.html``.
 
@@ -373,6 +701,9 @@ def build_report(
 
     from ..scoring import read_results
 
+    if mask_threshold is not None and not 0.0 <= float(mask_threshold) <= 1.0:
+        raise UserInputError(f"the mask threshold (--mask-threshold) must be a heatmap level in [0, 1], "
+                             f"got {mask_threshold}")
     results = Path(results)
     claim_output_directory(out_dir, "report", inputs=[results], overwrite=overwrite, option="the report folder (--out)")
     rows = read_results(results)
@@ -385,12 +716,23 @@ def build_report(
         )
     has_align = any("alignment" in r for r in rows)
     has_structure = any("structure" in r for r in rows)
-    has_ref = any((r.get("reference") or {}).get("overall") is not None for r in rows)
     table = generator_table(rows)
+    split = structure_split_table(rows)
+    board_rows = [r for r in rows if not is_structure_split(r)]
+    board_align = any("alignment" in r for r in board_rows)
+    board_structure = any("structure" in r for r in board_rows)
+    has_ref = any((r.get("reference") or {}).get("overall") is not None for r in board_rows)
+    has_truth_masks = any((r.get("reference") or {}).get("mask") and r.get("structure") for r in rows[:max_cards])
+    threshold = recorded_mask_threshold(rows)
+    if threshold is None and mask_threshold is not None:
+        threshold = float(mask_threshold)
     ok = [r for r in rows if r.get("status") == "ok"]
 
-    summary = [("images", str(len(rows))), ("scored", str(len(ok))), ("errors", str(len(rows) - len(ok))),
-               ("generators", str(len(table)))]
+    summary = [("images", str(len(rows))), ("scored", str(len(ok))), ("errors", str(len(rows) - len(ok)))]
+    if table:
+        summary.append(("generators", str(len(table))))
+    if split:
+        summary.append(("structure images without a generator", str(split["images"])))
     if has_align:
         summary.append(("mean alignment", _fmt(_mean([r["alignment"]["overall"] for r in ok if "alignment" in r]), 2)))
     if has_structure:
@@ -399,17 +741,27 @@ def build_report(
     body += [f'<div class="stat"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for k, v in summary]
     body.append("</div></section>")
 
-    body.append('<section id="leaderboard-section"><h2>Leaderboard by generator</h2>')
-    body.append(_leaderboard_html(table, has_align, has_structure, has_ref))
-    body.append('<div class="plots">')
     labels = [r["generator"] for r in table]
-    if has_align:
-        body.append('<div class="plot"><h3>Mean alignment per generator</h3>'
-                    + svg_bars(labels, [r["alignment"] for r in table], title="mean alignment", vmin=1, vmax=5) + "</div>")
-    if has_structure:
-        body.append('<div class="plot"><h3>Mean structure score per generator</h3>'
-                    + svg_bars(labels, [r["structure"] for r in table], title="mean structure", vmin=1, vmax=5) + "</div>")
-    body.append("</div></section>")
+    if table:
+        body.append('<section id="leaderboard-section"><h2>Leaderboard by generator</h2>')
+        body.append(_leaderboard_html(table, board_align, board_structure, has_ref))
+        body.append('<div class="plots">')
+        if board_align:
+            body.append('<div class="plot"><h3>Mean alignment per generator</h3>'
+                        + svg_bars(labels, [r["alignment"] for r in table], title="mean alignment", vmin=1, vmax=5,
+                                   x_title="mean alignment score (1–5)") + "</div>")
+        if board_structure:
+            body.append('<div class="plot"><h3>Mean structure score per generator</h3>'
+                        + svg_bars(labels, [r["structure"] for r in table], title="mean structure", vmin=1, vmax=5,
+                                   x_title="mean structure score (1–5)") + "</div>")
+        body.append("</div></section>")
+    if split:
+        body.append('<section id="structure-split-section"><h2>Structure images without a generator</h2>'
+                    '<p class="note">Images scored for structure only (a structure split such as '
+                    "EvalMuse-Structure, or a folder without generators): they have no generator, so they are "
+                    "summed up here rather than in a per-generator table.</p>")
+        body.append(_structure_split_html(split))
+        body.append("</section>")
     categories = category_table(rows) if has_align else []
     if categories:
         body.append('<section id="categories-section"><h2>Elements by category</h2>')
@@ -420,20 +772,29 @@ def build_report(
     by_gen = defaultdict(list)
     by_gen_structure = defaultdict(list)
     for r in ok:
+        group = "without a generator" if is_structure_split(r) else r.get("generator") or "(unknown)"
         if "alignment" in r and r["alignment"]["overall"] is not None:
-            by_gen[r.get("generator") or "(unknown)"].append(r["alignment"]["overall"])
+            by_gen[group].append(r["alignment"]["overall"])
         if "structure" in r and r["structure"]["score"] is not None:
-            by_gen_structure[r.get("generator") or "(unknown)"].append(r["structure"]["score"])
+            by_gen_structure[group].append(r["structure"]["score"])
+
+    def histogram(heading: str, series: dict, **kwargs) -> str:
+        names = [name for name, values in series.items() if values]
+        return (f'<div class="plot"><h3>{_esc(heading)}</h3>' + svg_histogram(series, **kwargs)
+                + legend_html(names) + "</div>")
+
+    bin_note = "bins of 0.2"
     if has_align:
-        body.append('<div class="plot"><h3>Alignment score (1–5)</h3>'
-                    + svg_histogram(dict(by_gen), title="alignment distribution", lo=1, hi=5) + "</div>")
+        body.append(histogram("Alignment score (1–5)", dict(by_gen), title="alignment distribution", lo=1, hi=5,
+                              x_title=f"alignment score (1–5), {bin_note}", y_title="images"))
         elements = [p for r in ok if "alignment" in r for p in r["alignment"]["elements"].values() if p is not None]
         if elements:
-            body.append('<div class="plot"><h3>Element probabilities</h3>'
-                        + svg_histogram({"all elements": elements}, title="element distribution", lo=0, hi=1) + "</div>")
+            body.append(histogram("Element probabilities", {"all elements": elements}, title="element distribution",
+                                  lo=0, hi=1, x_title="element presence probability (0–1), bins of 0.05",
+                                  y_title="elements"))
     if has_structure:
-        body.append('<div class="plot"><h3>Structure score (1–5)</h3>'
-                    + svg_histogram(dict(by_gen_structure), title="structure distribution", lo=1, hi=5) + "</div>")
+        body.append(histogram("Structure score (1–5)", dict(by_gen_structure), title="structure distribution",
+                              lo=1, hi=5, x_title=f"structure score (1–5), {bin_note}", y_title="images"))
     body.append("</div></section>")
 
     sort_options = [("index-asc", "file order")]
@@ -447,8 +808,11 @@ def build_report(
     body.append('<section id="images"><h2>Images</h2><div class="controls">')
     body.append('<label>Sort <select id="sort">' + "".join(
         f'<option value="{v}">{_esc(t)}</option>' for v, t in sort_options) + "</select></label>")
+    generator_options = [(g, g) for g in sorted(labels)]
+    if split:
+        generator_options.append((NO_GENERATOR, "without a generator (structure)"))
     body.append('<label>Generator <select id="generator"><option value="">all</option>' + "".join(
-        f'<option value="{_esc(g)}">{_esc(g)}</option>' for g in sorted(labels)) + "</select></label>")
+        f'<option value="{_esc(v)}">{_esc(t)}</option>' for v, t in generator_options) + "</select></label>")
     if categories:
         body.append('<label>Category <select id="category"><option value="">all</option>' + "".join(
             f'<option value="{_esc(c)}">{_esc(c)}</option>' for c in sorted(r["category"] for r in categories))
@@ -457,7 +821,14 @@ def build_report(
                 '<option value="missing">missing elements</option><option value="distorted">with distortions</option>'
                 '<option value="errors">errors</option></select></label>')
     body.append('<input type="search" id="query" placeholder="search prompt or file">')
-    body.append('<label><input type="checkbox" id="heat" checked> heatmaps</label><span id="count"></span></div>')
+    if has_structure:
+        body.append('<label><input type="checkbox" id="heat" checked> heatmaps</label>'
+                    '<label><input type="checkbox" id="outlines" checked> outlines</label>')
+        if has_truth_masks:
+            body.append('<label><input type="checkbox" id="truth"> truth masks</label>')
+    body.append('<span id="count"></span></div>')
+    if has_structure:
+        body.append(_heat_legend_html(threshold, has_truth_masks))
     if len(rows) > max_cards:
         body.append(f'<p class="note">Showing cards for the first {max_cards} of {len(rows)} images '
                     "(the leaderboard and plots use all of them).</p>")
@@ -468,7 +839,7 @@ def build_report(
     with owned_directory(out_dir, "report", inputs=[results], overwrite=overwrite, option="the report folder (--out)") as tmp:
         (tmp / "images").mkdir()
         for index, row in enumerate(tqdm(shown_rows, desc="report", unit="img", disable=not progress)):
-            thumb = overlay = None
+            media = None
             if row.get("status") == "ok":
                 try:
                     image = resolver.open(row)
@@ -476,16 +847,22 @@ def build_report(
                     image = None
                 if image is not None:
                     image.thumbnail((thumb_size, thumb_size))
-                    thumb = f"images/{index:05d}.jpg"
-                    image.save(tmp / thumb, quality=85)
+                    media = {"thumb": f"images/{index:05d}.jpg", "size": image.size}
+                    image.save(tmp / media["thumb"], quality=85)
                     if "structure" in row:
-                        overlay = f"images/{index:05d}_heat.png"
-                        heat_overlay(row["structure"], image.size).save(tmp / overlay, optimize=True)
-            body.append(_card_html(index, row, thumb, overlay))
+                        media["overlay"] = f"images/{index:05d}_heat.png"
+                        heat_overlay(row["structure"], image.size).save(tmp / media["overlay"], optimize=True)
+                        media["predicted"], media["truth"] = card_outlines(row, image.size)
+            body.append(_card_html(index, row, media))
         body.append("</div></section>")
+        counts = [f"{len(rows)} images"]
+        if table:
+            counts.append(f"{len(table)} generators")
+        if split:
+            counts.append(f"{split['images']} structure images without a generator")
         page = Template((TEMPLATES / "report.html").read_text(encoding="utf-8")).substitute(
             title=_esc(title),
-            subtitle=_esc(f"{len(rows)} images · {len(table)} generators · models: "
+            subtitle=_esc(" · ".join(counts) + " · models: "
                           + ", ".join(sorted({str(v) for r in rows for k, v in (r.get("meta") or {}).items()
                                               if k in ("align_model", "structure_model") and v}))),
             version=__version__,
@@ -498,4 +875,6 @@ def build_report(
         (tmp / "leaderboard.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
         if categories:
             (tmp / "categories.json").write_text(json.dumps(categories, indent=1), encoding="utf-8")
+        if split:
+            (tmp / "structure_split.json").write_text(json.dumps(split, indent=1), encoding="utf-8")
     return out_dir / "index.html"

@@ -1,6 +1,8 @@
 // Sorting and filtering of the tables and the image cards; state mirrored in the URL hash
-// (#sort=alignment-asc&generator=NAME&category=color&q=text&only=missing|distorted|errors) so a view
-// can be shared. With a category, "missing elements" keeps images missing an element of that category.
+// (#sort=alignment-asc&generator=NAME&category=color&q=text&only=missing|distorted|errors, and the
+// layers over the thumbnails when not at their defaults: heat=0, outlines=0, truth=1) so a view can be
+// shared. With a category, "missing elements" keeps images missing an element of that category.
+// The layers are switched by classes on <body> (CSS does the rest), so thousands of cards stay fast.
 (function () {
   "use strict";
   var cards = Array.prototype.slice.call(document.querySelectorAll(".card"));
@@ -10,7 +12,9 @@
   var catSel = document.getElementById("category");  // absent when no image has elements
   var query = document.getElementById("query");
   var only = document.getElementById("only");
-  var heat = document.getElementById("heat");
+  var heat = document.getElementById("heat");          // these three exist only with structure scores,
+  var outlines = document.getElementById("outlines");  // "truth" only when some image has a true mask
+  var truth = document.getElementById("truth");
   var count = document.getElementById("count");
 
   function num(card, key, fallback) {
@@ -42,9 +46,22 @@
       grid.appendChild(card);
     });
     count.textContent = "showing " + shown + " of " + cards.length + " images";
+    writeHash();
+  }
+
+  function layers() {
+    document.body.classList.toggle("no-heat", !!heat && !heat.checked);
+    document.body.classList.toggle("no-outlines", !!outlines && !outlines.checked);
+    document.body.classList.toggle("show-truth", !!truth && truth.checked);
+  }
+
+  function writeHash() {
+    var g = genSel.value, q = query.value.trim().toLowerCase(), o = only.value, c = catSel ? catSel.value : "";
     var hash = "sort=" + sortSel.value + (g ? "&generator=" + encodeURIComponent(g) : "") +
       (c ? "&category=" + encodeURIComponent(c) : "") +
-      (q ? "&q=" + encodeURIComponent(q) : "") + (o ? "&only=" + o : "");
+      (q ? "&q=" + encodeURIComponent(q) : "") + (o ? "&only=" + o : "") +
+      (heat && !heat.checked ? "&heat=0" : "") + (outlines && !outlines.checked ? "&outlines=0" : "") +
+      (truth && truth.checked ? "&truth=1" : "");
     if (window.history && window.history.replaceState) { window.history.replaceState(null, "", "#" + hash); }
   }
 
@@ -59,6 +76,9 @@
     if (params.category !== undefined && catSel) { catSel.value = params.category; }
     if (params.q !== undefined) { query.value = params.q; }
     if (params.only !== undefined) { only.value = params.only; }
+    if (heat && params.heat !== undefined) { heat.checked = params.heat !== "0"; }
+    if (outlines && params.outlines !== undefined) { outlines.checked = params.outlines !== "0"; }
+    if (truth && params.truth !== undefined) { truth.checked = params.truth === "1"; }
   }
 
   // Tables (per generator, per category): click a header to sort by that column.
@@ -84,7 +104,10 @@
     fromHash();
     [sortSel, genSel, catSel, only].forEach(function (el) { if (el) { el.addEventListener("change", apply); } });
     query.addEventListener("input", apply);
-    heat.addEventListener("change", function () { document.body.classList.toggle("no-heat", !heat.checked); });
+    [heat, outlines, truth].forEach(function (el) {
+      if (el) { el.addEventListener("change", function () { layers(); writeHash(); }); }
+    });
+    layers();
     apply();
   }
   document.body.setAttribute("data-ready", "1");
