@@ -80,15 +80,15 @@ def test_element_keys_follow_eval_py_by_default_plain_phrases_on_request(model, 
         expected = _official_element_score(processor.tokenizer, prompt_ids, result["token_scores"], key)
         assert result["elements"][key] == pytest.approx(expected, abs=1e-6), key
     # A key without "(" has an empty phrase: scored 0 and reported missing, as eval.py does.
-    assert result["elements"]["table"] == 0.0 and "table" in result["missing_elements"]
+    assert result["elements"]["table"] == 0.0 and "table" in result["unmatched_elements"]
     assert result["elements"]["cube (big"] > 0  # eval.py's phrase is "cube ", which is in the prompt
-    assert "(object)" in result["missing_elements"]
+    assert "(object)" in result["unmatched_elements"]
 
     plain = _variant(processor, element_key_rule="plain_phrase")
     [ours] = model.score([_image()], [prompt], elements=[keys], processor=plain)
     tokens = processor.tokenizer.convert_ids_to_tokens(prompt_ids)
     assert ours["elements"]["table"] == pytest.approx(ours["token_scores"][tokens.index("table")], abs=1e-6)
-    assert "table" not in ours["missing_elements"]
+    assert "table" not in ours["unmatched_elements"]
     for key in ("red cube (object)", "wooden table (object)"):  # keys with a category: the same either way
         assert ours["elements"][key] == pytest.approx(result["elements"][key], abs=1e-6)
     with pytest.raises(ValueError, match="element_key_rule"):
@@ -195,7 +195,7 @@ def test_long_prompts_eval_keeps_every_token_forward_keeps_32(model, processor):
     with torch.no_grad():
         direct = model(pixel_values=pixels, input_ids=torch.tensor([full_ids])).alignment_score
     assert default["overall"] == pytest.approx(float(direct), abs=1e-6)
-    assert default["missing_elements"] == []
+    assert default["unmatched_elements"] == []
 
     [forward] = model.score([image], [LONG_PROMPT], elements=[keys], processor=processor, text_truncation="forward")
     # forward(inference=True): ``padding="max_length", truncation=True, max_length=32`` (padding is masked).
@@ -206,7 +206,7 @@ def test_long_prompts_eval_keeps_every_token_forward_keeps_32(model, processor):
     assert len(forward["token_scores"]) == 32
     assert forward["overall"] == pytest.approx(float(official.alignment_score), abs=1e-6)
     assert abs(forward["overall"] - default["overall"]) > 1e-4  # a different function for long prompts
-    assert forward["missing_elements"] == ["silver moon (object)"]  # cut off: located in the tokens it got
+    assert forward["unmatched_elements"] == ["silver moon (object)"]  # cut off: located in the tokens it got
 
     short = "a red cube on the table"
     assert model.score([image], [short], processor=processor, text_truncation="forward")[0]["overall"] == (

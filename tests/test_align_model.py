@@ -134,7 +134,7 @@ def test_element_scores_follow_the_official_matching(model, processor):
     assert result["elements"]["table (object)"] == pytest.approx(scores[tokens.index("table")], abs=1e-6)
     assert result["elements"]["green (color)"] == 0.0
     assert result["elements"]["cube (big) (object)"] == 0.0  # phrase "cube (big)" keeps its brackets
-    assert result["missing_elements"] == ["green (color)", "cube (big) (object)"]
+    assert result["unmatched_elements"] == ["green (color)", "cube (big) (object)"]
     assert list(result["elements"]) == keys
     assert 1.0 <= result["overall"] <= 5.0
 

@@ -165,7 +165,7 @@ class KeyEchoScorer:
             self.seen_keys.append(keys)
             level = float(np.asarray(image, dtype=np.float32).mean()) / 255.0
             out.append({"overall": 1.0 + 4.0 * level + len(prompts[i]) / 10,
-                        "elements": {k: (len(k) % 5) / 4 for k in keys}, "missing_elements": []})
+                        "elements": {k: (len(k) % 5) / 4 for k in keys}, "unmatched_elements": []})
         return out
 
 

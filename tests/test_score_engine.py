@@ -45,7 +45,7 @@ class FakeAlign:
                     "overall": 1.0 + 4.0 * level,
                     "elements": {k: ((len(k) + len(prompt)) % 7) / 6.0 * level for k in keys},
                     "token_scores": [],
-                    "missing_elements": [k for k in keys if k.split(" (")[0] not in prompt],
+                    "unmatched_elements": [k for k in keys if k.split(" (")[0] not in prompt],
                 }
             )
         return out

@@ -64,6 +64,10 @@ def test_structure_split_keeps_labels(prepared_dataset, model_dirs, tmp_path):
         truth = (np.asarray(split[i]["mask"]) > 127).astype(np.uint8)
         np.testing.assert_array_equal(rle_to_mask(row["reference"]["mask"]), truth)
         assert rle_to_mask(row["structure"]["mask"]).shape == truth.shape
+        assert row["structure"]["threshold"] == pytest.approx(40 / 255)  # the model's default, for the report
+    score(prepared_dataset, config="structure", split="test", out=tmp_path / "t.jsonl", structure=str(model_dirs[1]),
+          limit=1, threshold=0.5, progress=False)
+    assert read_results(tmp_path / "t.jsonl")[0]["structure"]["threshold"] == 0.5
 
 
 def test_wrong_model_kind_and_missing_folder(model_dirs, tmp_path):

@@ -409,8 +409,6 @@ def _run(out_dir, config: DemoConfig) -> dict:
                 row["reference"] = {"overall": truth[row["id"]]["total_score"],
                                     "elements": truth[row["id"]]["element_score"]}
         structure_rows = read_results(structure_results)
-        for row in structure_rows:
-            row["generator"] = row.get("generator") or "EvalMuse-Structure test"
         with ResultsWriter(combined) as writer:
             writer.write(align_rows)
             writer.write(structure_rows)

@@ -159,7 +159,7 @@ class AlignScorer:
                     "alignment": {
                         "overall": _finite(out["overall"]),
                         "elements": {str(k): _finite(v) for k, v in (out.get("elements") or {}).items()},
-                        "missing_elements": list(out.get("missing_elements") or []),
+                        "unmatched_elements": list(out.get("unmatched_elements") or []),
                     }
                 }
             )
@@ -221,11 +221,15 @@ class StructureScorer:
             kwargs["threshold"] = self.threshold
         with torch.inference_mode():
             outputs = self.model.predict(images, prompts=prompts, **kwargs)
+        # The heatmap level the masks were cut at (shown on the report's heatmap legend).
+        threshold = self.threshold if self.threshold is not None else getattr(
+            getattr(self.model, "config", None), "threshold", None)
         results = []
         for out in outputs:
             mask = np.asarray(out["mask"])
             entry = {
                 "score": _finite(out["score"]),
+                "threshold": None if threshold is None else _finite(threshold),
                 "mask": mask_to_rle(mask),
                 # The official scorer compares masks at 512x512: submissions use this one, so that
                 # resizing a small image's mask back to 512 loses no pixel.

@@ -350,7 +350,7 @@ def evaluate_alignment(model, processor, split, batch_size: int = 16, plcc_direc
     )
     out = {k: float(metrics[k]) for k in ("srcc", "plcc", "acc", "main_score")}
     out["num_images"] = len(predictions)
-    out["missing_elements"] = sum(len(r["missing_elements"]) for r in results)
+    out["unmatched_elements"] = sum(len(r["unmatched_elements"]) for r in results)
     return out
 
 

@@ -195,7 +195,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
     >>> results = model.score([Image.new("RGB", (80, 80), "red")], ["a red cube"],
     ...                       elements=[["red cube (object)"]], processor=processor)
     >>> sorted(results[0])
-    ['elements', 'missing_elements', 'overall', 'token_scores']
+    ['elements', 'unmatched_elements', 'overall', 'token_scores']
     ```
     """
 
@@ -503,7 +503,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
 
         Returns:
             one dict per image. ``"itm"``: ``{"overall": float (1-5), "elements": {key: float in [0, 1]},
-            "token_scores": [P(match) per prompt token, CLS and SEP included], "missing_elements":
+            "token_scores": [P(match) per prompt token, CLS and SEP included], "unmatched_elements":
             [keys whose phrase is not a token sub-sequence of the prompt; scored 0 as official]}``.
             ``"itc"``: ``{"itc_score": 5 x similarity (official), "itc_similarity": float in [-1, 1],
             "itc_logit": similarity / temp}``.
@@ -571,7 +571,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
                             "overall": float(overall[row]),
                             "elements": scores,
                             "token_scores": token_scores[row, : int(lengths[row])].tolist(),
-                            "missing_elements": [key for key, ok in zip(keys, found) if not ok],
+                            "unmatched_elements": [key for key, ok in zip(keys, found) if not ok],
                         }
                     )
         finally:
