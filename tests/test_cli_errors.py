@@ -131,3 +131,12 @@ def test_an_older_folder_without_the_itc_temperature_still_loads(tiny_align, tmp
 
     scorer = load_align(str(_copy_with(tiny_align, tmp_path, drop_temp)))
     assert float(scorer.model.temp) == pytest.approx(0.07)
+
+
+def test_prompts_file_is_read_strictly(tmp_path, capsys):
+    write_image_folder(tmp_path / "images", count=2, bad=False)
+    prompts = tmp_path / "images" / "prompts.jsonl"
+    prompts.write_text('{"image": "gen-a/000.png", "prompt": "a", "prompt": "b"}\n')  # which prompt?
+    line = _one_line_error(capsys, main(["score", str(tmp_path / "images"), "--out", str(tmp_path / "r.jsonl"),
+                                         "--align", FAKE]), 2)
+    assert "prompts.jsonl, line 1" in line and "'prompt'" in line and "twice" in line

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..data.alignment import element_record_key
 from ..utils import UserInputError
+from ..utils.jsonio import load_json
 
 PROMPT_FILE_NAMES = ("prompts.jsonl", "prompts.csv", "metadata.jsonl", "metadata.csv")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -110,20 +111,14 @@ def _prompt_rows(path: Path) -> list[tuple[str, dict]]:
         rows = []
         text = path.read_text(encoding="utf-8")
         if suffix == ".json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise UserInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+            data = load_json(text, str(path))
             if not isinstance(data, list):
                 raise UserInputError(f"{path}: expected a JSON list of records")
             return [(f"{path}, record {i}", rec) for i, rec in enumerate(data)]
         for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}, line {number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise UserInputError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
+            if line.strip():
+                where = f"{path}, line {number}"
+                rows.append((where, load_json(line, where)))
         return rows
     if suffix in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8") as handle:
