@@ -140,3 +140,33 @@ def test_prompts_file_is_read_strictly(tmp_path, capsys):
     line = _one_line_error(capsys, main(["score", str(tmp_path / "images"), "--out", str(tmp_path / "r.jsonl"),
                                          "--align", FAKE]), 2)
     assert "prompts.jsonl, line 1" in line and "'prompt'" in line and "twice" in line
+
+
+def test_score_leaves_the_alpha_rule_to_the_processor(tiny_align, tmp_path):
+    # score() used to convert to RGB first, so a processor's image_alpha="white" never saw the alpha channel.
+    from PIL import Image
+
+    from evalmuse_models.models.evalmuse_align import EvalMuseAlignModel, EvalMuseAlignProcessor
+    from evalmuse_models.scoring import read_results, score
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGBA", (48, 40), (200, 30, 30, 0)).save(folder / "clear.png")
+    (folder / "prompts.jsonl").write_text('{"image": "clear.png", "prompt": "a red square"}\n')
+    model = EvalMuseAlignModel.from_pretrained(tiny_align).eval()
+    for alpha in ("drop", "white"):
+        processor = EvalMuseAlignProcessor.from_pretrained(tiny_align, image_alpha=alpha)
+        out = tmp_path / f"{alpha}.jsonl"
+        score(folder, out=out, align=_Scorer(model, processor), progress=False)
+        direct = model.score([Image.open(folder / "clear.png")], ["a red square"], processor=processor)[0]
+        assert read_results(out)[0]["alignment"]["overall"] == pytest.approx(direct["overall"], abs=1e-5)
+
+
+class _Scorer:
+    """The model with a chosen processor (the scoring engine passes ``.processor`` on to ``score``)."""
+
+    def __init__(self, model, processor):
+        self.model, self.processor = model, processor
+
+    def score(self, images, prompts, elements=None, **kwargs):
+        return self.model.score(images, prompts, elements=elements, **kwargs)

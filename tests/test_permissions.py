@@ -107,3 +107,15 @@ def test_replacing_a_folder_never_touches_a_user_folder_named_like_the_backup(tm
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["new.txt"]
     assert (keep / "mine.txt").read_text() == "user data"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "out"]
+
+
+def test_replacing_a_file_where_the_folder_goes(tmp_path):
+    # The fresh backup placeholder is a folder: a file in the way is replaced directly, nothing is left behind.
+    (tmp_path / "out").write_text("a file")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "x.txt").write_text("x")
+    with atomic_directory(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "x.txt").write_text("x")
+    assert (tmp_path / "out" / "x.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]

@@ -252,7 +252,8 @@ def records_from_dataset(ds, *, config: str) -> list[ScoringRecord]:
 
 
 def _decode_image(value: Any):
-    """An RGB PIL image from a path, bytes, a datasets ``{"bytes", "path"}`` dict or a PIL image."""
+    """A decoded PIL image from a path, bytes, a datasets ``{"bytes", "path"}`` dict or a PIL image, in its
+    own mode: the model's processor makes it RGB by its own rule (e.g. FGA-BLIP2's ``image_alpha``)."""
     from PIL import Image
 
     if value is None:
@@ -271,7 +272,7 @@ def _decode_image(value: Any):
     else:
         image = Image.open(value)
     image.load()
-    return image.convert("RGB")
+    return image
 
 
 class ScoringSource:

@@ -96,12 +96,22 @@ def replace_directory(source: str | os.PathLike, target: str | os.PathLike) -> P
     """
     source, target = Path(source), Path(target)
     apply_usual_permissions(source)
-    if target.exists():
+    if target.is_dir() and not target.is_symlink():
         old = tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
-        os.replace(target, old)  # over the empty placeholder just made
-        os.replace(source, target)
+        try:
+            os.replace(target, old)  # over the empty placeholder just made
+        except BaseException:
+            os.rmdir(old)
+            raise
+        try:
+            os.replace(source, target)
+        except BaseException:
+            os.replace(old, target)  # put the old folder back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
+        if target.exists() or target.is_symlink():
+            os.unlink(target)  # a file or link where the folder goes (the callers decided it may go)
         os.replace(source, target)
     return target
 
@@ -127,8 +137,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         raise
 
 
-#: The marker file in each output folder this package writes (reports, push stage folders): a folder is only
-#: ever replaced when it has one (see :func:`claim_output_directory`). ``evalmuse push`` does not upload it.
+#: The marker file in each output folder this package writes (reports, push stage folders, converted models): a
+#: folder is only ever replaced when it has one (see :func:`claim_output_directory`). ``evalmuse push`` does not
+#: upload it.
 OUTPUT_MARKER = ".evalmuse-output.json"
 
 
