@@ -192,7 +192,7 @@ def test_bad_records_stop_with_file_record_and_field_and_nothing_is_written(
 
 def test_skip_invalid_writes_the_rest_and_a_report(alignment_release, structure_release, tmp_path):
     al, st, rows, keys = _break_releases(alignment_release, structure_release, tmp_path)
-    result = prepare_dataset(tmp_path / "out", alignment_dir=al, structure_dir=st, skip_invalid=True,
+    result = prepare_dataset(tmp_path / "out", alignment_dir=al, structure_dir=st, skip_invalid=True, official_truth=True,
                              progress=False)
     assert len(result.skipped) == 6
     report = [json.loads(line) for line in result.skipped_report.read_text().splitlines()]
@@ -274,7 +274,7 @@ def test_cli_synthetic_then_prepare_data(tmp_path, capsys):
     assert (tmp_path / "al" / "train_list.json").is_file() and list((tmp_path / "st").glob("*.jpg"))
     out = tmp_path / "evalmuse"
     code = main(["prepare-data", "--alignment", str(tmp_path / "al"), "--structure", str(tmp_path / "st"),
-                 str(out), "--no-progress", "--num-shards", "2"])
+                 str(out), "--no-progress", "--num-shards", "2", "--official-truth-train"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "alignment: train" in printed and f"wrote {out}" in printed
@@ -377,7 +377,8 @@ def test_an_interrupted_build_resumes_after_the_last_complete_shard(alignment_re
         calls.append(record.img_path)
         return real(record, root)
 
-    options = {"alignment_dir": alignment_release, "max_shard_size": "30KB", "num_workers": 1, "progress": False}
+    options = {"alignment_dir": alignment_release, "max_shard_size": "30KB", "num_workers": 1, "progress": False,
+               "official_truth": True}
     out = tmp_path / "evalmuse"
     monkeypatch.setattr(export, "alignment_row", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -444,11 +445,11 @@ def test_official_truth_files_score_perfectly_against_themselves(prepared_datase
 
     official = prepared_dataset / "official"
     assert sorted(p.relative_to(official).as_posix() for p in official.rglob("*") if p.is_file()) == [
-        "alignment/train/eval.json", "alignment/validation/eval.json",  # the test split has no labels
-        "structure/test/gt.pkl", "structure/train/gt.pkl", "structure/validation/gt.pkl"]
+        "alignment/validation/eval.json",  # the test split has no labels; train only on request
+        "structure/test/gt.pkl", "structure/validation/gt.pkl"]
     _, card = _card(prepared_dataset)
     assert card.count("## Official truth files") == 1 and "`official/structure/test/gt.pkl`" in card
-    for split in ("train", "validation"):
+    for split in ("validation",):
         path = official / "alignment" / split / "eval.json"
         rows = _load(prepared_dataset, "alignment", tmp_path, split=split).select_columns(
             ["img_path", "prompt", "total_score", "elements"])
@@ -460,7 +461,7 @@ def test_official_truth_files_score_perfectly_against_themselves(prepared_datase
         assert main(["eval", "alignment", "--truth", str(path), "--submission", str(path), "--json"]) == 0
         scores = json.loads(capsys.readouterr().out)
         assert scores["srcc"] == pytest.approx(1) and scores["plcc"] == pytest.approx(1) and scores["acc"] == 1
-    for split in ("train", "validation", "test"):
+    for split in ("validation", "test"):
         path = official / "structure" / split / "gt.pkl"
         rows = _load(prepared_dataset, "structure", tmp_path, split=split).select_columns(
             ["image_name", "mos", "shapes", "image"]).cast_column("image", Image(decode=False))
@@ -497,6 +498,10 @@ def test_write_official_truth_from_dataset_rows(prepared_dataset, tmp_path):
 def test_official_truth_can_be_left_out(structure_release, tmp_path):
     result = prepare_dataset(tmp_path / "out", structure_dir=structure_release, official_truth=False, progress=False)
     assert result.official_truth == {} and not (tmp_path / "out" / "official").exists()
+    # by default the evaluation splits only: the structure train truth alone would be 2.6 GB on the real release
+    result = prepare_dataset(tmp_path / "default", structure_dir=structure_release, progress=False)
+    assert set(result.official_truth["structure"]) == {"validation", "test"}
+    assert not (tmp_path / "default" / "official" / "structure" / "train").exists()
 
 
 def test_a_split_whose_every_record_is_skipped_is_still_reported(tmp_path):

@@ -46,10 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-resume", action="store_true",
                         help="start from scratch even if an interrupted run of the same command left "
                         "completed shards in .OUT_DIR.partial (resumed by default)")
-    parser.add_argument("--no-official-truth", action="store_true",
-                        help="do not write the official truth files of the labelled splits "
-                        "(OUT_DIR/official/alignment/SPLIT/eval.json, OUT_DIR/official/structure/SPLIT/gt.pkl, for "
-                        "evalmuse eval --truth; a gt.pkl takes 256 KiB per image)")
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument("--no-official-truth", action="store_true",
+                       help="do not write the official truth files of the labelled validation and test splits "
+                       "(OUT_DIR/official/alignment/SPLIT/eval.json, OUT_DIR/official/structure/SPLIT/gt.pkl, for "
+                       "evalmuse eval --truth)")
+    truth.add_argument("--official-truth-train", action="store_true",
+                       help="write the official truth of the train split too (a gt.pkl takes 256 KiB per image: "
+                       "2.6 GB for the 10,000 structure training images)")
     parser.add_argument("--card-template", metavar="FILE", default=None,
                         help="dataset card template (default: the packaged one, as in dataset_scripts/)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -58,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from ..data import prepare_dataset
+    from ..data.export import OFFICIAL_TRUTH_SPLITS
 
     if args.alignment is None and args.structure is None:
         print("error: give --alignment RAW_DIR, --structure RAW_DIR or both", file=sys.stderr)
@@ -76,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         card_template=args.card_template,
         generator_map=args.generator_map,
-        official_truth=not args.no_official_truth,
+        official_truth=False if args.no_official_truth else True if args.official_truth_train else OFFICIAL_TRUTH_SPLITS,
     )
     for config, splits in result.num_rows.items():
         counts = ", ".join(f"{split} {rows}" for split, rows in splits.items())

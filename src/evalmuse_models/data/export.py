@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -387,6 +387,10 @@ def _structure_truth(item, where: str, min_votes: int) -> tuple[str, dict[str, A
     return name, {"pred_area": truth, "score": float(mos)}
 
 
+#: The splits whose official truth files ``prepare-data`` writes by default (``--official-truth-train`` adds train).
+OFFICIAL_TRUTH_SPLITS = ("validation", "test")
+
+
 def build_official_truth(config: str, records, *, min_votes: int = 1, num_workers: int = 1):
     """The official truth of labelled records, in the layout the NTIRE 2025 scoring programs read.
 
@@ -456,8 +460,8 @@ def write_official_truth(config: str, records, path, *, min_votes: int = 1, num_
     """Write the official truth file of labelled records: ``eval.json`` (alignment, with
     :func:`evalmuse_models.metrics.write_alignment_truth`) or ``gt.pkl`` (structure, with
     :func:`evalmuse_models.metrics.write_structure_truth`), atomically. See :func:`build_official_truth`
-    for the arguments; ``evalmuse prepare-data`` writes one per labelled split in
-    ``OUT_DIR/official/<config>/<split>/``.
+    for the arguments; ``evalmuse prepare-data`` writes one per labelled evaluation split (train on
+    request) in ``OUT_DIR/official/<config>/<split>/``.
 
     Example::
 
@@ -556,7 +560,7 @@ def prepare_dataset(
     card_template=None,
     resume: bool = True,
     generator_map=None,
-    official_truth: bool = True,
+    official_truth: bool | Sequence[str] = OFFICIAL_TRUTH_SPLITS,
 ) -> PreparedDataset:
     """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
 
@@ -593,11 +597,12 @@ def prepare_dataset(
             :func:`~evalmuse_models.data.read_generator_map` (CSV ``img_path,generator`` or JSON
             ``{img_path: generator}``) or a dict. A listed image takes the map's generator;
             others keep the folder of their ``img_path``, or ``""`` (unknown) when it has none.
-        official_truth: also write the official truth file of each labelled split (every record
-            written has its labels), in ``official/alignment/<split>/eval.json`` and
+        official_truth: the splits whose official truth file is also written, when labelled (every
+            record written has its labels): ``official/alignment/<split>/eval.json`` and
             ``official/structure/<split>/gt.pkl`` (see :func:`write_official_truth`; the
-            structure masks use ``mask_min_votes``), for ``evalmuse eval ... --truth``. A
-            ``gt.pkl`` takes 256 KiB per image (2.6 GB for the 10,000 training images).
+            structure masks use ``mask_min_votes``), for ``evalmuse eval ... --truth``. Default:
+            the evaluation splits (``validation``, ``test``); ``True`` adds ``train`` (a ``gt.pkl``
+            takes 256 KiB per image: 2.6 GB for the 10,000 training images); ``False`` none.
 
     Returns:
         A :class:`PreparedDataset` with the rows written per config and split, the skipped
@@ -677,7 +682,8 @@ def prepare_dataset(
     fingerprint = _fingerprint(
         [(config, split, path) for config, split, path, *_ in jobs],
         {"skip_invalid": skip_invalid, "num_shards": num_shards, "max_bytes": max_bytes,
-         "mask_min_votes": mask_min_votes, "official_truth": official_truth,
+         "mask_min_votes": mask_min_votes,
+         "official_truth": official_truth if isinstance(official_truth, bool) else sorted(official_truth),
          "generator_map": sorted(generator_map.items()) if generator_map else None},
     )
     staging = _Staging(out_dir, fingerprint, resume=resume)
@@ -709,7 +715,7 @@ def prepare_dataset(
                 continue
             result.num_rows.setdefault(config, {})[split] = num_rows
             data_files.setdefault(config, {})[split] = f"{config}/{split}-*.parquet"
-            if official_truth:
+            if official_truth is True or (official_truth and split in official_truth):
                 if "truth" not in state:
                     state["truth"] = _write_split_truth(config, split, records, state, tmp,
                                                         min_votes=mask_min_votes, num_workers=num_workers)
