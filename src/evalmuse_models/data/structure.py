@@ -263,7 +263,9 @@ def load_structure_records(
     for key, raw in data.items():
         if key in repeated:
             # json would keep the last entry silently: refused, or skipped keeping the first entry
-            invalid(RecordError(path, repr(key), "<key>", "the key appears twice in this JSON object",
+            invalid(RecordError(path, repr(key), "<key>",
+                                "the key appears twice in this JSON object (skipping keeps the first entry and "
+                                "leaves the later one out)",
                                 "keep one of the entries, or pass --skip-invalid (skip_invalid=True) to keep only "
                                 "the first"))
         try:
