@@ -294,8 +294,17 @@ def reference_masks(split, min_votes: int = 1, size: int = 512) -> list[np.ndarr
             f"the truth masks are made from the 'shapes' and 'image' columns, and this split has no {missing}; "
             "evaluate a labelled split of a prepared EvalMuse dataset"
         )
-    rows = split.select_columns(["shapes", "image"]).cast_column("image", ImageFeature(decode=False))
-    return [binary_mask(row, min_votes=min_votes, size=(size, size)) for row in rows]
+    key = (split._fingerprint, min_votes, size)  # a datasets fingerprint names the split's content
+    if key not in _REFERENCE_MASKS:  # every evaluation of a run (each epoch, the threshold search) reuses them
+        rows = split.select_columns(["shapes", "image"]).cast_column("image", ImageFeature(decode=False))
+        if len(_REFERENCE_MASKS) >= 4:
+            _REFERENCE_MASKS.pop(next(iter(_REFERENCE_MASKS)))
+        _REFERENCE_MASKS[key] = [binary_mask(row, min_votes=min_votes, size=(size, size)) for row in rows]
+    return _REFERENCE_MASKS[key]
+
+
+#: Truth masks of the splits evaluated recently, by dataset fingerprint (the few a training run uses).
+_REFERENCE_MASKS: dict[tuple, list[np.ndarray]] = {}
 
 
 def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: int, min_votes: int = 1):
