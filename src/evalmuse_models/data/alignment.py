@@ -365,12 +365,16 @@ def read_generator_map(path) -> dict[str, str]:
             lacks a column, lists an image twice or gives an empty generator; the message names
             the file and the row or key.
 
+    A mapping given instead of a file is returned as a plain dict (so every caller accepts both).
+
     Example::
 
         from evalmuse_models.data import read_generator_map
 
         generators = read_generator_map("val_generators.csv")   # {"img_0001.png": "SDXL-Turbo", ...}
     """
+    if isinstance(path, Mapping):
+        return {str(k): str(v) for k, v in path.items()}
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv", ".json"):

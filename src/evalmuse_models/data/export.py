@@ -645,10 +645,8 @@ def prepare_dataset(
     if generator_map is not None and alignment_dir is None:
         raise UserInputError("a generator map names the generators of alignment images; give an alignment release "
                              "folder (--alignment) too")
-    if isinstance(generator_map, (str, os.PathLike)):
+    if generator_map is not None:
         generator_map = read_generator_map(generator_map)
-    elif generator_map is not None:
-        generator_map = dict(generator_map)
 
     # Parse every JSON file first: bad records are reported before any image is read.
     skipped: list[SkippedRecord] = []

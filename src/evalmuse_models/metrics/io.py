@@ -263,7 +263,7 @@ def score_alignment_files(
     from ..data.alignment import generator_from_img_path, read_generator_map
     from .alignment import alignment_main_score
 
-    if generator_map is not None and not isinstance(generator_map, Mapping):
+    if generator_map is not None:
         generator_map = read_generator_map(generator_map)
     breakdown = breakdown or generator_map is not None
 

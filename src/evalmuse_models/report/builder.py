@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from string import Template
 from typing import Any
 
@@ -99,7 +99,9 @@ def generator_table(rows: list[dict]) -> list[dict]:
 
 
 def _rle_has_pixels(rle: dict | None) -> bool:
-    return bool(rle) and any(int(c) > 0 for c in list(rle.get("counts") or [])[1::2])
+    from ..scoring.rle import rle_area
+
+    return bool(rle) and bool(rle.get("counts")) and rle_area(rle) > 0
 
 
 def structure_split_table(rows: list[dict]) -> dict | None:
@@ -161,11 +163,10 @@ def apply_generator_map(rows: list[dict], generator_map) -> int:
     (the image path); rows not in the map keep theirs. Returns how many rows were mapped."""
     from ..data import read_generator_map
 
-    if not isinstance(generator_map, dict):
-        generator_map = read_generator_map(generator_map)
+    generator_map = read_generator_map(generator_map)
     mapped = 0
     for row in rows:
-        generator = generator_map.get(str(row["id"]).replace("\\", "/"))
+        generator = generator_map.get(str(PurePosixPath(str(row["id"]).replace("\\", "/"))))
         if generator:
             row["generator"] = generator
             mapped += 1
