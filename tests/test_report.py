@@ -407,7 +407,8 @@ def test_heatmap_legend(mixed_results, mixed_report, results, tmp_path):
     recorded = tmp_path / "recorded.jsonl"
     rows = read_results(mixed_results)
     for row in rows:
-        row.setdefault("meta", {})["structure_threshold"] = 0.5
+        if "structure" in row:
+            row["structure"]["threshold"] = 0.5  # as evalmuse score records it
     recorded.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     page = build_report(recorded, tmp_path / "r", progress=False, mask_threshold=0.1).read_text()
     assert "mask threshold 0.5<" in page  # what the rows say wins

@@ -333,8 +333,8 @@ def convert_fga_blip2(
         preset: the architecture (``"fga-blip2"``; ``"tiny"`` for tests); ``config_overrides`` adjust it.
         tokenizer / tokenizer_name_or_path: the processor's tokenizer (default ``bert-base-uncased`` + ``[DEC]``).
         dtype: dtype of the written weights (``float32``, ``float16``, ``bfloat16``).
-        overwrite: replace an existing ``output_dir`` that an earlier conversion (or another command of this
-            package) wrote as a model folder; any other existing folder or file is refused.
+        overwrite: replace an existing ``output_dir`` that an earlier conversion wrote (it holds the
+            package's output marker); any other existing folder or file is refused.
         source: ``"lavis"`` (the official checkpoint) or ``"imscore"`` (its safetensors port, Hub
             ``RE-N-Y/evalmuse``; it has no ``temp``: see the module docstring).
 

@@ -469,13 +469,11 @@ def card_outlines(row: dict, size: tuple[int, int]) -> tuple[str, str | None]:
 
 def recorded_mask_threshold(rows: list[dict]) -> float | None | str:
     """The heatmap threshold the structure masks were made with, when the rows record it
-    (``structure.threshold`` or ``meta.structure_threshold``): one value, ``"varies"`` when the
-    rows disagree, ``None`` when none records it."""
+    (``structure.threshold``, written by ``evalmuse score``): one value, ``"varies"`` when the rows
+    disagree, ``None`` when none records it (results files from before it was recorded)."""
     values = set()
     for row in rows:
         value = (row.get("structure") or {}).get("threshold")
-        if value is None:
-            value = (row.get("meta") or {}).get("structure_threshold")
         if value is not None:
             values.add(round(float(value), 6))
     if not values:
@@ -689,7 +687,7 @@ def build_report(
             in a table of their own, not as a generator.
         mask_threshold: the heatmap threshold the structure masks were made with (``evalmuse score
             --threshold``, else the model's ``threshold``), marked on the heatmap legend when the
-            rows do not record it (``structure.threshold`` or ``meta.structure_threshold``).
+            rows do not record it (``structure.threshold``).
 
     Returns: the path of ``index.html``.
 
