@@ -103,3 +103,22 @@ def test_input_errors_are_one_line_messages(tmp_path, capsys):
     assert main(["synthetic", "alignment", str(taken), "--num-prompts", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and str(taken) in err
+
+
+def test_every_cli_option_has_help():
+    import argparse
+
+    from evalmuse_models.cli import build_parser
+
+    missing = []
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(" ".join([*prefix, *(action.option_strings or [action.dest])]))
+
+    walk(build_parser(), ["evalmuse"])
+    assert missing == []

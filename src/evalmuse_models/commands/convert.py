@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     )
     fga.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: bert-base-uncased)")
     fga.add_argument("--preset", default="fga-blip2", help="architecture preset (default: fga-blip2)")
-    fga.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    fga.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                     help="dtype of the written weights")
     fga.add_argument(
         "--from",
         dest="source",

@@ -21,13 +21,14 @@ def register(subparsers) -> None:
     parser.add_argument("folder", help="model folder (save_pretrained), prepared dataset folder, or metric folder "
                         "(for --type metric; default: the module shipped in the package)", nargs="?")
     parser.add_argument("repo_id", help="target repository, org/name")
-    parser.add_argument("--type", choices=["model", "dataset", "metric"], default="model", dest="kind")
+    parser.add_argument("--type", choices=["model", "dataset", "metric"], default="model", dest="kind",
+                        help="what FOLDER holds: a model, a prepared dataset, or the evaluate metric (as a Space)")
     parser.add_argument("--metrics", help="model: JSON file {'task','dataset','split','metrics'} (default: "
                         "FOLDER/eval_results.json, written by `evalmuse demo`)")
     parser.add_argument("--dataset", action="append", dest="datasets", help="model: training dataset id (repeatable)")
-    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--license", default="apache-2.0", help="model: the licence written in the model card")
     parser.add_argument("--template", help="model: card template name in model_cards/ (default: from model_type)")
-    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the one saved by `hf auth login`; "
                         "prefer those: a token on the command line is visible to other users in the process list)")
     parser.add_argument("--stage-dir", help="where to build the folder that gets uploaded: a new or empty folder, or "

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True,
                         help="output folder: new, empty, or an earlier report (replaced atomically); any other "
                         "existing file or folder, the current directory and the results file are refused")
-    parser.add_argument("--title", default="EvalMuse report")
+    parser.add_argument("--title", default="EvalMuse report", help="the page title")
     parser.add_argument("--max-cards", type=int, default=1000, help="at most this many per-image cards")
     parser.add_argument("--thumb-size", type=int, default=256, help="thumbnail size in pixels")
     parser.add_argument("--generator-map", metavar="FILE", default=None,
