@@ -156,7 +156,8 @@ def test_push_leaves_no_temporary_copy_unless_offline(align_dir, tmp_path, monke
             raise ConnectionError("network down")
 
     monkeypatch.setattr(hub, "is_offline", lambda: False)
-    with pytest.raises(ConnectionError):
+    # no network and no offline flag: one clear error (it was a raw traceback), not a crash
+    with pytest.raises(hub.HubUploadError, match=r"upload to my-org/m failed \(ConnectionError: network down\)"):
         hub.push_model(align_dir, "my-org/m", api=FailingApi(), check_loading=False)
     assert _temporary_copies(temp) == []
     api = FakeApi()

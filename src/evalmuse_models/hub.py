@@ -61,6 +61,20 @@ class HubOfflineError(UserInputError):
     """Raised instead of uploading when the Hub cannot be reached (``HF_HUB_OFFLINE=1``)."""
 
 
+class HubUploadError(UserInputError):
+    """The checks passed but the upload failed (no network, refused token or permission)."""
+
+
+def _is_network_or_hub_error(error: BaseException) -> bool:
+    """An error of the Hub client or of the HTTP stack under it (whichever library that is)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, (HfHubHTTPError, OSError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3", "huggingface_hub")
+               for cls in type(error).__mro__)
+
+
 #: The ``kind`` written in a stage folder's marker (:data:`~evalmuse_models.utils.io.OUTPUT_MARKER`).
 STAGE_KIND = "push stage"
 
@@ -136,6 +150,15 @@ def _upload(result: PushResult, *, temporary: bool, ran_code: str | None, privat
         repo_url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **kwargs)
         api.upload_folder(folder_path=str(staged), repo_id=repo_id, repo_type=repo_type,
                           commit_message=commit_message, ignore_patterns=[OUTPUT_MARKER])
+    except Exception as error:
+        # No network, a refused token, a missing permission: the checks passed, the upload did not.
+        if not _is_network_or_hub_error(error):
+            raise
+        raise HubUploadError(
+            f"the upload to {repo_id} failed ({type(error).__name__}: {' '.join(str(error).split())[:300]}); "
+            "nothing was uploaded. Check the network and `hf auth login`, or set HF_HUB_OFFLINE=1 to stop "
+            "after the checks"
+        ) from None
     finally:
         if temporary:
             shutil.rmtree(staged, ignore_errors=True)
