@@ -87,6 +87,19 @@ def _copy_with(tiny_align, tmp_path, edit):
     return folder
 
 
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def _hostile_bin(path):
+    # A pickled .bin instead of safetensors, asking to run code: torch's weights_only loading refuses it.
+    import pickle
+
+    path.unlink()
+    (path.parent / "pytorch_model.bin").write_bytes(pickle.dumps({"mask_proj.layers.0.weight": _Payload()}))
+
+
 def _drop_one_add_one(path):
     import torch
     from safetensors.torch import load_file, save_file
@@ -103,6 +116,7 @@ def _drop_one_add_one(path):
         (_drop_one_add_one, r"weights of .* do not match its config: 1 missing \(mask_proj.layers.0.weight\); 1 unex"),
         (lambda path: os.truncate(path, 1000), "cannot read the weights file of .*truncated"),
         (lambda path: path.unlink(), "cannot load the model weights of"),
+        (_hostile_bin, "cannot load the model weights of .*[Ww]eights only load failed"),
     ],
 )
 def test_a_model_whose_weights_do_not_match_is_refused_not_scored_at_random(tiny_align, tmp_path, capsys, edit,

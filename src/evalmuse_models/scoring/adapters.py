@@ -60,12 +60,14 @@ def load_exact_weights(auto_class, spec: str, **kwargs):
     """``auto_class.from_pretrained(spec)`` that refuses to score with weights that do not match the
     config: a missing, unexpected or mis-shaped tensor (which transformers would only print, leaving
     random weights in place) and an unreadable weights file raise :class:`UserInputError`."""
+    import pickle
     import re
 
     try:
         model, info = auto_class.from_pretrained(spec, output_loading_info=True, **kwargs)
-    except (OSError, ValueError, RuntimeError, EOFError) as err:
-        raise UserInputError(f"cannot load the model weights of {spec}: {err}") from None
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        # an UnpicklingError: a .bin file that torch's weights_only loading refused
+        raise UserInputError(f"cannot load the model weights of {spec}: {' '.join(str(err).split())[:400]}") from None
     except Exception as err:  # e.g. safetensors' SafetensorError on a truncated file
         if type(err).__module__.split(".")[0] != "safetensors":
             raise
