@@ -80,6 +80,16 @@ def test_presets_hold_the_published_designs():
     assert abs(EvalMuseStructureConfig.from_preset("tiny").threshold - 40 / 255) < 1e-12
 
 
+def test_preset_sub_config_overrides_are_merged():
+    # A dict for a sub-config used to replace the preset's whole sub-config (a hidden-768, patch-14 DINOv2).
+    tiny = EvalMuseStructureConfig.from_preset("tiny")
+    deeper = EvalMuseStructureConfig.from_preset("tiny", vit_config={"num_hidden_layers": 4})
+    assert deeper.vit_config.num_hidden_layers == 4
+    for key in ("hidden_size", "patch_size", "num_attention_heads", "image_size", "model_type"):
+        assert getattr(deeper.vit_config, key) == getattr(tiny.vit_config, key), key
+    assert EvalMuseStructureConfig.from_preset("tiny", threshold=0.5).threshold == 0.5
+
+
 def test_config_round_trips_and_rejects_bad_values(tmp_path):
     config = EvalMuseStructureConfig.from_preset("tiny", rank_loss_weight=0.3)
     config.save_pretrained(tmp_path)

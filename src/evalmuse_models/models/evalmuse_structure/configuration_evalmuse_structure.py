@@ -305,7 +305,8 @@ class EvalMuseStructureConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> EvalMuseStructureConfig:
-        """Build a named preset (``tiny``, ``hnu-vpai``, ``em-rahf``); keyword overrides win.
+        """Build a named preset (``tiny``, ``hnu-vpai``, ``em-rahf``); keyword overrides win, and a dict
+        given for a sub-config (``vit_config``, ...) is merged into the preset's, not put in its place.
 
         Example:
 
@@ -319,6 +320,10 @@ class EvalMuseStructureConfig(PreTrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"unknown EvalMuse structure preset {name!r}; choose one of {sorted(PRESETS)}")
         kwargs = copy.deepcopy(PRESETS[name])
-        kwargs.update(overrides)
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+                kwargs[key] = {**kwargs[key], **value}
+            else:
+                kwargs[key] = value
         kwargs.setdefault("preset", name)
         return cls(**kwargs)
