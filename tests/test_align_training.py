@@ -106,6 +106,13 @@ def test_max_steps_run_decays_the_learning_rate_to_the_minimum(prepared_dataset,
     assert middle["last_epoch"] == 3 and middle["_last_lr"][0] == pytest.approx(1e-3 * 0.5, rel=1e-6)
 
 
+def test_time_budget_stops_the_run_for_every_process(prepared_dataset, tmp_path):
+    # The decision is gathered from every process (one process here), so all stop at the same step.
+    metrics = train_align(_tiny_args(prepared_dataset, tmp_path / "budget", max_steps=1000, time_budget_s=1e-3,
+                                     eval_on_start=False, eval_every=10**6, save_every=10**6))
+    assert metrics["stopped_by_time_budget"] is True and metrics["steps"] == 1
+
+
 def test_arguments_yaml_and_overrides(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("preset: tiny\nlearning_rate: 0.001\ndataset_dir: data\noutput_dir: out\nfreeze_vision: false\n")

@@ -637,8 +637,9 @@ def _train_align(args: TrainAlignArguments) -> dict:
                 model.train()
             if args.save_every and progress["step"] % args.save_every == 0:
                 save_checkpoint()
-            if args.time_budget_s is not None and time.monotonic() - started > args.time_budget_s:
-                out_of_time = True
+            if args.time_budget_s is not None:
+                over = torch.tensor([time.monotonic() - started > args.time_budget_s], device=accelerator.device)
+                out_of_time = bool(accelerator.gather(over).any())  # every process stops at the same step
             if progress["step"] >= total_steps or out_of_time:
                 stop = True
                 break
