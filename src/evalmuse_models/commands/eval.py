@@ -107,13 +107,14 @@ def _print(result: dict, keys: tuple[str, ...], as_json: bool) -> None:
             print(f"  {gen:<24} {entry['n_images']:>6} {' '.join(cells)}")
 
 
-def _inputs(args: argparse.Namespace, track: str, official: dict) -> bool:
-    """Check the input options; True when running as the Codalab scoring program."""
+def _inputs(args: argparse.Namespace, track: str, scoring_options: tuple[str, ...]) -> bool:
+    """Check the input options; True when running as the Codalab scoring program, which takes none of
+    ``scoring_options`` (nor --truth/--submission) away from their defaults."""
     from ..utils import UserInputError
 
     if args.codalab:
-        given = [f"--{k.replace('_', '-')}" for k, v in official.items() if getattr(args, k) != v]
-        given += [f"--{k}" for k in ("truth", "submission") if getattr(args, k)]
+        given = [f"--{k.replace('_', '-')}" for k in ("truth", "submission", *scoring_options)
+                 if getattr(args, k) != args._parser.get_default(k)]
         if given:
             raise UserInputError(
                 f"--codalab runs the released {track} scoring program with its own settings and files; "
@@ -139,7 +140,7 @@ def _run_codalab(args: argparse.Namespace, track: str) -> int:
 def _run_alignment(args: argparse.Namespace) -> int:
     from ..metrics import score_alignment_files
 
-    if _inputs(args, "alignment", {"plcc_direction": "official", "breakdown": False, "generator_map": None, "n_resamples": 0}):
+    if _inputs(args, "alignment", ("plcc_direction", "breakdown", "generator_map", "n_resamples")):
         return _run_codalab(args, "alignment")
     result = score_alignment_files(
         args.truth,
@@ -157,7 +158,7 @@ def _run_alignment(args: argparse.Namespace) -> int:
 def _run_structure(args: argparse.Namespace) -> int:
     from ..metrics import score_structure_files
 
-    if _inputs(args, "structure", {"iou_threshold": 0.1, "n_resamples": 0}):
+    if _inputs(args, "structure", ("iou_threshold", "n_resamples")):
         return _run_codalab(args, "structure")
     result = score_structure_files(
         args.truth,

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import UserInputError, atomic_write_text, claim_output_directory, owned_directory
+from ..utils.jsonio import read_json_file
 
 #: LAVIS tensors that have no counterpart in the alignment model (and why).
 DROPPED_PREFIXES = {
@@ -260,10 +261,7 @@ def _load_imscore(path: Path) -> dict[str, Any]:
             raise UserInputError(f"{path} holds no *.safetensors; pass the folder of the imscore port (RE-N-Y/evalmuse)")
         config_file = path / "config.json"
         if config_file.is_file():
-            try:
-                config = json.loads(config_file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise UserInputError(f"{config_file} is not valid JSON ({error})") from error
+            config = read_json_file(config_file)
             if not isinstance(config, dict):
                 raise UserInputError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
     else:
