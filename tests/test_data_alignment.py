@@ -434,3 +434,13 @@ def test_synthetic_release_is_deterministic(tmp_path):
     assert a != (tmp_path / "c" / "train_list.json").read_text()
     for path in (tmp_path / "a").rglob("*.png"):
         assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_a_generator_map_given_as_a_dict_is_checked_like_a_file():
+    from evalmuse_models.data import read_generator_map
+
+    assert read_generator_map({"val\\img_0001.png": " SDXL "}) == {"val/img_0001.png": "SDXL"}
+    with pytest.raises(UserInputError, match=r"generator map: key 'img_0002.png'.*non-empty string"):
+        read_generator_map({"img_0002.png": ""})
+    with pytest.raises(UserInputError, match=r"generator map: key '../x.png': img_path"):
+        read_generator_map({"../x.png": "SDXL"})

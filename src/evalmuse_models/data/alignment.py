@@ -365,7 +365,7 @@ def read_generator_map(path) -> dict[str, str]:
             lacks a column, lists an image twice or gives an empty generator; the message names
             the file and the row or key.
 
-    A mapping given instead of a file is returned as a plain dict (so every caller accepts both).
+    A mapping given instead of a file goes through the same checks (so every caller accepts both).
 
     Example::
 
@@ -373,24 +373,12 @@ def read_generator_map(path) -> dict[str, str]:
 
         generators = read_generator_map("val_generators.csv")   # {"img_0001.png": "SDXL-Turbo", ...}
     """
-    if isinstance(path, Mapping):
-        return {str(k): str(v) for k, v in path.items()}
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".json"):
-        raise UserInputError(
-            f"{path}: a generator map must be a .csv file (columns img_path,generator) or a .json object "
-            f"{{img_path: generator}}, got {suffix or 'a file without extension'!r}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserInputError(f"generator map {path} does not exist") from None
-    except UnicodeDecodeError as error:
-        raise UserInputError(f"{path}: not UTF-8 text ({error}); save the generator map as UTF-8") from None
-    except OSError as error:
-        raise UserInputError(f"{path}: cannot read the generator map ({error.strerror})") from None
-    entries = _generator_map_json(path, text) if suffix == ".json" else _generator_map_csv(path, text, suffix)
+    if isinstance(path, Mapping):  # checked and normalised like a file's entries
+        entries = [(f"key {key!r}", key, generator) for key, generator in path.items()]
+        path = "generator map"
+    else:
+        path = Path(path)
+        entries = _generator_map_entries(path)
     mapping: dict[str, str] = {}
     first_seen: dict[str, str] = {}
     for where, img_path, generator in entries:
@@ -412,6 +400,25 @@ def read_generator_map(path) -> dict[str, str]:
     if not mapping:
         raise UserInputError(f"{path}: the generator map lists no image")
     return mapping
+
+
+def _generator_map_entries(path: Path) -> list[tuple[str, Any, Any]]:
+    """``(where, img_path, generator)`` of each entry of a generator-map file."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json"):
+        raise UserInputError(
+            f"{path}: a generator map must be a .csv file (columns img_path,generator) or a .json object "
+            f"{{img_path: generator}}, got {suffix or 'a file without extension'!r}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserInputError(f"generator map {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: not UTF-8 text ({error}); save the generator map as UTF-8") from None
+    except OSError as error:
+        raise UserInputError(f"{path}: cannot read the generator map ({error.strerror})") from None
+    return _generator_map_json(path, text) if suffix == ".json" else _generator_map_csv(path, text, suffix)
 
 
 def _generator_map_json(path: Path, text: str) -> list[tuple[str, Any, Any]]:
