@@ -294,22 +294,15 @@ def reference_masks(split, min_votes: int = 1, size: int = 512) -> list[np.ndarr
             f"the truth masks are made from the 'shapes' and 'image' columns, and this split has no {missing}; "
             "evaluate a labelled split of a prepared EvalMuse dataset"
         )
-    key = (split._fingerprint, min_votes, size)  # a datasets fingerprint names the split's content
-    if key not in _REFERENCE_MASKS:  # every evaluation of a run (each epoch, the threshold search) reuses them
-        rows = split.select_columns(["shapes", "image"]).cast_column("image", ImageFeature(decode=False))
-        if len(_REFERENCE_MASKS) >= 4:
-            _REFERENCE_MASKS.pop(next(iter(_REFERENCE_MASKS)))
-        _REFERENCE_MASKS[key] = [binary_mask(row, min_votes=min_votes, size=(size, size)) for row in rows]
-    return _REFERENCE_MASKS[key]
+    rows = split.select_columns(["shapes", "image"]).cast_column("image", ImageFeature(decode=False))
+    return [binary_mask(row, min_votes=min_votes, size=(size, size)) for row in rows]
 
 
-#: Truth masks of the splits evaluated recently, by dataset fingerprint (the few a training run uses).
-_REFERENCE_MASKS: dict[tuple, list[np.ndarray]] = {}
-
-
-def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: int, min_votes: int = 1):
+def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: int, min_votes: int = 1,
+                      truth: list[np.ndarray] | None = None):
     """Official structure Final score of predictions on a labelled split (see
-    :func:`~evalmuse_models.models.evalmuse_structure.postprocess.evaluate_structure`)."""
+    :func:`~evalmuse_models.models.evalmuse_structure.postprocess.evaluate_structure`); ``truth``: the
+    split's :func:`reference_masks` when already made."""
     from ..models.evalmuse_structure.postprocess import (
         evaluate_structure,
         heatmap_to_mask,
@@ -320,7 +313,7 @@ def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: in
     if not np.all(np.isfinite(mos)):
         raise UserInputError(f"split has {int((~np.isfinite(mos)).sum())} images without 'mos'; evaluate a labelled split")
     masks = [remove_small_regions(heatmap_to_mask(h / 255.0, threshold), min_area) for h in heatmaps_u8]
-    return evaluate_structure(scores, mos, masks, reference_masks(split, min_votes))
+    return evaluate_structure(scores, mos, masks, reference_masks(split, min_votes) if truth is None else truth)
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,10 +464,18 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
+    truths: dict[str, list[np.ndarray]] = {}
+
+    def truth_of(split) -> list[np.ndarray]:
+        """The split's truth masks, drawn once per run (every evaluation and the threshold search reuse them)."""
+        if split._fingerprint not in truths:
+            truths[split._fingerprint] = reference_masks(split, args.reference_min_votes)
+        return truths[split._fingerprint]
+
     def evaluate_on(split, threshold: float) -> dict[str, Any]:
         net = accelerator.unwrap_model(model)
         heat, scores, _ = predict_split(net, split, processor, args.per_device_eval_batch_size, accelerator.device)
-        out = score_predictions(heat, scores, split, threshold, net.config.min_region_area, args.reference_min_votes)
+        out = score_predictions(heat, scores, split, threshold, net.config.min_region_area, truth=truth_of(split))
         out["threshold"] = threshold
         return out
 
@@ -487,7 +488,8 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
             heat, scores, _ = predict_split(net, eval_split, processor, args.per_device_eval_batch_size,
                                             accelerator.device, show_progress=False)
             thr = net.config.threshold if threshold is None else threshold
-            result = score_predictions(heat, scores, eval_split, thr, net.config.min_region_area, args.reference_min_votes)
+            result = score_predictions(heat, scores, eval_split, thr, net.config.min_region_area,
+                                       truth=truth_of(eval_split))
             result["threshold"] = thr
         accelerator.wait_for_everyone()
         return result
@@ -622,7 +624,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
                     search_threshold,
                 )
 
-                masks = reference_masks(eval_split, args.reference_min_votes)
+                masks = truth_of(eval_split)
                 mos = [float(m) for m in eval_split["mos"]]
                 threshold, table = search_threshold(
                     [h / 255.0 for h in heat], scores, masks, mos,
@@ -632,7 +634,7 @@ def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, An
             net.config.threshold = threshold
             result["threshold"] = threshold
             result["final"] = score_predictions(heat, scores, eval_split, threshold, net.config.min_region_area,
-                                                args.reference_min_votes)
+                                                truth=truth_of(eval_split))
             result["final"]["threshold"] = threshold
         if test_split is not None:
             result["test"] = evaluate_on(test_split, float(net.config.threshold))
