@@ -36,7 +36,7 @@ from evalmuse_models.mllm.data import (
     build_sft_dataset,
     records_from_rows,
 )
-from evalmuse_models.mllm.tiny import PRESETS, build_tiny_qwen2_5_vl
+from evalmuse_models.testing.mllm import PRESETS, build_tiny_qwen2_5_vl
 from evalmuse_models.utils import atomic_write_text
 
 HERE = Path(__file__).resolve().parent

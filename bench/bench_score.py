@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def build_models(root: Path) -> tuple[str, str]:
-    from evalmuse_models.models import save_tiny_models
+    from evalmuse_models.testing import save_tiny_models
 
     return tuple(str(folder) for folder in save_tiny_models(root))
 

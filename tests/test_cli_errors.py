@@ -72,7 +72,7 @@ def test_other_os_errors_still_raise(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_align(tmp_path_factory):
-    from evalmuse_models.models import save_tiny_models
+    from evalmuse_models.testing import save_tiny_models
 
     align_dir, _ = save_tiny_models(tmp_path_factory.mktemp("tiny"))
     return align_dir

@@ -16,7 +16,7 @@ from evalmuse_models.mllm import (
     load_scorer,
 )
 from evalmuse_models.mllm.prompts import LEVEL_WORDS, LevelScale
-from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 from evalmuse_models.utils import UserInputError
 
 torch.set_num_threads(2)
@@ -187,7 +187,7 @@ def test_load_from_saved_folder(tiny, tmp_path):
 
 def test_pixel_budget_changes_the_number_of_image_tokens(tiny, tmp_path):
     from evalmuse_models.mllm.scoring import set_pixel_budget
-    from evalmuse_models.mllm.tiny import build_tiny_processor
+    from evalmuse_models.testing.mllm import build_tiny_processor
 
     proc = build_tiny_processor(max_pixels=56 * 56)
     img = _images(1)[0].resize((200, 200))
@@ -238,7 +238,7 @@ def test_tiny_builder_dtype_and_presets():
     assert cfg.text_config.vocab_size == len(processor.tokenizer)
     with pytest.raises(ValueError, match="unknown preset"):
         build_tiny_qwen2_5_vl("huge")
-    from evalmuse_models.mllm.tiny import tiny_qwen2_5_vl_config
+    from evalmuse_models.testing.mllm import tiny_qwen2_5_vl_config
 
     big = tiny_qwen2_5_vl_config("7b", tokenizer=processor.tokenizer)
     assert (big.text_config.hidden_size, big.text_config.num_hidden_layers, big.vision_config.depth) == (3584, 28, 32)

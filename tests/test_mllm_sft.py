@@ -78,7 +78,7 @@ def test_collator_soft_targets_and_assistant_mask():
 
     from evalmuse_models.mllm.data import ConversationOptions, build_conversations
     from evalmuse_models.mllm.scoring import single_token_ids
-    from evalmuse_models.mllm.tiny import build_tiny_processor
+    from evalmuse_models.testing.mllm import build_tiny_processor
 
     proc = build_tiny_processor()
     tok = proc.tokenizer
@@ -135,7 +135,7 @@ def test_sft_lora_steps_save_reload_score_resume(prepared_dataset, tmp_path):
     from peft import PeftModel
 
     from evalmuse_models.mllm import MLLMAlignmentScorer, load_scorer
-    from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+    from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 
     out = tmp_path / "run"
     args = MLLMSFTArguments(
@@ -238,7 +238,7 @@ def test_train_script_ddp_two_cpu_processes(prepared_dataset, tmp_path):
 def test_lora_config_wraps_the_chosen_towers():
     from peft import get_peft_model
 
-    from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+    from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 
     for towers, want_vision, want_language in ((["language"], False, True), (["language", "vision"], True, True),
                                               (["vision"], True, False)):
@@ -260,7 +260,7 @@ def test_compact_soft_label_loss_matches_the_full_logits_loss():
     from evalmuse_models.mllm.data import ConversationOptions, build_conversations
     from evalmuse_models.mllm.scoring import single_token_ids
     from evalmuse_models.mllm.sft import compact_soft_label_sft_loss
-    from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+    from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 
     model, proc = build_tiny_qwen2_5_vl(seed=0)
     tok = proc.tokenizer

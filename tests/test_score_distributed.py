@@ -51,7 +51,7 @@ def _launch(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_two_ranks_with_the_real_tiny_models(tmp_path):
-    from evalmuse_models.models import save_tiny_models
+    from evalmuse_models.testing import save_tiny_models
 
     save_tiny_models(tmp_path)
     folder = tmp_path / "images"

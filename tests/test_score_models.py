@@ -13,7 +13,7 @@ from evalmuse_models.utils import UserInputError
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from evalmuse_models.models import save_tiny_models
+    from evalmuse_models.testing import save_tiny_models
 
     return save_tiny_models(tmp_path_factory.mktemp("models"))
 

@@ -6,7 +6,9 @@
 * :mod:`.data` — conversations from the prepared ``alignment`` dataset (element turns, chain of
   thought, hints, perturbation, lighting, soft labels), pseudo-labels.
 * :mod:`.sft` / :mod:`.train` — TRL ``SFTTrainer`` + LoRA with the soft-label KL loss.
-* :mod:`.tiny` — offline random Qwen2.5-VL models and processors for tests and benchmarks.
+
+Offline random Qwen2.5-VL models and processors for tests and benchmarks live in
+:mod:`evalmuse_models.testing.mllm` (``load_scorer("tiny")`` builds one).
 
 Example::
 
@@ -61,7 +63,7 @@ def load_scorer(spec: str, device=None, dtype=None, weights=None, **kwargs):
         return EnsembleScorer([load_scorer(p, device=device, dtype=dtype, **kwargs) for p in parts], weights)
     target = parts[0]
     if target.startswith("tiny"):
-        from .tiny import build_tiny_qwen2_5_vl
+        from ..testing.mllm import build_tiny_qwen2_5_vl
 
         preset = target.split(":", 1)[1] if ":" in target else "tiny"
         model, processor = build_tiny_qwen2_5_vl(preset)

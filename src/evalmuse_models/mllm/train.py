@@ -118,7 +118,7 @@ def load_model_and_processor(args: MLLMSFTArguments, bf16: bool):
     import torch
 
     if args.model_id.startswith("tiny"):
-        from .tiny import build_tiny_qwen2_5_vl
+        from ..testing.mllm import build_tiny_qwen2_5_vl
 
         preset = args.model_id.split(":", 1)[1] if ":" in args.model_id else "tiny"
         model, processor = build_tiny_qwen2_5_vl(preset, seed=args.seed)
@@ -140,7 +140,7 @@ def ensure_training_template(processor) -> None:
     template = getattr(processor, "chat_template", None) or ""
     if "generation" in template:
         return
-    from .tiny import QWEN2_VL_CHAT_TEMPLATE
+    from ..testing.mllm import QWEN2_VL_CHAT_TEMPLATE
 
     if "<|im_start|>" in template or not template:
         processor.chat_template = QWEN2_VL_CHAT_TEMPLATE

@@ -35,27 +35,3 @@ def register_with_transformers() -> None:
             module = importlib.import_module(f"{__name__}.{info.name}")
             module.register()
     _REGISTERED = True
-
-
-def save_tiny_models(root, seed: int = 0):
-    """Save the ``tiny`` alignment model (with its offline processor) and the ``tiny`` structure model,
-    random weights, under ``root/align`` and ``root/structure``; returns the two folders.
-
-    Handy to try ``evalmuse score``/``report`` end to end without any download::
-
-        align_dir, structure_dir = save_tiny_models("tiny-models")
-    """
-    from pathlib import Path
-
-    import torch
-
-    from .evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor
-    from .evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
-
-    root = Path(root)
-    torch.manual_seed(seed)
-    config = EvalMuseAlignConfig.from_preset("tiny")
-    EvalMuseAlignModel(config).save_pretrained(root / "align")
-    build_tiny_processor(config).save_pretrained(root / "align")
-    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(root / "structure")
-    return root / "align", root / "structure"

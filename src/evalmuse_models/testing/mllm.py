@@ -14,7 +14,7 @@ Tests, the demo and the benchmarks need a real ``Qwen2_5_VLForConditionalGenerat
 
 Example::
 
-    from evalmuse_models.mllm.tiny import build_tiny_qwen2_5_vl
+    from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 
     model, processor = build_tiny_qwen2_5_vl(seed=0)
     model.save_pretrained("tiny-qwen"); processor.save_pretrained("tiny-qwen")
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .prompts import (
+from ..mllm.prompts import (
     FIFTEEN_LEVEL_WORDS,
     LEVEL_WORDS,
     NO_WORD,

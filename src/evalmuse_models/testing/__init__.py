@@ -1,0 +1,66 @@
+"""Helpers for tests, demos and benchmarks: offline tiny models and the shared model-family tests.
+
+Nothing here downloads anything; every model has random weights.
+
+* :func:`save_tiny_models` — the ``tiny`` alignment and structure models saved as folders, to try
+  ``evalmuse score`` / ``report`` end to end.
+* :mod:`.mllm` — a random Qwen2.5-VL (``tiny``, ``small`` or the real ``7b`` architecture) with an
+  offline processor and a chat template marked for assistant-only loss
+  (:func:`build_tiny_qwen2_5_vl`).
+
+Example::
+
+    from evalmuse_models.testing import build_tiny_qwen2_5_vl, save_tiny_models
+
+    align_dir, structure_dir = save_tiny_models("tiny-models")
+    model, processor = build_tiny_qwen2_5_vl(seed=0)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Names served lazily from the sub-modules (importing this package stays cheap).
+_EXPORTS = {
+    "QWEN2_VL_CHAT_TEMPLATE": "mllm",
+    "build_tiny_qwen2_5_vl": "mllm",
+    "tiny_qwen2_5_vl_config": "mllm",
+}
+
+
+def save_tiny_models(root, seed: int = 0):
+    """Save the ``tiny`` alignment model (with its offline processor) and the ``tiny`` structure model,
+    random weights, under ``root/align`` and ``root/structure``; returns the two folders.
+
+    Handy to try ``evalmuse score``/``report`` end to end without any download::
+
+        align_dir, structure_dir = save_tiny_models("tiny-models")
+    """
+    from pathlib import Path
+
+    import torch
+
+    from ..models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor
+    from ..models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
+
+    root = Path(root)
+    torch.manual_seed(seed)
+    config = EvalMuseAlignConfig.from_preset("tiny")
+    EvalMuseAlignModel(config).save_pretrained(root / "align")
+    build_tiny_processor(config).save_pretrained(root / "align")
+    EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).save_pretrained(root / "structure")
+    return root / "align", root / "structure"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "QWEN2_VL_CHAT_TEMPLATE",
+    "build_tiny_qwen2_5_vl",
+    "save_tiny_models",
+    "tiny_qwen2_5_vl_config",
+]
