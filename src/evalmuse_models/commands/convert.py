@@ -2,6 +2,8 @@
 
     evalmuse convert fga-blip2 fga_blip2.pth OUT_DIR [--blip2-base DIR] [--tokenizer NAME_OR_DIR]
     evalmuse convert fga-blip2 --from imscore IMSCORE_DIR_OR_SAFETENSORS OUT_DIR
+    evalmuse convert hnu-vpai loda_evalmuse10k_train_split0_1120.pt OUT_DIR [--backbones-from DIR]
+    evalmuse convert em-rahf CHECKPOINT.pth OUT_DIR [--tokenizer NAME_OR_DIR]
 """
 
 from __future__ import annotations
@@ -55,6 +57,55 @@ def register(subparsers) -> None:
                      help="replace an output folder written by an earlier conversion (never a folder of other files)")
     fga.set_defaults(func=_run_fga_blip2, _parser=fga)
 
+    loda = targets.add_parser(
+        "hnu-vpai",
+        help="HNU-VPAI's LoDa structure-score checkpoint -> LodaModel",
+        description=(
+            "Map every tensor of HNU-VPAI's published LoDa checkpoint ({'learner': ..., 'bn_buffer': ...}) to "
+            "LodaModel names, add timm's pretrained backbones (not in the checkpoint) and write config, safetensors "
+            "weights, processor and model card. Refuses to write when a tensor is missing, unexpected or misshapen."
+        ),
+    )
+    loda.add_argument("checkpoint", help="the published loda_evalmuse10k_train_split0_1120.pt")
+    loda.add_argument("output_dir", help="folder to write")
+    backbones = loda.add_mutually_exclusive_group()
+    backbones.add_argument(
+        "--backbones-from",
+        default=None,
+        metavar="DIR",
+        help="folder with timm's two backbones as local timm folders named vit_large_patch14_reg4_dinov2.lvd142m "
+        "and resnet50.a1_in1k (default: timm downloads them)",
+    )
+    backbones.add_argument("--random-backbones", action="store_true",
+                           help="keep random backbones (tests only: the scores mean nothing)")
+    loda.add_argument("--crop", default="center", choices=["center", "random"],
+                      help="the saved processor's 518-px crop: center (default) or HNU-VPAI's random test-time crop")
+    loda.add_argument("--preset", default="hnu-vpai", help="architecture preset (default: hnu-vpai)")
+    loda.add_argument("--overwrite", action="store_true",
+                      help="replace an output folder written by an earlier conversion (never a folder of other files)")
+    loda.set_defaults(func=_run_hnu_vpai, _parser=loda)
+
+    rahf = targets.add_parser(
+        "em-rahf",
+        help="a checkpoint of the official EM-RAHF training code -> EmRahfModel",
+        description=(
+            "Rename every tensor of a checkpoint saved by the official EM-RAHF training code "
+            "({'model': state_dict, 'optimizer', 'scheduler'}, or a bare state dict; 'module.' prefixes removed) to "
+            "EmRahfModel names and write config, safetensors weights, processor and model card. No official EM-RAHF "
+            "weights were published: this is for checkpoints you trained. Refuses to write when a tensor is missing, "
+            "unexpected or misshapen."
+        ),
+    )
+    rahf.add_argument("checkpoint", help="the .pth saved by the official training (e.g. experiments/NAME/last.pth)")
+    rahf.add_argument("output_dir", help="folder to write")
+    rahf.add_argument("--tokenizer", default=None, help="tokenizer name or folder (default: BAAI/AltCLIP)")
+    rahf.add_argument("--preset", default="em-rahf", help="architecture preset (default: em-rahf)")
+    rahf.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                      help="dtype of the written weights")
+    rahf.add_argument("--overwrite", action="store_true",
+                      help="replace an output folder written by an earlier conversion (never a folder of other files)")
+    rahf.set_defaults(func=_run_em_rahf, _parser=rahf)
+
 
 def _run_fga_blip2(args: argparse.Namespace) -> int:
     from ..convert import convert_fga_blip2
@@ -81,6 +132,47 @@ def _run_fga_blip2(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             overwrite=args.overwrite,
             source=args.source,
+        )
+    except (UserInputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+def _run_hnu_vpai(args: argparse.Namespace) -> int:
+    from ..convert.hnu_vpai import convert_hnu_vpai
+    from ..utils import UserInputError
+
+    try:
+        report = convert_hnu_vpai(
+            args.checkpoint,
+            args.output_dir,
+            backbones_from=args.backbones_from,
+            random_backbones=args.random_backbones,
+            preset=args.preset,
+            crop=args.crop,
+            overwrite=args.overwrite,
+        )
+    except (UserInputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+def _run_em_rahf(args: argparse.Namespace) -> int:
+    from ..convert.em_rahf import convert_em_rahf
+    from ..utils import UserInputError
+
+    try:
+        report = convert_em_rahf(
+            args.checkpoint,
+            args.output_dir,
+            preset=args.preset,
+            tokenizer_name_or_path=args.tokenizer,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
         )
     except (UserInputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
