@@ -88,7 +88,9 @@ def bench_scoring(model, processor, images, prompts, keys, batch_size, device, r
 
 
 def bench_sft(preset, steps, batch_size, side, device, seed=0):
-    from evalmuse_models.mllm.train import MLLMSFTArguments, make_trainer
+    from trl import ModelConfig
+
+    from evalmuse_models.mllm.train import MLLMRecipeArguments, MLLMSFTConfig, make_trainer
 
     rng = np.random.default_rng(seed)
     n = steps * batch_size
@@ -109,11 +111,11 @@ def bench_sft(preset, steps, batch_size, side, device, seed=0):
                                              device=device)
     model.train()
     with tempfile.TemporaryDirectory() as tmp:
-        args = MLLMSFTArguments(output_dir=tmp, model_id=f"tiny:{preset}", max_steps=steps,
-                                per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
-                                soft_labels=True, chain_of_thought=True, lighting=0.2, logging_steps=10_000,
-                                save_steps=10_000, bf16=bf16, report_to="none")
-        trainer = make_trainer(args, train_ds, model, processor, bf16)
+        recipe = MLLMRecipeArguments(soft_labels=True, chain_of_thought=True, lighting=0.2)
+        training = MLLMSFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 gradient_accumulation_steps=1, logging_steps=10_000, save_steps=10_000, bf16=bf16)
+        model_args = ModelConfig(model_name_or_path=f"tiny:{preset}", use_peft=True)
+        trainer = make_trainer(recipe, training, model_args, train_ds, model, processor)
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON report
             metrics = trainer.train().metrics

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from evalmuse_models.models.evalmuse_align import AlignmentResult
 from evalmuse_models.mllm import (
     EnsembleScorer,
     MLLMAlignmentScorer,
@@ -71,10 +72,11 @@ def test_level_and_yes_no_reading_on_controlled_logits(tiny, share_prefix):
     expected = sum(p * v for p, v in zip(probs, (1, 2, 3, 4, 5)))
     p_yes = math.exp(2.0) / (math.exp(2.0) + math.exp(0.5))
     for rec, keys in zip(out, ELEMENTS):
-        assert rec["overall"] == pytest.approx(expected, abs=1e-5)
-        assert rec["level_probs"] == pytest.approx(probs, abs=1e-6)
-        assert list(rec["elements"]) == keys
-        for v in rec["elements"].values():
+        assert isinstance(rec, AlignmentResult) and rec.unmatched_elements == []
+        assert rec.overall == pytest.approx(expected, abs=1e-5)
+        assert rec.level_probs == pytest.approx(probs, abs=1e-6)
+        assert list(rec.elements) == keys
+        for v in rec.elements.values():
             assert v == pytest.approx(p_yes, abs=1e-6)
 
 
@@ -86,14 +88,14 @@ def test_shared_prefix_matches_full_sequences(tiny, mode):
     a = shared.score(_images(), PROMPTS, ELEMENTS, batch_size=3, prompt_types=["real", "synthetic", None])
     b = full.score(_images(), PROMPTS, ELEMENTS, batch_size=2, prompt_types=["real", "synthetic", None])
     for x, y in zip(a, b):
-        assert x["overall"] == pytest.approx(y["overall"], abs=1e-4)
-        assert x["level_probs"] == pytest.approx(y["level_probs"], abs=1e-4)
-        assert x["elements"].keys() == y["elements"].keys()
-        for k in x["elements"]:
-            assert x["elements"][k] == pytest.approx(y["elements"][k], abs=1e-4)
+        assert x.overall == pytest.approx(y.overall, abs=1e-4)
+        assert x.level_probs == pytest.approx(y.level_probs, abs=1e-4)
+        assert x.elements.keys() == y.elements.keys()
+        for k in x.elements:
+            assert x.elements[k] == pytest.approx(y.elements[k], abs=1e-4)
     # the scores do depend on the image and the question
-    assert len({round(r["overall"], 6) for r in a}) > 1
-    assert len({round(v, 6) for v in a[1]["elements"].values()}) > 1
+    assert len({round(r.overall, 6) for r in a}) > 1
+    assert len({round(v, 6) for v in a[1].elements.values()}) > 1
 
 
 def test_output_shape_and_element_inputs(tiny, tmp_path):
@@ -104,13 +106,13 @@ def test_output_shape_and_element_inputs(tiny, tmp_path):
     records = [{"phrase": "red cat", "category": "animal"}, {"phrase": "mat", "category": None}]
     out = scorer.score([str(path), _images(1)[0]], ["a red cat", "a red cat"],
                        elements=[records, {"red cat (animal)": 1.0, "odd (key) (object)": 0}])
-    assert set(out[0]) == {"overall", "elements", "level_probs"}
-    assert list(out[0]["elements"]) == ["red cat (animal)", "mat"]
-    assert list(out[1]["elements"]) == ["red cat (animal)", "odd (key) (object)"]
-    assert 1.0 <= out[0]["overall"] <= 5.0
-    assert all(0.0 <= v <= 1.0 for v in out[1]["elements"].values())
-    assert sum(out[0]["level_probs"]) == pytest.approx(1.0, abs=1e-5)
-    assert out[0]["elements"]["red cat (animal)"] == pytest.approx(out[1]["elements"]["red cat (animal)"], abs=1e-5)
+    assert set(out[0].to_dict()) == {"overall", "elements", "unmatched_elements", "level_probs"}
+    assert list(out[0].elements) == ["red cat (animal)", "mat"]
+    assert list(out[1].elements) == ["red cat (animal)", "odd (key) (object)"]
+    assert 1.0 <= out[0].overall <= 5.0
+    assert all(0.0 <= v <= 1.0 for v in out[1].elements.values())
+    assert sum(out[0].level_probs) == pytest.approx(1.0, abs=1e-5)
+    assert out[0].elements["red cat (animal)"] == pytest.approx(out[1].elements["red cat (animal)"], abs=1e-5)
 
 
 def test_input_errors(tiny):
@@ -138,19 +140,21 @@ def test_multi_token_level_word_fails_clearly(tiny):
 def test_fifteen_levels(tiny):
     model, processor = tiny
     out = MLLMAlignmentScorer(model, processor, levels=15).score(_images(1), ["a cat"])
-    assert len(out[0]["level_probs"]) == 15
-    assert 1.0 <= out[0]["overall"] <= 5.0
+    assert len(out[0].level_probs) == 15
+    assert 1.0 <= out[0].overall <= 5.0
 
 
 def test_ensemble_outputs_weighted_average():
-    a = [{"overall": 2.0, "elements": {"x (object)": 0.2, "y (color)": 1.0}, "level_probs": [1, 0, 0, 0, 0]}]
-    b = [{"overall": 4.0, "elements": {"x (object)": 0.8}, "level_probs": [0, 0, 0, 0, 1]}]
+    a = [AlignmentResult(2.0, {"x (object)": 0.2, "y (color)": 1.0}, level_probs=[1, 0, 0, 0, 0])]
+    b = [AlignmentResult(4.0, {"x (object)": 0.8, "z (object)": 0.0}, ["z (object)"], level_probs=[0, 0, 0, 0, 1])]
     out = ensemble_outputs([a, b], weights=[3, 1])
-    assert out[0]["overall"] == pytest.approx(2.5)
-    assert out[0]["elements"]["x (object)"] == pytest.approx(0.35)
-    assert out[0]["elements"]["y (color)"] == pytest.approx(1.0)  # only member a has it
-    assert out[0]["level_probs"] == pytest.approx([0.75, 0, 0, 0, 0.25])
-    assert ensemble_outputs([a, b])[0]["overall"] == pytest.approx(3.0)
+    assert out[0].overall == pytest.approx(2.5)
+    assert out[0].elements["x (object)"] == pytest.approx(0.35)
+    assert out[0].elements["y (color)"] == pytest.approx(1.0)  # only member a has it
+    assert out[0].unmatched_elements == ["z (object)"]  # a member could not locate it
+    assert out[0].level_probs == pytest.approx([0.75, 0, 0, 0, 0.25])
+    assert ensemble_outputs([a, b])[0].overall == pytest.approx(3.0)
+    assert ensemble_outputs([a, [AlignmentResult(4.0)]])[0].level_probs is None  # not every member has them
     with pytest.raises(UserInputError, match="weights"):
         ensemble_outputs([a, b], weights=[1])
     with pytest.raises(UserInputError, match="scored"):
@@ -165,9 +169,9 @@ def test_ensemble_of_checkpoints(tiny):
     o1, o2 = s1.score(imgs, PROMPTS[:2], ELEMENTS[:2]), s2.score(imgs, PROMPTS[:2], ELEMENTS[:2])
     ens = EnsembleScorer([s1, s2], weights=[1, 3]).score(imgs, PROMPTS[:2], ELEMENTS[:2])
     for e, x, y in zip(ens, o1, o2):
-        assert e["overall"] == pytest.approx(0.25 * x["overall"] + 0.75 * y["overall"], abs=1e-6)
-        for k in x["elements"]:
-            assert e["elements"][k] == pytest.approx(0.25 * x["elements"][k] + 0.75 * y["elements"][k], abs=1e-6)
+        assert e.overall == pytest.approx(0.25 * x.overall + 0.75 * y.overall, abs=1e-6)
+        for k in x.elements:
+            assert e.elements[k] == pytest.approx(0.25 * x.elements[k] + 0.75 * y.elements[k], abs=1e-6)
 
 
 def test_load_from_saved_folder(tiny, tmp_path):
@@ -177,8 +181,8 @@ def test_load_from_saved_folder(tiny, tmp_path):
     loaded = load_scorer(str(tmp_path / "m"), device="cpu", max_pixels=56 * 56)
     ref = MLLMAlignmentScorer(model, processor).score(_images(1), ["a cat"], [["cat (animal)"]])
     got = loaded.score(_images(1), ["a cat"], [["cat (animal)"]])
-    assert got[0]["overall"] == pytest.approx(ref[0]["overall"], abs=1e-5)
-    assert got[0]["elements"]["cat (animal)"] == pytest.approx(ref[0]["elements"]["cat (animal)"], abs=1e-5)
+    assert got[0].overall == pytest.approx(ref[0].overall, abs=1e-5)
+    assert got[0].elements["cat (animal)"] == pytest.approx(ref[0].elements["cat (animal)"], abs=1e-5)
     ens = load_scorer(f"{tmp_path / 'm'},{tmp_path / 'm'}", device="cpu")
     assert isinstance(ens, EnsembleScorer) and len(ens.scorers) == 2
     with pytest.raises(UserInputError, match="does not exist locally"):
@@ -206,7 +210,7 @@ def test_pseudo_labels_become_training_records(tiny, prepared_dataset, tmp_path)
         pseudo_label_dataset,
         save_pseudo_labels,
     )
-    from evalmuse_models.mllm.train import MLLMSFTArguments, _load_splits
+    from evalmuse_models.mllm.train import MLLMRecipeArguments, _load_splits
 
     model, processor = tiny
     test = datasets.load_dataset(str(prepared_dataset), "alignment", split="test").select(range(3))
@@ -215,18 +219,18 @@ def test_pseudo_labels_become_training_records(tiny, prepared_dataset, tmp_path)
     labelled = pseudo_label_dataset(scorer, test, batch_size=2, progress=False)
     keys = [[f"{e['phrase']} ({e['category']})" for e in els] for els in test["elements"]]
     preds = scorer.score(test["image"], test["prompt"], keys, prompt_types=test["prompt_type"])
-    assert labelled["total_score"] == pytest.approx([p["overall"] for p in preds], abs=1e-6)
+    assert labelled["total_score"] == pytest.approx([p.overall for p in preds], abs=1e-6)
     first = labelled[0]["elements"]
-    assert [e["score"] for e in first] == pytest.approx(list(preds[0]["elements"].values()), abs=1e-6)
+    assert [e["score"] for e in first] == pytest.approx(list(preds[0].elements.values()), abs=1e-6)
     assert all(labelled["pseudo_label"])
     path = save_pseudo_labels(labelled, tmp_path / "pseudo" / "test.parquet")
     reloaded = datasets.load_dataset("parquet", data_files=path, split="train")
     sft = build_sft_dataset(reloaded, ConversationOptions())
     assert len(sft) == 3 and sft[0]["messages"][1]["content"] in {"bad", "poor", "fair", "good", "excellent"}
-    train, _ = _load_splits(MLLMSFTArguments(dataset_dir=str(prepared_dataset), extra_train_files=[path]))
+    train, _ = _load_splits(MLLMRecipeArguments(dataset_dir=str(prepared_dataset), extra_train_files=[path]))
     base = datasets.load_dataset(str(prepared_dataset), "alignment", split="train")
     assert len(train) == len(base) + 3
-    assert train[len(base)]["total_score"] == pytest.approx(preds[0]["overall"], abs=1e-6)
+    assert train[len(base)]["total_score"] == pytest.approx(preds[0].overall, abs=1e-6)
 
 
 def test_tiny_builder_dtype_and_presets():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from trl import ModelConfig
 
 from evalmuse_models.mllm.sft import (
     LevelTargetCollator,
@@ -18,7 +20,7 @@ from evalmuse_models.mllm.sft import (
     make_lora_config,
     soft_label_sft_loss,
 )
-from evalmuse_models.mllm.train import MLLMSFTArguments, arguments_from_cli, run_sft
+from evalmuse_models.mllm.train import MLLMRecipeArguments, MLLMSFTConfig, lora_config, parse_arguments, run_sft
 from evalmuse_models.utils import UserInputError
 
 torch.set_num_threads(2)
@@ -110,14 +112,48 @@ def test_collator_soft_targets_and_assistant_mask():
 
 def test_cli_arguments(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("model_id: tiny\nlora_r: 4\nsoft_labels: true\nlora_towers: [language]\n")
-    args = arguments_from_cli(["--config", str(cfg), "--lora_r", "8", "--bf16", "false", "--max_eval_samples", "none",
-                               "--lora_towers", "language,vision", "--learning_rate", "1e-4"])
-    assert (args.model_id, args.lora_r, args.soft_labels, args.bf16) == ("tiny", 8, True, False)
-    assert args.lora_towers == ["language", "vision"] and args.learning_rate == 1e-4
-    cfg.write_text("model_id: tiny\nlora_rank: 4\n")
+    cfg.write_text("model_name_or_path: tiny\nlora_r: 4\nsoft_labels: true\nlora_towers: [language]\n")
+    recipe, training, model = parse_arguments([
+        "--config", str(cfg), "--lora_r", "8", "--bf16", "false", "--eval_split", "none",
+        "--lora_towers", "language", "vision", "--learning_rate", "1e-4", "--output_dir", str(tmp_path / "run"),
+    ])
+    assert (model.model_name_or_path, model.lora_r, recipe.soft_labels, training.bf16) == ("tiny", 8, True, False)
+    assert recipe.lora_towers == ["language", "vision"] and training.learning_rate == 1e-4
+    assert recipe.eval_split is None and model.use_peft  # the recipe trains a LoRA adapter
+    # the recipe's own defaults for SFTConfig fields
+    assert (training.lr_scheduler_type.value, training.seed, training.max_length) == ("cosine", 0, None)
+    assert training.assistant_only_loss and training.activation_checkpointing
+    assert training.resume_from_checkpoint == "auto"
+    cfg.write_text("model_name_or_path: tiny\nlora_rank: 4\n")
     with pytest.raises(UserInputError, match="lora_rank"):
-        arguments_from_cli(["--config", str(cfg)])
+        parse_arguments(["--config", str(cfg)])
+    with pytest.raises(UserInputError, match="towers"):
+        parse_arguments(["--lora_towers", "audio"])
+    with pytest.raises(UserInputError, match="use_peft must be true"):
+        lora_config(MLLMRecipeArguments(), ModelConfig(model_name_or_path="tiny"))
+
+
+def test_lora_config_from_model_config():
+    import re
+
+    recipe = MLLMRecipeArguments(lora_towers=["language"], lora_language_modules=["q_proj"])
+    config = lora_config(recipe, ModelConfig(use_peft=True, lora_r=2, lora_alpha=6, lora_dropout=0.0, use_rslora=True))
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora) == (2, 6, 0.0, True)
+    assert re.fullmatch(config.target_modules, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(config.target_modules, "model.language_model.layers.0.self_attn.k_proj")
+    explicit = lora_config(recipe, ModelConfig(use_peft=True, lora_target_modules=["k_proj", "v_proj"]))
+    assert explicit.target_modules == {"k_proj", "v_proj"}  # ModelConfig's own choice wins over the towers
+
+
+def test_bf16_default_follows_the_hardware(tmp_path, monkeypatch):
+    import accelerate.utils
+
+    assert MLLMSFTConfig(output_dir=str(tmp_path)).bf16 is False  # CPU: float32
+    assert MLLMSFTConfig(output_dir=str(tmp_path), bf16=False).bf16 is False
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(accelerate.utils, "is_bf16_available", lambda *a, **k: False)
+    assert MLLMSFTConfig(output_dir=str(tmp_path)).bf16 is False  # an accelerator without bf16
+    assert MLLMSFTConfig(output_dir=str(tmp_path), use_cpu=True).bf16 is False
 
 
 def test_shipped_configs_parse():
@@ -125,9 +161,11 @@ def test_shipped_configs_parse():
 
     root = Path(__file__).resolve().parents[1] / "train_scripts" / "configs"
     for name in ("sft_h200.yaml", "sft_8gpu.yaml", "sft_tiny.yaml"):
-        args = arguments_from_cli(["--config", str(root / name)])
-        assert args.levels == 5
-    assert arguments_from_cli(["--config", str(root / "sft_8gpu.yaml")]).gradient_accumulation_steps == 2
+        recipe, training, model = parse_arguments(["--config", str(root / name), "--bf16", "false"])
+        assert recipe.levels == 5 and model.use_peft and training.activation_checkpointing
+    _, training, model = parse_arguments(["--config", str(root / "sft_8gpu.yaml"), "--bf16", "false"])
+    assert training.gradient_accumulation_steps == 2
+    assert (model.model_name_or_path, model.dtype, model.lora_r) == ("Qwen/Qwen2.5-VL-7B-Instruct", "bfloat16", 16)
 
 
 @pytest.mark.slow
@@ -138,13 +176,16 @@ def test_sft_lora_steps_save_reload_score_resume(prepared_dataset, tmp_path):
     from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 
     out = tmp_path / "run"
-    args = MLLMSFTArguments(
-        dataset_dir=str(prepared_dataset), output_dir=str(out), model_id="tiny", max_steps=2,
-        per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=5e-3, lora_r=4, lora_alpha=8,
-        soft_labels=True, chain_of_thought=True, lighting=0.2, score_noise=0.1, max_train_samples=6,
-        max_eval_samples=6, logging_steps=1, save_steps=1, eval_batch_size=3, bf16=False,
+    recipe = MLLMRecipeArguments(
+        dataset_dir=str(prepared_dataset), soft_labels=True, chain_of_thought=True, lighting=0.2, score_noise=0.1,
+        max_train_samples=6, max_eval_samples=6, eval_batch_size=3,
     )
-    summary = run_sft(args)
+    training = MLLMSFTConfig(
+        output_dir=str(out), max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+        learning_rate=5e-3, logging_steps=1, save_steps=1, bf16=False,
+    )
+    model_args = ModelConfig(model_name_or_path="tiny", use_peft=True, lora_r=4, lora_alpha=8)
+    summary = run_sft(recipe, training, model_args)
     assert math.isfinite(summary["train"]["train_loss"]) and summary["train"]["train_loss"] > 0
     metrics = summary["metrics"]
     assert set(metrics) == {"srcc", "plcc", "acc", "main_score"}
@@ -174,7 +215,8 @@ def test_sft_lora_steps_save_reload_score_resume(prepared_dataset, tmp_path):
     assert any(abs(x["overall"] - y["overall"]) > 1e-4 for x, y in zip(a, before))
 
     # resume from the last checkpoint and train one more step
-    resumed = run_sft(MLLMSFTArguments(**{**args.__dict__, "max_steps": 3, "eval_split": None}))
+    resumed = run_sft(dataclasses.replace(recipe, eval_split=None), dataclasses.replace(training, max_steps=3),
+                      model_args)
     assert resumed["resumed_from"].endswith("checkpoint-2")
     assert resumed["metrics"] is None
 
@@ -196,7 +238,7 @@ def test_train_script_runs(prepared_dataset, tmp_path):
     from evalmuse_models.mllm.train import main
 
     with pytest.raises(UserInputError, match="dataset_dir is required"):
-        main(["--model_id", "tiny"])
+        main(["--model_name_or_path", "tiny", "--output_dir", str(tmp_path / "none")])
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""TRL SFT (LoRA) of a Qwen2.5-VL alignment scorer on EvalMuse-40K — the NTIRE 2025 winning recipe.
+"""TRL SFT (LoRA) of a Qwen2.5-VL alignment judge on EvalMuse-40K — the NTIRE 2025 winning recipe.
 
 One GPU (H200)::
 
@@ -14,10 +14,12 @@ CPU smoke run on a random tiny model::
 
     python train_scripts/sft_mllm.py --config train_scripts/configs/sft_tiny.yaml --dataset_dir data/evalmuse
 
-Any key of the YAML can be overridden with ``--key value`` (lists comma-separated). The run resumes
-from the last checkpoint in ``output_dir`` (``--resume_from_checkpoint none`` to start over), then
-writes ``adapter/`` (PEFT LoRA + processor + model card), ``merged/`` (merged weights), and
-``summary.json`` with the Main Score on the validation split.
+The arguments are ``MLLMRecipeArguments`` (data, conversations, LoRA towers, evaluation), TRL's
+``SFTConfig`` with the recipe's defaults and TRL's ``ModelConfig`` (model, dtype, LoRA rank), parsed by
+``trl.TrlParser``: YAML keys are field names and ``--field value`` overrides them (``--help`` lists them
+all). The run resumes from the last checkpoint in ``output_dir`` (``--resume_from_checkpoint none`` to
+start over), then writes ``adapter/`` (PEFT LoRA + processor + model card), ``merged/`` (merged weights)
+and ``summary.json`` with the Main Score on the validation split. ``evalmuse train mllm`` runs the same.
 """
 
 import sys
