@@ -87,7 +87,7 @@ def _peak_mb(device: str) -> float:
 def _processor(config):
     if not config.uses_text:
         return EvalMuseStructureProcessor.from_model_config(config)
-    from evalmuse_models.models.evalmuse_align import build_tiny_tokenizer
+    from evalmuse_models.testing.align import build_tiny_tokenizer
 
     # the real tokenizer (XLM-R) is not downloaded: a small one gives prompts of a few tokens
     tokenizer = build_tiny_tokenizer(sorted({w for p in PROMPTS for w in p.split()} | {"human", "artifact"}))

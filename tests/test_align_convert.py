@@ -16,8 +16,9 @@ from evalmuse_models.convert import convert_fga_blip2
 from evalmuse_models.models.evalmuse_align import (
     EvalMuseAlignConfig,
     EvalMuseAlignModel,
-    build_tiny_tokenizer,
+    EvalMuseAlignProcessor,
 )
+from evalmuse_models.testing.align import build_tiny_tokenizer
 from evalmuse_models.utils import UserInputError
 
 
@@ -398,10 +399,12 @@ def test_imscore_port_converts_every_tensor_unchanged(tmp_path, tiny_config, tok
 
     # Every score but the temperature-scaled ITC logit is complete: the mask head and ITM head are the port's.
     images, prompts = processor_images
-    [itm] = model.score(images[:1], prompts[:1], elements=[["red cube (object)"]])
-    assert math.isfinite(itm["overall"]) and math.isfinite(itm["elements"]["red cube (object)"])
-    [itc] = model.score(images[:1], prompts[:1], match_head="itc")
-    assert math.isfinite(itc["itc_score"]) and math.isnan(itc["itc_logit"])
+    processor = EvalMuseAlignProcessor.from_pretrained(out)
+    [itm] = model.score(images[:1], prompts[:1], elements=[["red cube (object)"]], processor=processor)
+    assert math.isfinite(itm.overall) and math.isfinite(itm.elements["red cube (object)"])
+    with torch.no_grad():
+        itc = model(**processor(images=images[:1], text=prompts[:1], text_truncation="forward"), match_head="itc")
+    assert math.isfinite(float(itc.itc_score)) and math.isnan(float(itc.itc_logits))
 
 
 @pytest.fixture(scope="module")

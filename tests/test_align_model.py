@@ -1,8 +1,10 @@
-"""EvalMuse alignment model (FGA-BLIP2): config presets, the official scoring function, loss, processor,
-batching, weight init, save/load through the Auto classes and as remote code."""
+"""EvalMuse alignment model (FGA-BLIP2): config presets, the official scoring function, loss, processor and its
+post-processing, batching, the ``t2i-alignment`` pipeline, weight init, save/load through the Auto classes and
+as remote code."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -12,17 +14,19 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from PIL import Image
 
 from evalmuse_models.models.evalmuse_align import (
+    AlignmentResult,
     EvalMuseAlignConfig,
     EvalMuseAlignModel,
     EvalMuseAlignProcessor,
-    build_tiny_processor,
     clean_prompt,
     element_phrase,
     find_sublist,
 )
+from evalmuse_models.testing.align import build_tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +65,12 @@ def test_presets_and_overrides():
     assert tiny.vision_config.hidden_size == 48  # the rest of the preset is kept
     with pytest.raises(ValueError, match="unknown EvalMuseAlign preset"):
         EvalMuseAlignConfig.from_preset("huge")
-    with pytest.raises(ValueError, match="loss_weighting"):
+    with pytest.raises(StrictDataclassError, match="loss_weighting"):
         EvalMuseAlignConfig.from_preset("tiny", loss_weighting="squared")
+    with pytest.raises(StrictDataclassError, match="loss_weighting"):
+        tiny.loss_weighting = "squared"  # checked on assignment too
+    with pytest.raises(StrictDataclassError, match="num_query_tokens"):
+        EvalMuseAlignConfig.from_preset("tiny", num_query_tokens=0)
 
 
 def test_config_round_trip(tmp_path):
@@ -121,22 +129,25 @@ def test_element_scores_follow_the_official_matching(model, processor):
     prompt = "A red cube, and a red ball (on) the table!"
     keys = ["red (color)", "red ball (object)", "green (color)", "table (object)", "cube (big) (object)"]
     [result] = model.score(_images(1), [prompt], elements=[keys], processor=processor)
+    assert isinstance(result, AlignmentResult)
     ids = processor.tokenizer(clean_prompt(prompt)).input_ids
-    assert len(result["token_scores"]) == len(ids)
+    assert len(result.token_scores) == len(ids)
     tokens = processor.tokenizer.convert_ids_to_tokens(ids)
-    scores = result["token_scores"]
+    scores = result.token_scores
     first_red = tokens.index("red")
     second_red = tokens.index("red", first_red + 1)
-    assert result["elements"]["red (color)"] == pytest.approx(scores[first_red], abs=1e-6)  # FIRST occurrence
-    assert result["elements"]["red ball (object)"] == pytest.approx(
+    assert result.elements["red (color)"] == pytest.approx(scores[first_red], abs=1e-6)  # FIRST occurrence
+    assert result.elements["red ball (object)"] == pytest.approx(
         np.mean(scores[second_red : second_red + 2]), abs=1e-6
     )
-    assert result["elements"]["table (object)"] == pytest.approx(scores[tokens.index("table")], abs=1e-6)
-    assert result["elements"]["green (color)"] == 0.0
-    assert result["elements"]["cube (big) (object)"] == 0.0  # phrase "cube (big)" keeps its brackets
-    assert result["unmatched_elements"] == ["green (color)", "cube (big) (object)"]
-    assert list(result["elements"]) == keys
-    assert 1.0 <= result["overall"] <= 5.0
+    assert result.elements["table (object)"] == pytest.approx(scores[tokens.index("table")], abs=1e-6)
+    assert result.elements["green (color)"] == 0.0
+    assert result.elements["cube (big) (object)"] == 0.0  # phrase "cube (big)" keeps its brackets
+    assert result.unmatched_elements == ["green (color)", "cube (big) (object)"]
+    assert list(result.elements) == keys
+    assert 1.0 <= result.overall <= 5.0
+    assert result.to_dict() == {"overall": result.overall, "elements": result.elements,
+                                "unmatched_elements": result.unmatched_elements, "token_scores": scores}
 
 
 def test_batched_score_equals_one_image_at_a_time(model, processor):
@@ -147,12 +158,13 @@ def test_batched_score_equals_one_image_at_a_time(model, processor):
     single = [model.score([i], [p], elements=[e], batch_size=1, processor=processor)[0]
               for i, p, e in zip(images, prompts, elements)]
     for b, s in zip(batched, single):
-        assert b["overall"] == pytest.approx(s["overall"], abs=1e-5)
-        assert b["elements"].keys() == s["elements"].keys()
-        for key in b["elements"]:
-            assert b["elements"][key] == pytest.approx(s["elements"][key], abs=1e-5)
-        np.testing.assert_allclose(b["token_scores"], s["token_scores"], atol=1e-5)
-    assert batched[2]["elements"] == {} and batched[2]["token_scores"]  # no elements: overall + tokens
+        assert b.overall == pytest.approx(s.overall, abs=1e-5)
+        assert b.elements.keys() == s.elements.keys()
+        for key in b.elements:
+            assert b.elements[key] == pytest.approx(s.elements[key], abs=1e-5)
+        np.testing.assert_allclose(b.token_scores, s.token_scores, atol=1e-5)
+        assert b.unmatched_elements == s.unmatched_elements
+    assert batched[2].elements == {} and batched[2].token_scores  # no elements: overall + tokens
 
 
 def test_score_accepts_paths_and_rejects_bad_calls(model, processor, tmp_path):
@@ -160,11 +172,11 @@ def test_score_accepts_paths_and_rejects_bad_calls(model, processor, tmp_path):
     _images(1)[0].save(path)
     by_path = model.score([str(path)], ["a red cube"], processor=processor)
     by_image = model.score([Image.open(path)], ["a red cube"], processor=processor)
-    assert by_path[0]["overall"] == pytest.approx(by_image[0]["overall"])
+    assert by_path[0].overall == pytest.approx(by_image[0].overall)
     with pytest.raises(ValueError, match="2 prompts"):
         model.score(_images(1), ["a", "b"], processor=processor)
     fresh = EvalMuseAlignModel(model.config)
-    with pytest.raises(ValueError, match="processor"):
+    with pytest.raises(TypeError, match="processor"):  # the model never guesses its processor
         fresh.score(_images(1), ["a"])
     assert model.training is False
 
@@ -241,8 +253,7 @@ def test_dummy_inputs_run(model):
     inputs = model.dummy_inputs
     with torch.no_grad():
         out = model(**inputs)
-    assert out.element_scores.shape == (2, 2)
-    torch.testing.assert_close(out.element_scores[0, 1], out.token_scores[0, 4])
+    assert out.alignment_score.shape == (2,) and out.token_scores.shape == inputs["input_ids"].shape
 
 
 # ----------------------------------------------------------------------------- processor
@@ -275,17 +286,78 @@ def test_processor_images_match_pil_bicubic_and_clip_normalisation(processor, co
     np.testing.assert_allclose(pixels[0].numpy(), manual, atol=1e-5)
 
 
-def test_processor_element_tensors_and_truncation(processor):
-    batch = processor(text=["a red cube", "two blue balls and a red cube"], elements=[["cube (shape)"], ["red cube (object)", "x (other)"]])
-    assert batch["element_mask"].shape[:2] == (2, 2)
-    assert batch["element_found"].tolist() == [[True, False], [True, False]]
-    assert batch["num_elements"].tolist() == [1, 2]
+def test_post_processing_and_truncation(processor):
+    texts = ["a red cube", "two blue balls and a red cube"]
+    elements = [["cube (shape)"], ["red cube (object)", "x (other)"]]
+    batch = processor(text=texts)
+    length = batch["input_ids"].shape[1]
+    token_scores = torch.arange(2 * length, dtype=torch.float32).reshape(2, length) / (2 * length)
+    outputs = {"alignment_score": torch.tensor([2.0, 4.5]), "token_scores": token_scores}
+    results = processor.post_process_alignment(outputs, batch["input_ids"], batch["attention_mask"], elements)
+    assert [r.unmatched_elements for r in results] == [[], ["x (other)"]]
+    assert [list(r.elements) for r in results] == elements and [r.overall for r in results] == [2.0, 4.5]
+    for row, (result, keys) in enumerate(zip(results, elements)):
+        ids = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        assert result.token_scores == pytest.approx(token_scores[row, : len(ids)].tolist())
+        for key, span in zip(keys, processor.match_elements(ids, keys)):
+            expected = 0.0 if span is None else float(token_scores[row, span[0] : span[1]].mean())
+            assert result.elements[key] == pytest.approx(expected)
+    # Left padding (the model itself wants right padding: its text positions count from the first column):
+    # the spans are found in the tokens the attention mask keeps.
+    left = copy.deepcopy(processor)
+    left.tokenizer.padding_side = "left"
+    shifted = left(text=texts)
+    pad = (shifted["attention_mask"] == 0).sum(dim=1).tolist()
+    shifted_scores = torch.stack([torch.roll(token_scores[row], pad[row]) for row in range(2)])
+    again = left.post_process_alignment({**outputs, "token_scores": shifted_scores}, shifted["input_ids"],
+                                        shifted["attention_mask"], elements)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in results]
     train = processor(text=["a red cube"], padding="max_length")
     assert train["input_ids"].shape == (1, processor.max_text_length)
     long = processor(text=[" ".join(["cube"] * 40)], padding="max_length", truncation=True, max_length=32)
     assert long["input_ids"].shape == (1, 32)
     with pytest.raises(ValueError, match="element lists"):
-        processor(text=["a"], elements=[[], []])
+        processor.post_process_alignment(outputs, batch["input_ids"], batch["attention_mask"], [[], [], []])
+    with pytest.raises(ValueError, match="ITC head"):
+        processor.post_process_alignment({"itc_score": torch.ones(2)}, batch["input_ids"])
+
+
+# ----------------------------------------------------------------------------- the t2i-alignment pipeline
+
+
+def test_pipeline_batches_like_one_by_one_and_like_processor_model_post_process(model, processor, tmp_path):
+    from transformers import pipeline
+
+    images = _images(4)
+    images[1].save(tmp_path / "one.png")
+    sources = [images[0], str(tmp_path / "one.png"), images[2], images[3]]
+    prompts = ["a red cube", "two blue spheres on the left of a tall green tree at night", "a cat", "big dog"]
+    elements = [["red cube (object)", "x (y)"], ["tree (object)", "blue spheres (object)"], None, ["dog (animal)"]]
+    scorer = pipeline("t2i-alignment", model=model, processor=processor)
+    batched = scorer(sources, prompt=prompts, elements=elements, batch_size=3)
+    one_by_one = [scorer(s, prompt=p, elements=e) for s, p, e in zip(sources, prompts, elements)]
+    records = scorer([{"image": s, "prompt": p, "elements": e} for s, p, e in zip(sources, prompts, elements)],
+                     batch_size=2)
+    inputs = processor(images=images, text=prompts)
+    with torch.no_grad():
+        outputs = model(**inputs)
+    direct = processor.post_process_alignment(outputs, inputs["input_ids"], inputs["attention_mask"], elements)
+    for b, o, r, d in zip(batched, one_by_one, records, direct):
+        assert b.keys() == {"overall", "elements", "unmatched_elements", "token_scores"}
+        for other in (o, r, d.to_dict()):
+            assert b["overall"] == pytest.approx(other["overall"], abs=1e-5)
+            assert b["elements"] == pytest.approx(other["elements"], abs=1e-5)
+            assert list(b["elements"]) == list(other["elements"])
+            assert b["unmatched_elements"] == other["unmatched_elements"]
+            np.testing.assert_allclose(b["token_scores"], other["token_scores"], atol=1e-5)
+    assert batched[0]["unmatched_elements"] == ["x (y)"] and batched[2]["elements"] == {}
+    long_prompt = " ".join(["cube"] * 40)
+    assert len(scorer(images[1], prompt=long_prompt)["token_scores"]) == 42  # eval.py: every token
+    assert len(scorer(images[1], prompt=long_prompt, text_truncation="forward")["token_scores"]) == 32
+    with pytest.raises(ValueError, match="prompt"):
+        scorer({"image": images[0]})
+    with pytest.raises(ValueError, match="elements"):
+        scorer(images[0], elements=["x (y)"])
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -301,18 +373,23 @@ def test_save_and_load_with_auto_classes(tmp_path, model, processor):
     assert isinstance(loaded, EvalMuseAlignModel) and isinstance(loaded_processor, EvalMuseAlignProcessor)
     images, prompts = _images(2), ["a red cube", "a blue ball"]
     before = model.score(images, prompts, processor=processor)
-    after = loaded.score(images, prompts)  # processor found next to the weights
-    assert [r["overall"] for r in after] == pytest.approx([r["overall"] for r in before], abs=1e-6)
+    after = loaded.score(images, prompts, processor=loaded_processor)
+    assert [r.overall for r in after] == pytest.approx([r.overall for r in before], abs=1e-6)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_evalmuse_align.EvalMuseAlignModel"
+    assert config["custom_pipelines"]["t2i-alignment"]["impl"] == "pipeline_evalmuse_align.EvalMuseAlignPipeline"
+    assert (tmp_path / "pipeline_evalmuse_align.py").is_file()
     assert json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
 
 
 @pytest.mark.slow
 def test_loads_as_remote_code_without_the_package(tmp_path, model, processor):
+    """Model, processor and the ``t2i-alignment`` pipeline (which finds the processor saved next to the weights
+    and reads an image path like the official code) load without this package."""
     model.save_pretrained(tmp_path / "m")
     processor.save_pretrained(tmp_path / "m")
     expected = model.score(_images(1), ["a red cube"], elements=[["red cube (object)"]], processor=processor)[0]
+    _images(1)[0].save(tmp_path / "image.png")
     code = textwrap.dedent(
         f"""
         import json, sys
@@ -328,21 +405,30 @@ def test_loads_as_remote_code_without_the_package(tmp_path, model, processor):
             pass
         import numpy as np
         from PIL import Image
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoModel, AutoProcessor, pipeline
         folder = {str(tmp_path / "m")!r}
         model = AutoModel.from_pretrained(folder, trust_remote_code=True)
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
         result = model.score([image], ["a red cube"], elements=[["red cube (object)"]], processor=processor)[0]
-        print(json.dumps({{"module": type(model).__module__, "overall": result["overall"],
-                          "elements": result["elements"], "loaded": "evalmuse_models" in sys.modules}}))
+        scorer = pipeline("t2i-alignment", model=folder, trust_remote_code=True)
+        piped = scorer({str(tmp_path / "image.png")!r}, prompt="a red cube", elements=["red cube (object)"])
+        print(json.dumps({{"module": type(model).__module__, "overall": result.overall,
+                          "elements": result.elements, "pipeline": type(scorer).__module__, "piped": piped,
+                          "loaded": "evalmuse_models" in sys.modules}}))
         """
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="")
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path,
+                          env=env, stdin=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr  # the pipeline loads the saved processor as remote code, asking nothing
+    assert "custom code" not in output and "to instantiate a model of type" not in output, output[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["module"].startswith("transformers_modules.") and not result["loaded"]
-    assert result["overall"] == pytest.approx(expected["overall"], abs=1e-5)
-    assert result["elements"]["red cube (object)"] == pytest.approx(expected["elements"]["red cube (object)"], abs=1e-5)
+    assert result["pipeline"].startswith("transformers_modules.")
+    for got in (result, result["piped"]):
+        assert got["overall"] == pytest.approx(expected.overall, abs=1e-5)
+        assert got["elements"]["red cube (object)"] == pytest.approx(expected.elements["red cube (object)"], abs=1e-5)
+    assert result["piped"]["token_scores"] == pytest.approx(expected.token_scores, abs=1e-5)

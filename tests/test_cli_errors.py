@@ -173,7 +173,7 @@ def test_score_leaves_the_alpha_rule_to_the_processor(tiny_align, tmp_path):
         out = tmp_path / f"{alpha}.jsonl"
         score(folder, out=out, align=_Scorer(model, processor), progress=False)
         direct = model.score([Image.open(folder / "clear.png")], ["a red square"], processor=processor)[0]
-        assert read_results(out)[0]["alignment"]["overall"] == pytest.approx(direct["overall"], abs=1e-5)
+        assert read_results(out)[0]["alignment"]["overall"] == pytest.approx(direct.overall, abs=1e-5)
 
 
 class _Scorer:

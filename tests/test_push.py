@@ -23,11 +23,8 @@ METRICS = {"task": "alignment", "dataset": "evalmuse-synthetic", "split": "test"
 def align_dir(tmp_path_factory):
     import torch
 
-    from evalmuse_models.models.evalmuse_align import (
-        EvalMuseAlignConfig,
-        EvalMuseAlignModel,
-        build_tiny_processor,
-    )
+    from evalmuse_models.models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel
+    from evalmuse_models.testing.align import build_tiny_processor
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("push") / "align"

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from evalmuse_models.cli import main as main_cli
+from evalmuse_models.models.evalmuse_align import AlignmentResult
 from evalmuse_models.scoring import read_results, rle_to_mask, score
 from evalmuse_models.utils import UserInputError
 
@@ -41,12 +42,11 @@ class FakeAlign:
             level = float(np.asarray(image, dtype=np.float32).mean()) / 255.0
             keys = (elements[i] if elements else None) or []
             out.append(
-                {
-                    "overall": 1.0 + 4.0 * level,
-                    "elements": {k: ((len(k) + len(prompt)) % 7) / 6.0 * level for k in keys},
-                    "token_scores": [],
-                    "unmatched_elements": [k for k in keys if k.split(" (")[0] not in prompt],
-                }
+                AlignmentResult(
+                    overall=1.0 + 4.0 * level,
+                    elements={k: ((len(k) + len(prompt)) % 7) / 6.0 * level for k in keys},
+                    unmatched_elements=[k for k in keys if k.split(" (")[0] not in prompt],
+                )
             )
         return out
 
@@ -132,8 +132,7 @@ def test_folder_scoring_rows_and_errors(image_folder, tmp_path):
     assert good["status"] == "ok" and good["generator"] == "gen-a"
     image = Image.open(folder / "gen-a/000.png").convert("RGB")
     expected = FakeAlign().score([image], [good["prompt"]], [good["elements"]])[0]
-    assert good["alignment"]["overall"] == pytest.approx(expected["overall"])
-    assert good["alignment"]["elements"] == pytest.approx(expected["elements"])
+    assert good["alignment"] == expected.to_dict()  # the row's alignment object is AlignmentResult.to_dict()
     expected_mask = FakeStructure().predict([image])[0]["mask"]
     mask = rle_to_mask(good["structure"]["mask"])
     assert mask.shape == (image.height, image.width)

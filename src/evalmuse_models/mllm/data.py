@@ -327,6 +327,7 @@ def score_dataset(scorer, dataset, batch_size: int = 8, chunk_size: int = 256,
         chunk = dataset.select(idx)
         outs = scorer.score(chunk["image"], chunk["prompt"], elements=[keys[i] for i in idx], batch_size=batch_size,
                             prompt_types=chunk["prompt_type"] if has_types else None)
+        outs = [out.to_dict() if hasattr(out, "to_dict") else out for out in outs]  # AlignmentResult -> JSON-ready
         for i, out in zip(idx, outs):
             done[i] = out
         if cache_path is not None:

@@ -8,6 +8,10 @@ optionally with a PEFT LoRA adapter. For each image:
   level values (1..5);
 * element score = P(yes) / (P(yes) + P(no)) for a category-specific question per element.
 
+Each image gets an :class:`~evalmuse_models.results.AlignmentResult`, as from the alignment model
+(``unmatched_elements`` is always empty: every element is asked about; ``level_probs`` holds the closed-set
+level probabilities).
+
 Every question about one image shares the same prefix (system turn, image, prompt). With
 ``share_prefix=True`` the prefix is encoded once per image (one forward with ``use_cache``), its
 key/value cache is repeated for each question, and only the short question suffixes are run —
@@ -18,8 +22,8 @@ Example::
     from evalmuse_models.mllm import MLLMAlignmentScorer
 
     scorer = MLLMAlignmentScorer.from_pretrained("Qwen/Qwen2.5-VL-7B-Instruct", adapter="my-lora")
-    out = scorer.score([image], ["a red cat on a mat"], elements=[["red cat (animal)", "mat (object)"]])
-    out[0]["overall"], out[0]["elements"]["red cat (animal)"]
+    [result] = scorer.score([image], ["a red cat on a mat"], elements=[["red cat (animal)", "mat (object)"]])
+    result.overall, result.elements["red cat (animal)"]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..data.alignment import element_record_key, split_element_key
+from ..models.evalmuse_align import AlignmentResult, load_rgb_image
 from ..utils import UserInputError
 from .prompts import (
     FIVE_LEVELS,
@@ -101,17 +106,16 @@ def set_pixel_budget(processor, min_pixels: int | None = None, max_pixels: int |
 
 # ----------------------------------------------------------------------------- inputs
 def _load_image(image, index: int):
+    """An RGB PIL image read like the alignment model reads it (alpha dropped, no EXIF rotation), or a
+    :class:`UserInputError` naming the image."""
     from PIL import Image
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        try:
-            with Image.open(image) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError) as err:
-            raise UserInputError(f"image #{index} ({image}) cannot be read: {err}; pass a PIL image or a readable path") from err
-    raise UserInputError(f"image #{index} has type {type(image).__name__}; pass a PIL image or a file path")
+    if not isinstance(image, (str, Image.Image)) and not hasattr(image, "__fspath__"):
+        raise UserInputError(f"image #{index} has type {type(image).__name__}; pass a PIL image, a file path or a URL")
+    try:
+        return load_rgb_image(image)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"image #{index} ({image}) cannot be read: {err}; pass a PIL image or a readable path") from err
 
 
 def _element_keys(elements, n: int) -> list[list[str]]:
@@ -202,18 +206,16 @@ class MLLMAlignmentScorer:
     ) -> MLLMAlignmentScorer:
         """Load a base model (Hub id or folder), optionally a LoRA adapter, and its processor.
 
-        On CUDA the default dtype is bf16; on CPU float32. ``adapter`` is a PEFT adapter folder or
+        ``dtype="auto"``: bf16 on a CUDA device that supports it, else float32 (the scoring engine's rule,
+        :func:`evalmuse_models.scoring.engine.resolve_device_dtype`). ``adapter`` is a PEFT adapter folder or
         Hub id; it is merged into the weights unless ``merge_adapter=False``. ``max_pixels`` caps
         the image resolution (e.g. ``448 * 448``).
         """
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        from ..scoring.engine import resolve_device_dtype
+
+        device, dtype = resolve_device_dtype(device, dtype)
         load_kwargs = {"dtype": dtype}
         if attn_implementation:
             load_kwargs["attn_implementation"] = attn_implementation
@@ -356,13 +358,14 @@ class MLLMAlignmentScorer:
         batch_size: int = 8,
         prompt_types: Sequence[str | None] | None = None,
         progress: bool = False,
-    ) -> list[dict]:
-        """Score each (image, prompt); returns ``[{"overall", "elements", "level_probs"}, ...]``.
+    ) -> list[AlignmentResult]:
+        """Score each (image, prompt); returns one :class:`AlignmentResult` per image.
 
-        ``elements`` holds, per image, the official element keys ``"<phrase> (<category>)"`` (a
-        list, a dict whose keys are used, or prepared-dataset element records); the output's
-        ``"elements"`` dict is keyed by exactly those strings. ``overall`` is in
-        ``[min level value, max level value]`` (1–5), element scores in ``[0, 1]``.
+        ``images`` are PIL images, paths or URLs. ``elements`` holds, per image, the official element keys
+        ``"<phrase> (<category>)"`` (a list, a dict whose keys are used, or prepared-dataset element
+        records); the result's ``elements`` dict is keyed by exactly those strings. ``overall`` is in
+        ``[min level value, max level value]`` (1–5), element scores in ``[0, 1]``, ``level_probs`` the
+        probability of each level.
         """
         from tqdm.auto import tqdm
 
@@ -374,7 +377,7 @@ class MLLMAlignmentScorer:
         if batch_size < 1:
             raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
         keys = _element_keys(elements, n)
-        results: list[dict] = []
+        results: list[AlignmentResult] = []
         bar = tqdm(total=n, desc="MLLM scoring", unit="img", disable=not progress)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
@@ -391,7 +394,7 @@ class MLLMAlignmentScorer:
         bar.close()
         return results
 
-    def _score_batch(self, images, prompts, keys, prompt_types) -> list[dict]:
+    def _score_batch(self, images, prompts, keys, prompt_types) -> list[AlignmentResult]:
         contexts = [image_context(p, t, hint=self.prompt_type_hint) for p, t in zip(prompts, prompt_types)]
         rendered = [self._render_prefix_and_tail(c) for c in contexts]
         prefixes = [r[0] for r in rendered]
@@ -431,22 +434,25 @@ class MLLMAlignmentScorer:
             if not math.isfinite(overall):
                 raise RuntimeError(f"non-finite overall score for image #{i}; check the model dtype / weights")
             out.append(
-                {
-                    "overall": overall,
-                    "elements": dict(zip(key_list, element_probs[i])),
-                    "level_probs": [float(p) for p in probs],
-                }
+                AlignmentResult(
+                    overall=overall,
+                    elements=dict(zip(key_list, element_probs[i])),
+                    level_probs=[float(p) for p in probs],
+                )
             )
         return out
 
 
 # ----------------------------------------------------------------------------- ensembles
-def ensemble_outputs(outputs: Sequence[Sequence[dict]], weights: Sequence[float] | None = None) -> list[dict]:
-    """Weighted average of several scorers' ``score()`` outputs (same images, same order).
+def ensemble_outputs(
+    outputs: Sequence[Sequence[AlignmentResult]], weights: Sequence[float] | None = None
+) -> list[AlignmentResult]:
+    """Weighted average of several scorers' ``score()`` results (same images, same order).
 
     ``overall`` and every element score are averaged with ``weights`` (normalised to sum 1);
-    ``level_probs`` are averaged when every member has the same number of levels. An element
-    missing from some member is averaged over the members that have it.
+    ``level_probs`` are averaged when every member has them with the same number of levels. An element
+    missing from some member is averaged over the members that have it; it is unmatched when a member
+    could not locate it (that member's 0 is averaged, as that scorer's own result).
     """
     if not outputs:
         raise UserInputError("ensemble_outputs needs at least one member output")
@@ -465,26 +471,28 @@ def ensemble_outputs(outputs: Sequence[Sequence[dict]], weights: Sequence[float]
     merged = []
     for i in range(n):
         items = [member[i] for member in outputs]
-        overall = sum(w * float(it["overall"]) for w, it in zip(weights, items))
+        overall = sum(w * float(it.overall) for w, it in zip(weights, items))
         elem_sum: dict[str, float] = {}
         elem_w: dict[str, float] = {}
         for w, it in zip(weights, items):
-            for key, val in (it.get("elements") or {}).items():
+            for key, val in it.elements.items():
                 elem_sum[key] = elem_sum.get(key, 0.0) + w * float(val)
                 elem_w[key] = elem_w.get(key, 0.0) + w
-        order = list(items[0].get("elements") or {})
+        order = list(items[0].elements)
         order += [k for k in elem_sum if k not in order]
         elements = {k: elem_sum[k] / elem_w[k] if elem_w[k] > 0 else 0.0 for k in order}
-        record = {"overall": overall, "elements": elements}
-        lps = [it.get("level_probs") for it in items]
+        unmatched = list(dict.fromkeys(k for it in items for k in it.unmatched_elements))
+        lps = [it.level_probs for it in items]
+        level_probs = None
         if all(lp is not None for lp in lps) and len({len(lp) for lp in lps}) == 1:
-            record["level_probs"] = [sum(w * lp[k] for w, lp in zip(weights, lps)) for k in range(len(lps[0]))]
-        merged.append(record)
+            level_probs = [sum(w * lp[k] for w, lp in zip(weights, lps)) for k in range(len(lps[0]))]
+        merged.append(AlignmentResult(overall=overall, elements=elements, unmatched_elements=unmatched,
+                                      level_probs=level_probs))
     return merged
 
 
 class EnsembleScorer:
-    """Several scorers (checkpoints, models) behind one ``score()``; their outputs are weight-averaged."""
+    """Several scorers (checkpoints, models) behind one ``score()``; their results are weight-averaged."""
 
     def __init__(self, scorers: Sequence[Any], weights: Sequence[float] | None = None):
         if not scorers:
@@ -492,6 +500,6 @@ class EnsembleScorer:
         self.scorers = list(scorers)
         self.weights = weights
 
-    def score(self, images, prompts, elements=None, batch_size: int = 8, **kwargs) -> list[dict]:
+    def score(self, images, prompts, elements=None, batch_size: int = 8, **kwargs) -> list[AlignmentResult]:
         outs = [s.score(images, prompts, elements=elements, batch_size=batch_size, **kwargs) for s in self.scorers]
         return ensemble_outputs(outs, self.weights)

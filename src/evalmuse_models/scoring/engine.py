@@ -32,9 +32,11 @@ from .inputs import ScoringSource, keep_items, open_source
 MAX_MODEL_FAILURES_IN_A_ROW = 16
 
 
-def resolve_device_dtype(device: str | None = None, dtype: str | None = "auto", state=None):
-    """``(torch.device, torch.dtype)``: ``auto`` means accelerate's device, and bf16 on CUDA, fp32 elsewhere."""
+def resolve_device_dtype(device: str | None = None, dtype: Any = "auto", state=None):
+    """``(torch.device, torch.dtype)``: ``auto`` means accelerate's device, and bf16 on a CUDA device that supports
+    it (accelerate's ``is_bf16_available``), fp32 elsewhere. ``dtype`` may also be a name or a ``torch.dtype``."""
     import torch
+    from accelerate.utils import is_bf16_available
 
     if device in (None, "auto"):
         resolved = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,8 +46,10 @@ def resolve_device_dtype(device: str | None = None, dtype: str | None = "auto", 
             raise UserInputError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
-    if dtype in (None, "auto"):
-        resolved_dtype = torch.bfloat16 if resolved.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved_dtype = dtype
+    elif dtype in (None, "auto"):
+        resolved_dtype = torch.bfloat16 if resolved.type == "cuda" and is_bf16_available() else torch.float32
     elif dtype in names:
         resolved_dtype = names[dtype]
     else:

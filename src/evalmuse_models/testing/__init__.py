@@ -40,7 +40,8 @@ def save_tiny_models(root, seed: int = 0):
 
     import torch
 
-    from ..models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor
+    from ..models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel
+    from .align import build_tiny_processor
     from ..models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
 
     root = Path(root)

@@ -6,13 +6,16 @@ image every second layer, the image-text matching (ITM) head applied to every to
 query+text pass, and an extra MLP (``mask_proj``) that predicts which prompt tokens belong to
 elements.
 
-This module only imports ``transformers`` so that it ships as remote code next to the weights.
+This module only imports ``transformers`` (and ``huggingface_hub``'s ``strict``, which checks every field's
+type when the config is built or changed, as transformers' own configs do) so that it ships as remote code next
+to the weights.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: ``@strict`` checks the field annotations at runtime, and
+# skips any it would see as strings.
+from typing import ClassVar, Literal, get_args
 
-from typing import ClassVar
-
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.models.blip_2.configuration_blip_2 import (
     Blip2QFormerConfig,
@@ -63,7 +66,7 @@ PRESETS: dict[str, dict] = {
             "initializer_range": 0.1,
         },
         "qformer_config": {
-            # The tiny tokenizer (``build_tiny_tokenizer``) has fewer ids; the extra rows are unused.
+            # The tiny tokenizer (``evalmuse_models.testing.align``) has fewer ids; the extra rows are unused.
             "vocab_size": 1024,
             "hidden_size": 48,
             "num_hidden_layers": 2,
@@ -86,9 +89,12 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-LOSS_WEIGHTINGS = ("none", "var", "exp_var")
+#: Per-sample weighting of the overall-score term of the loss (see ``EvalMuseAlignConfig.loss_weighting``).
+LossWeighting = Literal["none", "var", "exp_var"]
+LOSS_WEIGHTINGS: tuple[str, ...] = get_args(LossWeighting)
 
 
+@strict
 class EvalMuseAlignConfig(PreTrainedConfig):
     r"""
     Configuration of [`EvalMuseAlignModel`].
@@ -136,7 +142,7 @@ class EvalMuseAlignConfig(PreTrainedConfig):
     mask_head_hidden_sizes: list[int] | tuple[int, ...] = (256, 128, 64, 16)
     max_text_length: int = 32
     vision_post_layernorm_eps: float = 1e-5
-    loss_weighting: str = "none"
+    loss_weighting: LossWeighting = "none"
     token_loss_weight: float = 0.1
     mask_loss_weight: float = 0.1
     initializer_range: float = 0.02
@@ -150,13 +156,14 @@ class EvalMuseAlignConfig(PreTrainedConfig):
         self.qformer_config.use_qformer_text_input = True
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
         self.mask_head_hidden_sizes = [int(size) for size in self.mask_head_hidden_sizes]
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+
+    def validate_query_tokens(self):
+        """Part of ``@strict``'s validation (at construction and save time)."""
         if self.num_query_tokens < 1:
             raise ValueError(f"num_query_tokens must be >= 1, got {self.num_query_tokens}")
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> EvalMuseAlignConfig:
+    def from_preset(cls, name: str, **overrides) -> "EvalMuseAlignConfig":
         """Build the config of a named preset (``"tiny"``, ``"fga-blip2"``); keyword arguments override
         top-level fields, and ``vision_config`` / ``qformer_config`` dicts are merged into the preset's.
 
@@ -174,4 +181,4 @@ class EvalMuseAlignConfig(PreTrainedConfig):
         return cls(**preset)
 
 
-__all__ = ["LOSS_WEIGHTINGS", "PRESETS", "EvalMuseAlignConfig"]
+__all__ = ["LOSS_WEIGHTINGS", "PRESETS", "EvalMuseAlignConfig", "LossWeighting"]

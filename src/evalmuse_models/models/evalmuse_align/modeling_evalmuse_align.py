@@ -6,7 +6,8 @@ The model composes transformers' BLIP-2 building blocks (``Blip2VisionModel``, `
 * the image-text matching head (``itm_head``, 2 classes) applied to EVERY output token of the joint
   query+text Q-Former pass. ``P(match)`` is the softmax probability of class 1. The overall alignment
   score is ``mean(P(match) over the query tokens) * 4 + 1`` (range 1-5); the per-token scores are
-  ``P(match)`` of the text tokens, and an element's score is their mean over the element's token span.
+  ``P(match)`` of the text tokens, and an element's score is their mean over the element's token span
+  (``EvalMuseAlignProcessor.post_process_alignment``).
   (transformers' ``Blip2ForImageTextRetrieval`` averages the *logits* over queries: a different function.)
 * ``mask_proj``: an MLP with sigmoid output run on the text-only Q-Former pass, predicting which
   prompt tokens belong to elements (a training signal).
@@ -17,32 +18,35 @@ the query-only pass (queries cross-attending to the image) and the text-only pas
 tokens of the cosine with the text's CLS feature, the official ITC score is ``5 * similarity`` and
 ``similarity / temp`` is BLIP-2's contrastive logit.
 
-This module imports only torch, transformers and its sibling files, so it ships as remote code.
+This module imports only torch, transformers and its sibling files, so it ships as remote code (with the
+``t2i-alignment`` pipeline, see :meth:`EvalMuseAlignPreTrainedModel.save_pretrained`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.blip_2.modeling_blip_2 import (
+    Blip2PreTrainedModel,
     Blip2QFormerModel,
     Blip2TextEmbeddings,
-    Blip2VisionEmbeddings,
     Blip2VisionModel,
 )
 from transformers.utils import ModelOutput, logging
 
 from .configuration_evalmuse_align import EvalMuseAlignConfig
+from .pipeline_evalmuse_align import EvalMuseAlignPipeline, custom_pipelines
+from .processing_evalmuse_align import AlignmentResult, TextTruncation, check_choice
 
 logger = logging.get_logger(__name__)
 
@@ -64,8 +68,6 @@ class EvalMuseAlignOutput(ModelOutput):
             ``P(match)`` of every text position (aligned with `input_ids`, CLS and SEP included).
         query_scores (`torch.FloatTensor` of shape `(batch_size, num_query_tokens)`):
             ``P(match)`` of every query token.
-        element_scores (`torch.FloatTensor` of shape `(batch_size, num_elements)`, *optional*):
-            mean token score over each element's span (0 where the span is empty: phrase not found).
         element_mask_prediction (`torch.FloatTensor` of shape `(batch_size, text_length)`, *optional*):
             ``mask_proj`` output: probability that each text token belongs to an element.
         itm_logits (`torch.FloatTensor` of shape `(batch_size, num_query_tokens + text_length, 2)`):
@@ -86,7 +88,6 @@ class EvalMuseAlignOutput(ModelOutput):
     alignment_score: torch.FloatTensor | None = None
     token_scores: torch.FloatTensor | None = None
     query_scores: torch.FloatTensor | None = None
-    element_scores: torch.FloatTensor | None = None
     element_mask_prediction: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
@@ -95,9 +96,9 @@ class EvalMuseAlignOutput(ModelOutput):
     itc_logits: torch.FloatTensor | None = None
 
 
-#: ``match_head`` values of ``forward`` / ``score``: the image-text matching head (FGA-BLIP2's scores) or the
-#: contrastive read-out.
-MATCH_HEADS = ("itm", "itc")
+#: ``match_head`` of ``forward``: the image-text matching head (FGA-BLIP2's scores) or the contrastive read-out.
+MatchHead = Literal["itm", "itc"]
+MATCH_HEADS: tuple[str, ...] = get_args(MatchHead)
 #: BLIP-2's initial contrastive temperature (LAVIS ``Blip2Qformer``: ``0.07 * torch.ones([])``).
 DEFAULT_ITC_TEMPERATURE = 0.07
 
@@ -111,7 +112,8 @@ def vision_autocast_context(device: torch.device | str, enabled: bool):
 
 
 class EvalMuseAlignMaskLinear(nn.Linear):
-    """A linear layer of ``mask_proj``; knows the head's input width for FGA-BLIP2's init."""
+    """A linear layer of ``mask_proj``; knows the head's input width for FGA-BLIP2's init (``_init_weights``
+    visits modules that hold parameters, so the rule lives on the layers, not on the head)."""
 
     def __init__(self, in_features: int, out_features: int, head_input_size: int):
         super().__init__(in_features, out_features)
@@ -139,7 +141,7 @@ class EvalMuseAlignMaskHead(nn.Module):
         return torch.sigmoid(self.layers(hidden_states)).squeeze(-1)
 
 
-class EvalMuseAlignPreTrainedModel(PreTrainedModel):
+class EvalMuseAlignPreTrainedModel(Blip2PreTrainedModel):
     config: EvalMuseAlignConfig
     config_class = EvalMuseAlignConfig
     base_model_prefix = "evalmuse_align"
@@ -161,6 +163,9 @@ class EvalMuseAlignPreTrainedModel(PreTrainedModel):
     ]
 
     def _init_weights(self, module):
+        """The one place weights are initialised: FGA-BLIP2's own rules, else BLIP-2's (linear/embedding
+        N(0, initializer_range), norms, the text position ids; the vision and Q-Former sub-models init themselves
+        with their own configs)."""
         if isinstance(module, EvalMuseAlignMaskLinear):
             # FGA-BLIP2 initialises every layer of the mask MLP with N(0, 1/(input+1)) and zero bias,
             # "input" being the head's input width (the Q-Former hidden size) for all layers.
@@ -168,16 +173,21 @@ class EvalMuseAlignPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
             return
         super()._init_weights(module)
-        std = self.config.initializer_range
-        if isinstance(module, Blip2VisionEmbeddings):
-            init.trunc_normal_(module.position_embedding, mean=0.0, std=std)
-            init.trunc_normal_(module.class_embedding, mean=0.0, std=std)
-        elif isinstance(module, Blip2TextEmbeddings):
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-        elif isinstance(module, EvalMuseAlignModel):
+        if isinstance(module, EvalMuseAlignModel):
             # LAVIS draws the query tokens from N(0, initializer_range).
-            init.normal_(module.query_tokens, mean=0.0, std=std)
+            init.normal_(module.query_tokens, mean=0.0, std=self.config.initializer_range)
             init.constant_(module.temp, DEFAULT_ITC_TEMPERATURE)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
+        """``PreTrainedModel.save_pretrained``. When the code ships with the weights (the family is registered
+        for the Auto classes, so ``trust_remote_code=True`` loads the folder), the ``t2i-alignment`` pipeline
+        ships too: its file is copied and ``config.json`` records it under ``custom_pipelines``, so that
+        ``pipeline("t2i-alignment", model=folder, trust_remote_code=True)`` works without this package."""
+        if self._auto_class is not None and is_main_process:
+            self.config.custom_pipelines = custom_pipelines()
+            os.makedirs(save_directory, exist_ok=True)
+            custom_object_save(EvalMuseAlignPipeline, save_directory)
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
 
 
 class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
@@ -187,15 +197,15 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
     Example:
 
     ```python
-    >>> from evalmuse_models.models.evalmuse_align import (
-    ...     EvalMuseAlignConfig, EvalMuseAlignModel, build_tiny_processor)
+    >>> from PIL import Image
+    >>> from evalmuse_models.models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel
+    >>> from evalmuse_models.testing.align import build_tiny_processor
     >>> model = EvalMuseAlignModel(EvalMuseAlignConfig.from_preset("tiny")).eval()
     >>> processor = build_tiny_processor(model.config)
-    >>> from PIL import Image
-    >>> results = model.score([Image.new("RGB", (80, 80), "red")], ["a red cube"],
-    ...                       elements=[["red cube (object)"]], processor=processor)
-    >>> sorted(results[0])
-    ['elements', 'unmatched_elements', 'overall', 'token_scores']
+    >>> [result] = model.score([Image.new("RGB", (80, 80), "red")], ["a red cube"],
+    ...                        elements=[["red cube (object)"]], processor=processor)
+    >>> list(result.elements), result.unmatched_elements
+    (['red cube (object)'], [])
     ```
     """
 
@@ -225,7 +235,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
 
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:
-        """A valid batch of two random images and two token sequences for this config."""
+        """A valid batch of two random images and two token sequences (the second padded) for this config."""
         vision = self.config.vision_config
         size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
         generator = torch.Generator().manual_seed(0)
@@ -234,14 +244,10 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         input_ids = torch.randint(1, vocab, (2, length), generator=generator)
         attention_mask = torch.ones_like(input_ids)
         attention_mask[1, -2:] = 0
-        element_mask = torch.zeros(2, 2, length)
-        element_mask[:, 0, 1:3] = 1
-        element_mask[0, 1, 4] = 1
         return {
             "pixel_values": torch.randn(2, 3, size, size, generator=generator),
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "element_mask": element_mask,
         }
 
     # ------------------------------------------------------------------ features
@@ -292,7 +298,6 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         pixel_values: torch.FloatTensor,
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor | None = None,
-        element_mask: torch.Tensor | None = None,
         labels: torch.FloatTensor | None = None,
         token_labels: torch.FloatTensor | None = None,
         token_mask_labels: torch.FloatTensor | None = None,
@@ -301,7 +306,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         predict_element_mask: bool | None = None,
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
-        match_head: str = "itm",
+        match_head: MatchHead = "itm",
         vision_autocast: bool | None = None,
         **kwargs: Any,
     ) -> EvalMuseAlignOutput | tuple:
@@ -312,8 +317,6 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`): the cleaned prompt's
                 token ids (CLS ... SEP, padded).
             attention_mask (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*).
-            element_mask (`torch.Tensor` of shape `(batch_size, num_elements, text_length)`, *optional*):
-                1 on each element's token span (from the processor); an all-zero row scores 0.
             labels (`torch.FloatTensor` of shape `(batch_size,)`, *optional*): overall 1-5 targets.
             token_labels (`torch.FloatTensor` of shape `(batch_size, text_length)`, *optional*):
                 per-token element targets (element score on its span, ``(labels - 1) / 4`` at CLS).
@@ -325,7 +328,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             predict_element_mask (`bool`, *optional*, defaults to `True`): run ``mask_proj`` on the text-only
                 Q-Former pass (``score`` turns it off: it is a training signal).
             match_head (`str`, defaults to `"itm"`): ``"itm"``: the FGA-BLIP2 scores (overall, tokens,
-                elements, loss); ``"itc"``: the contrastive read-out only (``itc_similarity``, ``itc_score``,
+                loss; the processor's ``post_process_alignment`` turns them into element scores); ``"itc"``: the contrastive read-out only (``itc_similarity``, ``itc_score``,
                 ``itc_logits``), like the official ``forward(match_head="itc")``.
             vision_autocast (`bool`, *optional*, defaults to ``config.vision_autocast``): run the image encoder
                 under fp16 autocast on CUDA, as the official code does; a no-op on other devices.
@@ -337,8 +340,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if predict_element_mask is None:
             predict_element_mask = True
-        if match_head not in MATCH_HEADS:
-            raise ValueError(f"match_head must be one of {MATCH_HEADS}, got {match_head!r}")
+        check_choice("match_head", match_head, MATCH_HEADS)
         max_positions = self.config.qformer_config.max_position_embeddings
         if input_ids.shape[1] > max_positions:
             raise ValueError(
@@ -359,7 +361,7 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
                 image_embeds = image_embeds.float()  # official: ``image_embeds.float()`` after the autocast
         if match_head == "itc":
             return self._forward_itc(
-                image_embeds, input_ids, attention_mask, element_mask, labels, predict_element_mask, return_dict
+                image_embeds, input_ids, attention_mask, labels, predict_element_mask, return_dict
             )
         image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
 
@@ -384,10 +386,6 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         token_scores = match_probs[:, num_queries:]
         alignment_score = query_scores.mean(dim=1) * 4 + 1
 
-        element_scores = None
-        if element_mask is not None:
-            element_scores = _span_means(token_scores, element_mask)
-
         mask_prediction = None
         if predict_element_mask:
             mask_prediction = self.predict_element_mask(input_ids, attention_mask).float()
@@ -409,19 +407,15 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
             alignment_score=alignment_score,
             token_scores=token_scores,
             query_scores=query_scores,
-            element_scores=element_scores,
             element_mask_prediction=mask_prediction,
             itm_logits=itm_logits,
             image_embeds=image_embeds,
         )
         return output if return_dict else output.to_tuple()
 
-    def _forward_itc(self, image_embeds, input_ids, attention_mask, element_mask, labels, predict_element_mask,
-                     return_dict):
+    def _forward_itc(self, image_embeds, input_ids, attention_mask, labels, predict_element_mask, return_dict):
         if labels is not None:
             raise ValueError("the FGA-BLIP2 loss is defined on the ITM head: use match_head='itm' to train")
-        if element_mask is not None:
-            raise ValueError("the ITC head gives no element scores: use match_head='itm' for element scores")
         text_hidden = self.get_text_features(input_ids, attention_mask)
         similarity = self.image_text_contrastive(image_embeds, text_hidden)
         mask_prediction = None
@@ -474,149 +468,68 @@ class EvalMuseAlignModel(EvalMuseAlignPreTrainedModel):
         images: Sequence[Any],
         prompts: Sequence[str],
         elements: Sequence[Sequence[str] | None] | None = None,
+        *,
+        processor: Any,
         batch_size: int = 16,
-        processor: Any = None,
         show_progress: bool | None = None,
-        match_head: str = "itm",
-        text_truncation: str | None = None,
+        text_truncation: TextTruncation = "eval",
         vision_autocast: bool | None = None,
-    ) -> list[dict]:
-        """Score images against their prompts, in batches.
+    ) -> list[AlignmentResult]:
+        """Score images against their prompts in batches: ``processor`` -> the model (ITM head) ->
+        ``processor.post_process_alignment``. The ``t2i-alignment`` pipeline does the same per image.
 
         Args:
-            images: PIL images or image paths, one per prompt (read like the official code; see the
+            images: PIL images, image paths or URLs, one per prompt (read like the official code; see the
                 processor's ``image_alpha`` and ``exif_transpose``).
             prompts: the T2I prompts (cleaned by the processor exactly like the official code).
             elements: per image, element keys in the official ``"<phrase> (<category>)"`` form, or `None`
                 (a key without ``(category)`` scores 0 as official unless the processor's
                 ``element_key_rule="plain_phrase"``).
+            processor: the model's [`EvalMuseAlignProcessor`] (``AutoProcessor.from_pretrained(folder)``).
             batch_size: images per forward pass.
-            processor: an [`EvalMuseAlignProcessor`]; defaults to the one saved with the model.
             show_progress: tqdm bar (default: when there is more than one batch).
-            match_head: ``"itm"`` (FGA-BLIP2's scores) or ``"itc"`` (the official contrastive read-out; no
-                element scores).
-            text_truncation: ``"eval"`` (the whole prompt, as the official ``eval.py``) or ``"forward"``
-                (the first ``max_text_length`` = 32 tokens, as the official ``forward``). Default: ``"eval"``
-                for ``"itm"``; ``"forward"`` for ``"itc"``, which only the official ``forward`` computes.
+            text_truncation: ``"eval"`` (the whole prompt, as the official ``eval.py``) or ``"forward"`` (the
+                first ``max_text_length`` = 32 tokens, as the official ``forward``).
             vision_autocast: fp16 autocast of the image encoder on CUDA as in the official code (default:
                 ``config.vision_autocast``); a no-op on CPU.
 
         Returns:
-            one dict per image. ``"itm"``: ``{"overall": float (1-5), "elements": {key: float in [0, 1]},
-            "token_scores": [P(match) per prompt token, CLS and SEP included], "unmatched_elements":
-            [keys whose phrase is not a token sub-sequence of the prompt; scored 0 as official]}``.
-            ``"itc"``: ``{"itc_score": 5 x similarity (official), "itc_similarity": float in [-1, 1],
-            "itc_logit": similarity / temp}``.
+            one :class:`AlignmentResult` per image: ``overall`` (1-5), ``elements`` (key -> 0-1),
+            ``unmatched_elements`` (keys whose phrase is not a token sub-sequence of the prompt; scored 0 as
+            official) and ``token_scores`` (P(match) per prompt token, CLS and SEP included). The ITC read-out
+            is ``forward(match_head="itc")``.
         """
-        if match_head not in MATCH_HEADS:
-            raise ValueError(f"match_head must be one of {MATCH_HEADS}, got {match_head!r}")
-        if match_head == "itc" and elements is not None and any(elements):
-            raise ValueError("the ITC head gives no element scores: pass match_head='itm' to score elements")
-        if text_truncation is None:
-            text_truncation = "eval" if match_head == "itm" else "forward"
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; pass one prompt per image")
         if elements is not None and len(elements) != len(prompts):
             raise ValueError(f"got {len(elements)} element lists for {len(prompts)} prompts")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        processor = self._resolve_processor(processor)
-        device = self.device
-        pixel_dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
         starts = range(0, len(prompts), batch_size)
         if show_progress is None:
             show_progress = len(starts) > 1
-        iterator = logging.tqdm(starts, desc="scoring", unit="batch", disable=not show_progress)
         was_training = self.training
         self.eval()
-        results: list[dict] = []
+        results: list[AlignmentResult] = []
         try:
-            for start in iterator:
+            for start in logging.tqdm(starts, desc="scoring", unit="batch", disable=not show_progress):
                 stop = start + batch_size
-                batch_elements = None if elements is None else [list(e or []) for e in elements[start:stop]]
-                inputs = processor(
-                    images=list(images[start:stop]),
-                    text=list(prompts[start:stop]),
-                    elements=batch_elements if match_head == "itm" else None,
-                    return_tensors="pt",
-                    text_truncation=text_truncation,
-                )
+                inputs = processor(images=list(images[start:stop]), text=list(prompts[start:stop]),
+                                   text_truncation=text_truncation, return_tensors="pt")
                 outputs = self(
-                    pixel_values=inputs["pixel_values"].to(device, pixel_dtype),
-                    input_ids=inputs["input_ids"].to(device),
-                    attention_mask=inputs["attention_mask"].to(device),
-                    element_mask=inputs["element_mask"].to(device) if "element_mask" in inputs else None,
+                    pixel_values=inputs["pixel_values"].to(self.device, self.dtype),
+                    input_ids=inputs["input_ids"].to(self.device),
+                    attention_mask=inputs["attention_mask"].to(self.device),
                     predict_element_mask=False,
-                    match_head=match_head,
                     vision_autocast=vision_autocast,
                 )
-                if match_head == "itc":
-                    for score, similarity, logit in zip(
-                        outputs.itc_score.tolist(), outputs.itc_similarity.tolist(), outputs.itc_logits.tolist()
-                    ):
-                        results.append({"itc_score": score, "itc_similarity": similarity, "itc_logit": logit})
-                    continue
-                overall = outputs.alignment_score.float().cpu().tolist()
-                token_scores = outputs.token_scores.float().cpu()
-                lengths = inputs["attention_mask"].sum(dim=1).tolist()
-                element_scores = None if outputs.element_scores is None else outputs.element_scores.float().cpu()
-                for row in range(len(overall)):
-                    keys = [] if batch_elements is None else batch_elements[row]
-                    found = inputs["element_found"][row].tolist() if keys else []
-                    scores = {}
-                    for column, key in enumerate(keys):
-                        scores[key] = float(element_scores[row, column]) if found[column] else 0.0
-                    results.append(
-                        {
-                            "overall": float(overall[row]),
-                            "elements": scores,
-                            "token_scores": token_scores[row, : int(lengths[row])].tolist(),
-                            "unmatched_elements": [key for key, ok in zip(keys, found) if not ok],
-                        }
-                    )
+                results += processor.post_process_alignment(
+                    outputs, inputs["input_ids"], inputs["attention_mask"],
+                    None if elements is None else list(elements[start:stop]),
+                )
         finally:
             self.train(was_training)
         return results
-
-    def _resolve_processor(self, processor: Any) -> Any:
-        # An explicitly passed processor serves this call only; the one saved with the model is cached.
-        if processor is not None:
-            return processor
-        cached = getattr(self, "_evalmuse_processor", None)
-        if cached is not None:
-            return cached
-        from .processing_evalmuse_align import EvalMuseAlignProcessor
-
-        source = self.config.name_or_path
-        if source:
-            # A model loaded as remote code (``trust_remote_code=True``) loads its processor the same way;
-            # otherwise transformers asks again for the processor's own remote code.
-            remote = type(self).__module__.startswith("transformers_modules")
-            options = {"trust_remote_code": True} if remote else {}
-            try:
-                self._evalmuse_processor = EvalMuseAlignProcessor.from_pretrained(source, **options)
-                return self._evalmuse_processor
-            except (OSError, ValueError) as error:
-                raise ValueError(
-                    f"no processor given and none could be loaded from {source!r} ({error}); pass "
-                    "processor=EvalMuseAlignProcessor.from_pretrained(...)"
-                ) from error
-        raise ValueError("no processor given: pass processor=EvalMuseAlignProcessor.from_pretrained(...)")
-
-
-def _span_means(token_scores: torch.Tensor, element_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``token_scores`` (B, L) over each span of ``element_mask`` (B, E, L); 0 for empty spans."""
-    element_mask = element_mask.to(token_scores.device, token_scores.dtype)
-    length = min(element_mask.shape[-1], token_scores.shape[-1])
-    element_mask = element_mask[..., :length]
-    totals = (token_scores[:, None, :length] * element_mask).sum(dim=-1)
-    counts = element_mask.sum(dim=-1)
-    return torch.where(counts > 0, totals / counts.clamp_min(1), torch.zeros_like(totals))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (helper for model cards and benchmarks)."""
-    return int(sum(math.prod(p.shape) for p in model.parameters()))
 
 
 __all__ = [
@@ -626,5 +539,6 @@ __all__ = [
     "EvalMuseAlignModel",
     "EvalMuseAlignOutput",
     "EvalMuseAlignPreTrainedModel",
+    "MatchHead",
     "vision_autocast_context",
 ]

@@ -1,4 +1,5 @@
-"""Processor of the EvalMuse alignment model (FGA-BLIP2): image + prompt + element phrases -> tensors.
+"""Processor of the EvalMuse alignment model (FGA-BLIP2): image + prompt -> tensors, and model outputs ->
+:class:`AlignmentResult` (overall score, element scores).
 
 Every default follows the official evaluation (EvalMuse ``eval.py`` with LAVIS's processors); each place
 where another behaviour is also reasonable has a named option:
@@ -12,23 +13,27 @@ where another behaviour is also reasonable has a named option:
   by a space, runs of whitespace collapsed, stripped, at most 50 words; then the BERT tokenizer
   (``bert-base-uncased`` with ``[DEC]`` added as BOS, as in LAVIS). ``text_truncation="eval"`` keeps every
   token (``eval.py``); ``"forward"`` cuts to ``max_text_length`` (32) tokens like the model's ``forward``.
-* Elements: an element key ``"<phrase> (<category>)"`` is matched by the official rule: the phrase (the
-  text before the LAST ``(``) is tokenized, CLS/SEP dropped, and its span is the FIRST exact
-  sub-sequence of the prompt's token ids. Not found -> the element scores 0 (as official) and is
-  reported in ``element_found``. A key without ``(`` has an empty phrase and so scores 0, as official;
+* Elements (:meth:`EvalMuseAlignProcessor.post_process_alignment`): an element key ``"<phrase> (<category>)"``
+  is matched by the official rule: the phrase (the text before the LAST ``(``) is tokenized, CLS/SEP
+  dropped, and its span is the FIRST exact sub-sequence of the prompt's token ids the model got; its score is
+  the mean token score over that span. Not found -> the element scores 0 (as official) and is listed in
+  ``unmatched_elements``. A key without ``(`` has an empty phrase and so scores 0, as official;
   ``element_key_rule="plain_phrase"`` matches such a key as a whole phrase instead.
 
-This module imports only transformers and PIL (which transformers' image processors need), so it ships as
-remote code.
+This module imports only transformers, torch and PIL (which transformers' image processors need), so it
+ships as remote code.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
+import torch
 from PIL import Image, ImageOps
 from transformers import BatchFeature, BertTokenizer, BlipImageProcessorPil
 from transformers.image_utils import (
@@ -41,17 +46,65 @@ from transformers.processing_utils import ProcessorMixin
 #: The Hub id of FGA-BLIP2's tokenizer.
 DEFAULT_TOKENIZER = "bert-base-uncased"
 
-#: ``element_key_rule`` values: ``"official"`` (the phrase is the text before the last ``(``; none -> empty
-#: phrase -> score 0) and ``"plain_phrase"`` (a key without a trailing ``(category)`` is the phrase itself).
-ELEMENT_KEY_RULES = ("official", "plain_phrase")
-#: ``image_alpha`` values: ``"drop"`` (PIL ``convert("RGB")``, official) and ``"white"`` (composite over white).
-IMAGE_ALPHA_MODES = ("drop", "white")
-#: ``text_truncation`` values: ``"eval"`` (the whole cleaned prompt, ``eval.py``) and ``"forward"`` (cut to
+#: How an element key gives its phrase: ``"official"`` (the text before the last ``(``; none -> empty phrase ->
+#: score 0) or ``"plain_phrase"`` (a key without a trailing ``(category)`` is the phrase itself).
+ElementKeyRule = Literal["official", "plain_phrase"]
+#: What happens to transparency: ``"drop"`` (PIL ``convert("RGB")``, official) or ``"white"`` (composite over white).
+ImageAlpha = Literal["drop", "white"]
+#: Which prompt tokens the model gets: ``"eval"`` (the whole cleaned prompt, ``eval.py``) or ``"forward"`` (cut to
 #: ``max_text_length`` tokens, the model's ``forward(inference=True)``).
-TEXT_TRUNCATIONS = ("eval", "forward")
+TextTruncation = Literal["eval", "forward"]
+
+ELEMENT_KEY_RULES: tuple[str, ...] = get_args(ElementKeyRule)
+IMAGE_ALPHA_MODES: tuple[str, ...] = get_args(ImageAlpha)
+TEXT_TRUNCATIONS: tuple[str, ...] = get_args(TextTruncation)
 
 _PUNCTUATION = re.compile(r"([.!\"()*#:;~])")
 _SPACES = re.compile(r"\s{2,}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise a ``ValueError`` naming the option when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+@dataclass
+class AlignmentResult:
+    """The alignment of one image with its prompt, the same from every scorer (FGA-BLIP2, an MLLM judge, an
+    ensemble).
+
+    Args:
+        overall: the alignment score, 1 (no match) to 5 (perfect match).
+        elements: per element key, exactly as given (``"<phrase> (<category>)"``), the probability that the
+            element is in the image (0-1). Keys keep their order.
+        unmatched_elements: keys whose phrase could not be located in the prompt's tokens (scored 0, as the
+            official FGA-BLIP2 evaluation does); always empty for scorers that read no tokens.
+        token_scores: FGA-BLIP2 only: P(match) of every prompt token the model got, CLS and SEP included.
+        level_probs: MLLM judges only: the probability of each rating level (their expectation is ``overall``).
+
+    ``to_dict()`` is the ``"alignment"`` object of a results row (see ``docs/results.md``).
+    """
+
+    overall: float
+    elements: dict[str, float] = field(default_factory=dict)
+    unmatched_elements: list[str] = field(default_factory=list)
+    token_scores: list[float] | None = None
+    level_probs: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``overall``, ``elements``, ``unmatched_elements``, and ``token_scores`` /
+        ``level_probs`` when the scorer gives them."""
+        data: dict[str, Any] = {
+            "overall": self.overall,
+            "elements": dict(self.elements),
+            "unmatched_elements": list(self.unmatched_elements),
+        }
+        for name in ("token_scores", "level_probs"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = list(value)
+        return data
 
 
 def clean_prompt(prompt: str, max_words: int = 50) -> str:
@@ -69,7 +122,7 @@ def clean_prompt(prompt: str, max_words: int = 50) -> str:
     return text
 
 
-def element_phrase(key: str, rule: str = "official") -> str:
+def element_phrase(key: str, rule: ElementKeyRule = "official") -> str:
     """The phrase of an element key ``"<phrase> (<category>)"``.
 
     ``rule="official"`` (``eval.py``: ``key.rpartition("(")[0]``): the text before the LAST ``(``; a key
@@ -83,31 +136,40 @@ def element_phrase(key: str, rule: str = "official") -> str:
     >>> element_phrase("red cube", rule="plain_phrase")
     'red cube'
     """
-    if rule == "official":
-        return key.rpartition("(")[0]
+    check_choice("element_key_rule", rule, ELEMENT_KEY_RULES)
     if rule == "plain_phrase":
         stripped = key.rstrip()
-        if stripped.endswith(")") and "(" in stripped:
-            return stripped.rpartition("(")[0]
-        return key
-    raise ValueError(f"element_key_rule must be one of {ELEMENT_KEY_RULES}, got {rule!r}")
+        if not (stripped.endswith(")") and "(" in stripped):
+            return key
+    return key.rpartition("(")[0]
 
 
-def load_rgb_image(image: Any, image_alpha: str = "drop", exif_transpose: bool = False) -> Any:
-    """An RGB PIL image from a path or a PIL image, as the official evaluation reads it.
+def load_rgb_image(image: Any, image_alpha: ImageAlpha = "drop", exif_transpose: bool = False,
+                   timeout: float | None = None) -> Any:
+    """An RGB PIL image from a path, an ``http(s)://`` URL or a PIL image, as the official evaluation reads it.
 
     Official (the defaults): ``Image.open(path).convert("RGB")``: the EXIF orientation is NOT applied and an
     alpha channel is dropped (the colours stored under transparent pixels stay). ``exif_transpose=True``
     rotates by the EXIF orientation first; ``image_alpha="white"`` composites a transparent image over white.
     Arrays and tensors are returned unchanged (the image processor takes them as they are).
+
+    transformers' ``image_utils.load_image`` always applies the EXIF orientation, so it cannot give the
+    official pixels; this is the one loader of the family (the ``t2i-alignment`` pipeline uses it too).
     """
-    if image_alpha not in IMAGE_ALPHA_MODES:
-        raise ValueError(f"image_alpha must be one of {IMAGE_ALPHA_MODES}, got {image_alpha!r}")
+    check_choice("image_alpha", image_alpha, IMAGE_ALPHA_MODES)
     if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file {path!r} does not exist; pass an image path or a PIL image")
-        with Image.open(path) as opened:
+        source = os.fspath(image)
+        if source.startswith(("http://", "https://")):
+            from huggingface_hub.utils import httpx  # the HTTP client transformers' load_image uses
+
+            response = httpx.get(source, timeout=timeout, follow_redirects=True)
+            response.raise_for_status()
+            opened = Image.open(io.BytesIO(response.content))
+        elif os.path.isfile(source):
+            opened = Image.open(source)
+        else:
+            raise FileNotFoundError(f"image file {source!r} does not exist; pass an image path, URL or PIL image")
+        with opened:
             opened.load()
             return load_rgb_image(opened, image_alpha, exif_transpose)
     if not isinstance(image, Image.Image):
@@ -138,7 +200,8 @@ def find_sublist(needle: Sequence[int], haystack: Sequence[int]) -> int:
 
 class EvalMuseAlignProcessor(ProcessorMixin):
     r"""
-    Image processor + BERT tokenizer + the official prompt cleaning and element matching.
+    Image processor + BERT tokenizer + the official prompt cleaning, and the post-processing of the model's
+    outputs into :class:`AlignmentResult` (with the official element matching).
 
     Args:
         image_processor (`BlipImageProcessorPil`): resize (bicubic), rescale, CLIP-normalise.
@@ -157,9 +220,11 @@ class EvalMuseAlignProcessor(ProcessorMixin):
 
     ```python
     >>> processor = EvalMuseAlignProcessor.from_pretrained("path/to/evalmuse-align")  # doctest: +SKIP
-    >>> batch = processor(images=[image], text=["A red cube."], elements=[["red cube (object)"]],
-    ...                   return_tensors="pt")  # doctest: +SKIP
-    >>> batch["element_mask"].shape  # (batch, elements, tokens)  # doctest: +SKIP
+    >>> inputs = processor(images=[image], text=["A red cube."], return_tensors="pt")  # doctest: +SKIP
+    >>> outputs = model(**inputs)  # doctest: +SKIP
+    >>> processor.post_process_alignment(outputs, inputs["input_ids"], inputs["attention_mask"],
+    ...                                  elements=[["red cube (object)"]])  # doctest: +SKIP
+    [AlignmentResult(overall=3.1, elements={'red cube (object)': 0.72}, unmatched_elements=[], ...)]
     ```
     """
 
@@ -169,15 +234,13 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         tokenizer=None,
         max_words: int = 50,
         max_text_length: int = 32,
-        element_key_rule: str = "official",
-        image_alpha: str = "drop",
+        element_key_rule: ElementKeyRule = "official",
+        image_alpha: ImageAlpha = "drop",
         exif_transpose: bool = False,
         **kwargs,
     ):
-        if element_key_rule not in ELEMENT_KEY_RULES:
-            raise ValueError(f"element_key_rule must be one of {ELEMENT_KEY_RULES}, got {element_key_rule!r}")
-        if image_alpha not in IMAGE_ALPHA_MODES:
-            raise ValueError(f"image_alpha must be one of {IMAGE_ALPHA_MODES}, got {image_alpha!r}")
+        check_choice("element_key_rule", element_key_rule, ELEMENT_KEY_RULES)
+        check_choice("image_alpha", image_alpha, IMAGE_ALPHA_MODES)
         self.max_words = max_words
         self.max_text_length = max_text_length
         self.element_key_rule = element_key_rule
@@ -223,9 +286,9 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         the phrase taken by this processor's ``element_key_rule``."""
         return self.tokenizer(element_phrase(key, self.element_key_rule)).input_ids[1:-1]
 
-    def load_image(self, image: Any) -> Any:
-        """A path or PIL image as an RGB PIL image, by this processor's ``image_alpha`` / ``exif_transpose``."""
-        return load_rgb_image(image, self.image_alpha, self.exif_transpose)
+    def load_image(self, image: Any, timeout: float | None = None) -> Any:
+        """A path, URL or PIL image as an RGB PIL image, by this processor's ``image_alpha`` / ``exif_transpose``."""
+        return load_rgb_image(image, self.image_alpha, self.exif_transpose, timeout=timeout)
 
     def match_elements(self, prompt_ids: Sequence[int], keys: Sequence[str]) -> list[tuple[int, int] | None]:
         """Token span ``(start, end)`` of each element in ``prompt_ids``, or `None` when not found."""
@@ -241,33 +304,30 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         self,
         images: Any = None,
         text: str | Sequence[str] | None = None,
-        elements: Sequence[Sequence[str] | None] | None = None,
         return_tensors: str | None = "pt",
         padding: bool | str = "longest",
         truncation: bool | None = None,
         max_length: int | None = None,
         clean_text: bool = True,
-        text_truncation: str | None = None,
+        text_truncation: TextTruncation | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Prepare a batch.
 
         Args:
-            images: PIL image(s) or path(s) (read by :meth:`load_image`).
+            images: PIL image(s), path(s) or URL(s) (read by :meth:`load_image`).
             text: prompt(s); cleaned with the official rule unless ``clean_text=False``.
-            elements: per prompt, a list of element keys ``"<phrase> (<category>)"`` (see ``element_key_rule``).
             padding, truncation, max_length: passed to the tokenizer. The official inference neither
                 truncates nor pads (one prompt at a time); padding to the longest prompt with an
                 attention mask gives the same scores. Training uses ``padding="max_length"``,
                 ``truncation=True``, ``max_length=32``.
             text_truncation: ``"eval"`` (no truncation: the official ``eval.py``) or ``"forward"``
                 (truncate to ``max_text_length`` tokens: the model's ``forward(inference=True)``); overrides
-                ``truncation`` / ``max_length``. Elements are located in the tokens the model gets.
+                ``truncation`` / ``max_length``.
 
         Returns:
-            `BatchFeature` with ``pixel_values``, ``input_ids``, ``attention_mask`` and, when elements are
-            given, ``element_mask`` `(batch, max_elements, length)` (1 on each found span),
-            ``element_found`` `(batch, max_elements)` (bool) and ``num_elements`` `(batch,)`.
+            `BatchFeature` with ``pixel_values``, ``input_ids`` and ``attention_mask``. Elements are scored
+            afterwards, in the tokens the model got, by :meth:`post_process_alignment`.
         """
         if images is None and text is None:
             raise ValueError("pass images, text, or both")
@@ -278,8 +338,7 @@ class EvalMuseAlignProcessor(ProcessorMixin):
                 raise ValueError("text must be a string or a list of strings")
             cleaned = [self.clean(t) if clean_text else t for t in texts]
             if text_truncation is not None:
-                if text_truncation not in TEXT_TRUNCATIONS:
-                    raise ValueError(f"text_truncation must be one of {TEXT_TRUNCATIONS}, got {text_truncation!r}")
+                check_choice("text_truncation", text_truncation, TEXT_TRUNCATIONS)
                 truncation = text_truncation == "forward"
                 max_length = self.max_text_length if truncation else None
             if padding == "max_length" and max_length is None:
@@ -293,47 +352,81 @@ class EvalMuseAlignProcessor(ProcessorMixin):
             )
             data["input_ids"] = encoding["input_ids"]
             data["attention_mask"] = encoding["attention_mask"]
-            if elements is not None:
-                if len(elements) != len(texts):
-                    raise ValueError(f"got {len(elements)} element lists for {len(texts)} prompts")
-                data.update(self._element_tensors(encoding, elements))
-        elif elements is not None:
-            raise ValueError("elements need the prompts (text=...)")
         if images is not None:
             image_list = images if isinstance(images, (list, tuple)) else [images]
             image_list = [self.load_image(image) for image in image_list]
-            pixel_values = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
-            data["pixel_values"] = pixel_values
+            data["pixel_values"] = self.image_processor(image_list, return_tensors="pt")["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _element_tensors(self, encoding, elements) -> dict[str, list]:
-        lengths = [sum(mask) for mask in encoding["attention_mask"]]
-        padded_length = len(encoding["input_ids"][0]) if encoding["input_ids"] else 0
-        max_elements = max([len(keys or []) for keys in elements] + [1])
-        element_mask, element_found, num_elements = [], [], []
+    # ------------------------------------------------------------------ post-processing
+    def post_process_alignment(
+        self,
+        outputs: Any,
+        input_ids: Any,
+        attention_mask: Any = None,
+        elements: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[AlignmentResult]:
+        """Turn the outputs of the ITM head into one :class:`AlignmentResult` per image.
+
+        ``overall`` is the model's ``alignment_score`` (mean P(match) of the query tokens x 4 + 1); each element
+        key is located by the official rule (see :meth:`match_elements`) in the prompt tokens the model got,
+        and scores the mean of their ``token_scores`` over its span; a key not found scores 0 and is listed in
+        ``unmatched_elements``.
+
+        Args:
+            outputs: the model's output (``EvalMuseAlignOutput`` of ``match_head="itm"``, or any mapping with
+                ``alignment_score`` `(batch,)` and ``token_scores`` `(batch, length)`).
+            input_ids: `(batch, length)`: the token ids the model got (from this processor).
+            attention_mask: `(batch, length)`: 1 on real tokens; left or right padding. Default: all real.
+            elements: per image, element keys ``"<phrase> (<category>)"`` (see ``element_key_rule``) or `None`.
+        """
+        alignment_score, token_scores = outputs.get("alignment_score"), outputs.get("token_scores")
+        if alignment_score is None or token_scores is None:
+            if outputs.get("itc_score") is not None:
+                raise ValueError(
+                    "these outputs come from the ITC head (match_head='itc'), which gives no alignment or element "
+                    "scores: read outputs.itc_score, or run the model with match_head='itm'"
+                )
+            raise ValueError("the outputs hold no alignment_score / token_scores: pass the model's ITM outputs")
+        input_ids = torch.as_tensor(input_ids).cpu()
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask).cpu()
+        token_scores = token_scores.detach().float().cpu()
+        overall = alignment_score.detach().float().cpu().tolist()
+        if not (input_ids.shape == attention_mask.shape == token_scores.shape):
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)}, attention_mask {tuple(attention_mask.shape)} and "
+                f"token_scores {tuple(token_scores.shape)} must have the same shape: pass the inputs the model got"
+            )
+        batch_size = len(overall)
+        if elements is None:
+            elements = [None] * batch_size
+        elif len(elements) != batch_size:
+            raise ValueError(f"got {len(elements)} element lists for {batch_size} prompts")
+        results = []
         for row, keys in enumerate(elements):
+            keep = attention_mask[row].bool()
+            ids, scores = input_ids[row][keep].tolist(), token_scores[row][keep]
             keys = list(keys or [])
-            ids = encoding["input_ids"][row][: lengths[row]] if self.tokenizer.padding_side == "right" else [
-                token for token, keep in zip(encoding["input_ids"][row], encoding["attention_mask"][row]) if keep
-            ]
-            offset = 0 if self.tokenizer.padding_side == "right" else padded_length - lengths[row]
-            spans = self.match_elements(ids, keys)
-            rows = []
-            for span in spans:
-                mask = [0] * padded_length
-                if span is not None:
-                    for position in range(span[0] + offset, span[1] + offset):
-                        mask[position] = 1
-                rows.append(mask)
-            rows += [[0] * padded_length for _ in range(max_elements - len(keys))]
-            element_mask.append(rows)
-            element_found.append([span is not None for span in spans] + [False] * (max_elements - len(keys)))
-            num_elements.append(len(keys))
-        return {"element_mask": element_mask, "element_found": element_found, "num_elements": num_elements}
+            element_scores, unmatched = {}, []
+            for key, span in zip(keys, self.match_elements(ids, keys)):
+                if span is None:
+                    element_scores[key] = 0.0
+                    unmatched.append(key)
+                else:
+                    element_scores[key] = float(scores[span[0] : span[1]].mean())
+            results.append(
+                AlignmentResult(
+                    overall=float(overall[row]),
+                    elements=element_scores,
+                    unmatched_elements=unmatched,
+                    token_scores=scores.tolist(),
+                )
+            )
+        return results
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["pixel_values", "input_ids", "attention_mask", "element_mask"]
+        return ["pixel_values", "input_ids", "attention_mask"]
 
 
 _IMAGE_PROCESSOR_FIELDS = (
@@ -361,87 +454,17 @@ def _pil_image_processor(image_processor):
     return BlipImageProcessorPil(**fields)
 
 
-# ---------------------------------------------------------------------- tiny, offline tokenizer
-#: Words of the synthetic EvalMuse prompts and common T2I vocabulary; anything else falls back to
-#: WordPiece characters, so every prompt tokenizes without [UNK].
-TINY_VOCAB_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "and", "or", "with", "without", "in", "on", "at", "to", "from", "by", "for",
-    "under", "over", "above", "below", "behind", "beside", "near", "next", "left", "right", "front",
-    "back", "top", "bottom", "middle", "center", "inside", "outside", "between", "among", "around",
-    "across", "into", "onto", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-    "ten", "zero", "single", "pair", "couple", "few", "many", "several", "some", "no", "red", "green",
-    "blue", "yellow", "orange", "purple", "pink", "brown", "black", "white", "gray", "grey", "golden",
-    "silver", "colorful", "dark", "light", "cube", "sphere", "ball", "cone", "cylinder", "pyramid",
-    "ring", "star", "circle", "square", "triangle", "rectangle", "heart", "box", "disk", "round",
-    "flat", "tall", "short", "big", "small", "large", "tiny", "huge", "long", "thin", "thick", "wooden",
-    "metal", "glass", "plastic", "stone", "paper", "cat", "dog", "bird", "horse", "cow", "fish",
-    "rabbit", "fox", "bear", "lion", "tiger", "elephant", "pig", "sheep", "duck", "owl", "mouse",
-    "monkey", "man", "woman", "boy", "girl", "child", "person", "people", "king", "queen", "robot",
-    "astronaut", "car", "bus", "bike", "boat", "plane", "train", "house", "tree", "flower", "apple",
-    "banana", "cake", "cup", "chair", "table", "book", "lamp", "clock", "hat", "shoe", "bag",
-    "umbrella", "guitar", "bottle", "bowl", "vase", "window", "door", "road", "river", "mountain",
-    "sky", "sea", "beach", "city", "forest", "garden", "street", "room", "kitchen", "field", "snow",
-    "rain", "sun", "moon", "cloud", "sitting", "standing", "running", "jumping", "flying", "eating",
-    "holding", "playing", "reading", "walking", "sleeping", "swimming", "is", "are", "was", "were",
-    "be", "has", "have", "made", "stands", "sits", "lies", "next", "photo", "image", "picture",
-    "painting", "drawing", "render", "style", "realistic", "cartoon", "anime", "oil", "watercolor",
-    "sketch", "digital", "art", "scene", "view", "close", "up",
-    "circles", "squares", "triangles", "stars", "houses", "trees", "apples", "waving", "striped", "checkered",
-    "night", "grass", "highly", "detailed", "trending", "artstation", "4k", "minimalism", "illustration",
-    "octane",
-)
-
-
-def build_tiny_tokenizer(words: Sequence[str] | None = None, save_directory: str | os.PathLike | None = None):
-    """A small uncased WordPiece ``BertTokenizer`` built offline (no download), for tests and demos.
-
-    The vocabulary holds BERT's special tokens, every lowercase letter, digit and ASCII punctuation
-    (plain and as ``##`` continuation) and ``words`` (default :data:`TINY_VOCAB_WORDS`); ``[DEC]`` is
-    added as BOS like FGA-BLIP2's tokenizer. Unknown words split into characters, never ``[UNK]``.
-
-    Example::
-
-        tokenizer = build_tiny_tokenizer()
-        tokenizer("a red cube").input_ids
-    """
-    import string
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    characters = list(string.ascii_lowercase + string.digits + string.punctuation)
-    tokens += characters + ["##" + c for c in string.ascii_lowercase + string.digits]
-    for word in TINY_VOCAB_WORDS if words is None else words:
-        word = word.lower().strip()
-        if word and word not in tokens:
-            tokens.append(word)
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, truncation_side="right")
-    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    if save_directory is not None:
-        tokenizer.save_pretrained(save_directory)
-    return tokenizer
-
-
-def build_tiny_processor(config: Any, words: Sequence[str] | None = None) -> EvalMuseAlignProcessor:
-    """:class:`EvalMuseAlignProcessor` for a (tiny) config with the offline tokenizer of
-    :func:`build_tiny_tokenizer`; raises if the tokenizer has more ids than the model's vocabulary."""
-    tokenizer = build_tiny_tokenizer(words)
-    if len(tokenizer) > config.qformer_config.vocab_size:
-        raise ValueError(
-            f"the tiny tokenizer has {len(tokenizer)} ids but the model's vocabulary has "
-            f"{config.qformer_config.vocab_size}; raise qformer_config.vocab_size or pass fewer words"
-        )
-    return EvalMuseAlignProcessor.from_config(config, tokenizer=tokenizer)
-
-
 __all__ = [
     "DEFAULT_TOKENIZER",
     "ELEMENT_KEY_RULES",
     "IMAGE_ALPHA_MODES",
     "TEXT_TRUNCATIONS",
-    "TINY_VOCAB_WORDS",
+    "AlignmentResult",
+    "ElementKeyRule",
     "EvalMuseAlignProcessor",
-    "build_tiny_processor",
-    "build_tiny_tokenizer",
+    "ImageAlpha",
+    "TextTruncation",
+    "check_choice",
     "clean_prompt",
     "element_phrase",
     "find_sublist",
