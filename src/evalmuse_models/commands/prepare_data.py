@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(img_0001.png): a CSV with the columns img_path,generator or a JSON object "
                         "{img_path: generator}. Listed images take its generator; the others keep the folder of "
                         "their img_path, or none (unknown) when the path is flat")
+    parser.add_argument("--holdout-generators", metavar="A,B", default=None,
+                        help="alignment generators to hold out (comma-separated): every image of theirs, from every "
+                        "split, goes to a test_unseen split (with its official truth), and "
+                        "OUT_DIR/official/alignment/holdout.json marks each one prompt_seen or prompt_unseen (its "
+                        "prompt is or is not in the train split), for evalmuse eval alignment --by seen/unseen")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave invalid records out (listed in OUT_DIR/skipped_records.jsonl) instead of "
                         "stopping at the first one")
@@ -81,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         resume=not args.no_resume,
         card_template=args.card_template,
         generator_map=args.generator_map,
+        holdout_generators=args.holdout_generators,
         official_truth=False if args.no_official_truth else True if args.official_truth_train else OFFICIAL_TRUTH_SPLITS,
     )
     for config, splits in result.num_rows.items():
@@ -89,6 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     for splits in result.official_truth.values():
         for path in splits.values():
             print(f"official truth: {path}")
+    if result.holdout_manifest is not None:
+        print(f"held-out generators: {result.holdout_manifest}")
     if args.skip_invalid:
         print(f"skipped {len(result.skipped)} invalid record(s)"
               + (f"; reasons in {result.skipped_report}" if result.skipped_report else ""))

@@ -26,7 +26,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from .alignment import (
 )
 from .errors import InvalidValue, RecordError, SkippedRecord, write_skipped_report
 from .masks import TRUTH_SIZE, truth_maps
+from .splits import HOLDOUT_MANIFEST, HOLDOUT_SPLIT, parse_generator_list, split_by_generator
 from .structure import StructureRecord, find_structure_files, load_structure_records, resolve_images
 
 CONFIG_NAMES = ("alignment", "structure")
@@ -110,6 +111,8 @@ class PreparedDataset:
     skipped_report: Path | None = None
     #: config -> split -> the official truth file (``eval.json`` / ``gt.pkl``) of each labelled split
     official_truth: dict[str, dict[str, Path]] = field(default_factory=dict)
+    #: the held-out generators' manifest (``official/alignment/holdout.json``), with ``holdout_generators``
+    holdout_manifest: Path | None = None
 
     @property
     def num_records(self) -> int:
@@ -478,14 +481,25 @@ def write_official_truth(config: str, records, path, *, min_votes: int = 1, num_
     return writer(truth, path)
 
 
-def _write_split_truth(config: str, split: str, records: list, state: dict, folder: Path, *, min_votes: int,
-                       num_workers: int) -> str | None:
-    """Write the truth file of one written split when every record written is labelled; its path
-    relative to ``folder`` (the dataset folder being built), or None."""
+def _written(records: list, state: dict) -> list:
+    """The records of a split that were written (not skipped as invalid)."""
     dropped = {(item["file"], item["record"]) for item in state.get("skipped", [])}
-    written = [r for r in records if (r.source, r.record_id) not in dropped]
+    return [r for r in records if (r.source, r.record_id) not in dropped]
+
+
+def _write_split_truth(config: str, split: str, records: list, state: dict, folder: Path, *, min_votes: int,
+                       num_workers: int, labelled_only: bool = False) -> str | None:
+    """Write the truth file of one written split when every record written is labelled (with
+    ``labelled_only``: of its labelled records, when it has any); its path relative to ``folder`` (the
+    dataset folder being built), or None."""
+    written = _written(records, state)
     labelled = sum(_has_label(config, r) for r in written)
-    if not written or labelled < len(written):
+    if labelled_only and labelled:
+        if labelled < len(written):
+            print(f"note: {config}/{split}: the official truth file holds the {labelled} labelled records of "
+                  f"{len(written)} (the others come from an unlabelled split)", file=sys.stderr)
+        written = [r for r in written if _has_label(config, r)]
+    elif not written or labelled < len(written):
         if labelled:
             print(f"note: {config}/{split}: {len(written) - labelled} of {len(written)} records have no label; no "
                   "official truth file is written for this split", file=sys.stderr)
@@ -561,6 +575,7 @@ def prepare_dataset(
     resume: bool = True,
     generator_map=None,
     official_truth: bool | Sequence[str] = OFFICIAL_TRUTH_SPLITS,
+    holdout_generators: str | Sequence[str] | None = None,
 ) -> PreparedDataset:
     """Parse raw EvalMuse releases and write a Hub-ready dataset folder.
 
@@ -603,6 +618,12 @@ def prepare_dataset(
             structure masks use ``mask_min_votes``), for ``evalmuse eval ... --truth``. Default:
             the evaluation splits (``validation``, ``test``); ``True`` adds ``train`` (a ``gt.pkl``
             takes 256 KiB per image: 2.6 GB for the 10,000 training images); ``False`` none.
+        holdout_generators: alignment generators to hold out (a list or ``"A,B"``): every image of
+            theirs, from every split, goes to a ``test_unseen`` split instead (see
+            :func:`~evalmuse_models.data.splits.split_by_generator`), whose official truth (its
+            labelled records) is written unless ``official_truth`` is ``False``, and
+            ``official/alignment/holdout.json`` marks each of its images ``prompt_seen`` (its prompt is
+            in the train split) or ``prompt_unseen``, for ``evalmuse eval alignment --by seen/unseen``.
 
     Returns:
         A :class:`PreparedDataset` with the rows written per config and split, the skipped
@@ -647,6 +668,11 @@ def prepare_dataset(
                              "folder (--alignment) too")
     if generator_map is not None:
         generator_map = read_generator_map(generator_map)
+    if holdout_generators is not None:
+        if alignment_dir is None:
+            raise UserInputError("held-out generators are alignment generators; give an alignment release folder "
+                                 "(--alignment) too (EvalMuse-Structure images have no generator)")
+        holdout_generators = parse_generator_list(holdout_generators)
 
     # Parse every JSON file first: bad records are reported before any image is read.
     skipped: list[SkippedRecord] = []
@@ -676,13 +702,17 @@ def prepare_dataset(
                          lambda r: structure_row(r, mask_min_votes=mask_min_votes), features))
     for config, field_name in (("alignment", "img_path"), ("structure", "<key>")):
         _one_split_per_image([job[1:4] for job in jobs if job[0] == config], field_name, skip_invalid, skipped)
+    manifest = None
+    if holdout_generators:
+        jobs, manifest = _hold_out(jobs, holdout_generators)
 
     fingerprint = _fingerprint(
         [(config, split, path) for config, split, path, *_ in jobs],
         {"skip_invalid": skip_invalid, "num_shards": num_shards, "max_bytes": max_bytes,
          "mask_min_votes": mask_min_votes,
          "official_truth": official_truth if isinstance(official_truth, bool) else sorted(official_truth),
-         "generator_map": sorted(generator_map.items()) if generator_map else None},
+         "generator_map": sorted(generator_map.items()) if generator_map else None,
+         "holdout_generators": list(holdout_generators or ())},
     )
     staging = _Staging(out_dir, fingerprint, resume=resume)
     result = PreparedDataset(path=out_dir, skipped=skipped)
@@ -713,13 +743,20 @@ def prepare_dataset(
                 continue
             result.num_rows.setdefault(config, {})[split] = num_rows
             data_files.setdefault(config, {})[split] = f"{config}/{split}-*.parquet"
-            if official_truth is True or (official_truth and split in official_truth):
+            held_out = manifest is not None and config == "alignment" and split == HOLDOUT_SPLIT
+            if official_truth is True or (official_truth and (split in official_truth or held_out)):
                 if "truth" not in state:
                     state["truth"] = _write_split_truth(config, split, records, state, tmp,
-                                                        min_votes=mask_min_votes, num_workers=num_workers)
+                                                        min_votes=mask_min_votes, num_workers=num_workers,
+                                                        labelled_only=held_out)
                     staging.save()
                 if state["truth"]:
                     result.official_truth.setdefault(config, {})[split] = out_dir / state["truth"]
+            if held_out:
+                written = {r.img_path for r in _written(records, state)}
+                manifest = replace(manifest, images={p: mark for p, mark in manifest.images.items() if p in written})
+                manifest.write(tmp / HOLDOUT_MANIFEST)
+                result.holdout_manifest = out_dir / HOLDOUT_MANIFEST
             info = infos.setdefault(config, DatasetInfo(config_name=config, features=features, splits=SplitDict()))
             info.splits.add(SplitInfo(name=split, num_bytes=sum(s["bytes"] for s in state["shards"]),
                                       num_examples=num_rows))
@@ -745,6 +782,19 @@ def prepare_dataset(
     if skipped:
         result.skipped_report = out_dir / SKIPPED_REPORT_NAME
     return result
+
+
+def _hold_out(jobs: list, holdout_generators: Sequence[str]):
+    """The jobs with the held-out generators' alignment records moved into a ``test_unseen`` job
+    (after the other alignment splits), and the :class:`~evalmuse_models.data.splits.HoldoutManifest`."""
+    alignment = [job for job in jobs if job[0] == "alignment"]
+    held = split_by_generator({split: records for _, split, _, records, *_ in alignment}, holdout_generators)
+    for _, split, _, records, *_ in alignment:
+        records[:] = held.splits[split]
+    _, _, first_path, _, make_row, features = alignment[0]
+    at = jobs.index(alignment[-1]) + 1
+    unseen = ("alignment", HOLDOUT_SPLIT, first_path, held.splits[HOLDOUT_SPLIT], make_row, features)
+    return [*jobs[:at], unseen, *jobs[at:]], held.manifest
 
 
 def _one_split_per_image(splits: list[tuple[str, Path, list]], field_name: str, skip_invalid: bool,

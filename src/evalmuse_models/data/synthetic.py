@@ -87,6 +87,13 @@ DEFAULT_GENERATORS = {
     "PixelForge-Base": (0.62, 176),
     "PixelForge-Lite": (0.42, 128),
 }
+#: A fifth generator with a style of its own (pastel colours, soft edges), for held-out-generator
+#: experiments: ``write_alignment_release(..., holdout_generator=True)`` adds it, and
+#: ``prepare-data --holdout-generators PixelForge-Pastel`` keeps it out of training.
+#: name -> (skill, image side, style)
+HOLDOUT_GENERATOR = {"PixelForge-Pastel": (0.8, 144, "pastel")}
+#: Drawing styles a generator may have (the third field of its spec).
+STYLES = ("plain", "pastel")
 
 
 @dataclass
@@ -341,6 +348,17 @@ def _place(rng, box, r, placed: list[tuple[float, float, float]]) -> tuple[float
     return best
 
 
+def _apply_style(image, style: str):
+    """A generator's look: ``plain`` as drawn; ``pastel`` washed towards white (40 %) with soft edges,
+    so colours stay recognisable but unlike those of the other generators."""
+    if style == "plain":
+        return image
+    from PIL import Image, ImageFilter
+
+    washed = Image.blend(image, Image.new("RGB", image.size, (255, 250, 245)), 0.4)
+    return washed.filter(ImageFilter.GaussianBlur(radius=max(0.6, image.size[0] / 200)))
+
+
 def _render_alignment_image(prompt: _Prompt, correct: dict[int, bool], side: int, rng: np.random.Generator):
     """Draw ``prompt``; element ``i`` of ``prompt.elements`` is drawn right iff ``correct[i]``."""
     wrong: dict[int | None, set[str]] = {}  # id(object) (None: the scene) -> kinds drawn wrong
@@ -447,6 +465,7 @@ def write_alignment_release(
     extra_image_rate: float = 0.12,
     progress: bool = False,
     quirks: bool = False,
+    holdout_generator: bool = False,
 ) -> dict[str, int]:
     """Write a synthetic EvalMuse-40K release into ``out_dir``.
 
@@ -461,8 +480,9 @@ def write_alignment_release(
             replaced).
         num_prompts: prompts; every generator draws each of them once (sometimes more).
         seed: everything is deterministic given the seed.
-        generators: ``{name: (skill, image side)}``; skill is the probability of drawing an
-            element right. Default: four generators of clearly different quality.
+        generators: ``{name: (skill, image side)}`` or ``{name: (skill, image side, style)}``;
+            skill is the probability of drawing an element right, style one of :data:`STYLES`
+            (default ``"plain"``). Default: four generators of clearly different quality.
         val_fraction, test_fraction: prompts going to the validation and test splits.
         extra_image_rate: probability of an ``_1`` extra image per (prompt, generator).
         quirks: write the quirks of the real files (the images and labels are the same):
@@ -473,6 +493,9 @@ def write_alignment_release(
             ``img_0001.png`` paths (the generator is unknown), ``prompt_id`` ``"val_0001"``,
             averaged confidence flags, ``fidelity_label`` ``[]`` or ``["非真实场景"]``, and
             ``val_generators.csv`` (``img_path,generator``) for ``--generator-map``.
+        holdout_generator: add :data:`HOLDOUT_GENERATOR` (``PixelForge-Pastel``, pastel colours and
+            soft edges) after the others, to be held out with ``prepare-data --holdout-generators
+            PixelForge-Pastel``. The other generators' images and labels do not change.
 
     Returns:
         Records written per split.
@@ -484,7 +507,13 @@ def write_alignment_release(
         raise ValueError(f"num_prompts must be at least 1, got {num_prompts}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    generators = generators or DEFAULT_GENERATORS
+    generators = dict(generators or DEFAULT_GENERATORS)
+    if holdout_generator:
+        generators.update(HOLDOUT_GENERATOR)
+    for name, spec in generators.items():
+        if len(spec) not in (2, 3) or (len(spec) == 3 and spec[2] not in STYLES):
+            raise ValueError(f"generator {name!r}: expected (skill, side) or (skill, side, style) with a style in "
+                             f"{STYLES}, got {spec!r}")
     rng = np.random.default_rng([seed, 1])
     splits = _split_indices(num_prompts, rng, val_fraction, test_fraction)
     records = {"train": [], "validation": [], "test": []}
@@ -497,7 +526,7 @@ def write_alignment_release(
         prompt_id = f"{p:05d}"
         split = splits[p]
         num_elements = len(prompt.elements)
-        for g, (generator, (skill, side)) in enumerate(generators.items()):
+        for g, (generator, (skill, side, *style)) in enumerate(generators.items()):
             suffixes = [""]
             if prng.random() < extra_image_rate:
                 suffixes.append("_1")
@@ -511,6 +540,7 @@ def write_alignment_release(
                     for i, (_, category, _) in enumerate(prompt.elements)
                 }
                 image = _render_alignment_image(prompt, correct, side, irng)
+                image = _apply_style(image, style[0] if style else "plain")
                 img_path = f"{generator}/{prompt_id}{suffix}.png"
                 if quirks and split == "validation":
                     img_path = f"img_{len(records['validation']) + 1:04d}.png"
