@@ -1,5 +1,9 @@
 """``evalmuse eval alignment|structure``: score a submission against the truth with the official
-NTIRE 2025 scores, or (``--codalab INPUT_DIR OUTPUT_DIR``) act as the Codalab scoring program."""
+NTIRE 2025 scores, or (``--codalab INPUT_DIR OUTPUT_DIR``) act as the Codalab scoring program.
+
+``evalmuse eval alignment --by seen/unseen`` scores the images of generators seen in training and
+those of held-out generators (``prepare-data --holdout-generators``) separately and prints the
+generalisation gap, with bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    common.add_argument("--n-resamples", type=int, default=0, help="bootstrap resamples for confidence intervals")
+    common.add_argument("--n-resamples", type=int, default=None,
+                        help="bootstrap resamples for confidence intervals (default: 0, none; 1000 with --by)")
     common.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     common.add_argument(
         "--codalab",
@@ -36,10 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parents=[common],
         help="track 1: Main Score = 0.25 SRCC + 0.25 PLCC + 0.5 ACC",
         description="Score an alignment submission. Examples: evalmuse eval alignment --truth eval.json "
-        "--submission output.json; evalmuse eval alignment --codalab INPUT_DIR OUTPUT_DIR",
+        "--submission output.json; evalmuse eval alignment --codalab INPUT_DIR OUTPUT_DIR; the generalisation "
+        "gap of a dataset prepared with --holdout-generators: evalmuse eval alignment --by seen/unseen --truth "
+        "DATA/official/alignment/test/eval.json DATA/official/alignment/test_unseen/eval.json --submission "
+        "test/output.json unseen/output.json",
     )
-    align.add_argument("--truth", help="truth file eval.json")
-    align.add_argument("--submission", help="output.json or submission.zip")
+    align.add_argument("--truth", nargs="+", metavar="FILE",
+                       help="truth file eval.json (with --by seen/unseen: one or more, pooled)")
+    align.add_argument("--submission", nargs="+", metavar="FILE",
+                       help="output.json or submission.zip (with --by seen/unseen: one or more, pooled)")
     align.add_argument(
         "--plcc-direction",
         choices=("official", "standard"),
@@ -47,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="official: the released script (fit true -> submitted); standard: fit submitted -> true",
     )
     align.add_argument("--breakdown", action="store_true", help="add per-category ACC and per-generator scores")
+    align.add_argument("--by", choices=("seen/unseen",),
+                       help="seen/unseen: score the images of the generators seen in training and those of the "
+                       "held-out generators (and among these, prompts seen or not in training) separately, and print "
+                       "the gaps with bootstrap intervals; the held-out images are those of the holdout manifest")
+    align.add_argument("--holdout", metavar="FILE",
+                       help="holdout manifest written by prepare-data --holdout-generators (default: "
+                       "official/alignment/holdout.json of the dataset the truth files are in)")
     align.add_argument(
         "--generator-map",
         metavar="FILE",
@@ -139,19 +156,62 @@ def _run_codalab(args: argparse.Namespace, track: str) -> int:
 
 def _run_alignment(args: argparse.Namespace) -> int:
     from ..metrics import score_alignment_files
+    from ..utils import UserInputError
 
-    if _inputs(args, "alignment", ("plcc_direction", "breakdown", "generator_map", "n_resamples")):
+    if _inputs(args, "alignment", ("plcc_direction", "breakdown", "generator_map", "n_resamples", "by", "holdout")):
         return _run_codalab(args, "alignment")
+    if args.by == "seen/unseen":
+        return _run_seen_unseen(args)
+    if args.holdout:
+        raise UserInputError("--holdout names the held-out images for --by seen/unseen; add --by seen/unseen")
+    if len(args.truth) > 1 or len(args.submission) > 1:
+        raise UserInputError("give one --truth and one --submission (several are pooled only with --by seen/unseen)")
     result = score_alignment_files(
-        args.truth,
-        args.submission,
+        args.truth[0],
+        args.submission[0],
         breakdown=args.breakdown,
         generator_map=args.generator_map,
         plcc_direction=args.plcc_direction,
-        n_resamples=args.n_resamples,
+        n_resamples=args.n_resamples or 0,
         seed=args.seed,
     )
     _print(result, _ALIGNMENT_KEYS, args.json)
+    return 0
+
+
+def _holdout_manifest(args: argparse.Namespace):
+    """The --holdout file, else ``official/alignment/holdout.json`` of the dataset folder holding
+    the truth files (``DATA/official/alignment/<split>/eval.json``)."""
+    from pathlib import Path
+
+    from ..data.splits import HOLDOUT_MANIFEST
+    from ..utils import UserInputError
+
+    if args.holdout:
+        return args.holdout
+    found = {Path(truth).resolve().parent.parent / Path(HOLDOUT_MANIFEST).name for truth in args.truth}
+    found = sorted(path for path in found if path.is_file())
+    if len(found) != 1:
+        raise UserInputError(
+            "--by seen/unseen needs the holdout manifest that prepare-data --holdout-generators writes "
+            f"(DATA/{HOLDOUT_MANIFEST}); " + ("none is beside the truth files" if not found else
+                                             f"the truth files are beside several ({', '.join(map(str, found))})")
+            + "; give it with --holdout FILE")
+    return found[0]
+
+
+def _run_seen_unseen(args: argparse.Namespace) -> int:
+    from ..analysis import format_generalisation, generalisation_gap_files
+    from ..utils import UserInputError
+
+    if args.breakdown or args.generator_map:
+        raise UserInputError("--by seen/unseen reports groups of images, not the per-category and per-generator "
+                             "breakdown; drop --breakdown / --generator-map")
+    result = generalisation_gap_files(
+        args.truth, args.submission, _holdout_manifest(args), plcc_direction=args.plcc_direction,
+        n_resamples=1000 if args.n_resamples is None else args.n_resamples, seed=args.seed,
+    )
+    print(_json(result) if args.json else format_generalisation(result))
     return 0
 
 
@@ -164,7 +224,7 @@ def _run_structure(args: argparse.Namespace) -> int:
         args.truth,
         args.submission,
         iou_threshold=args.iou_threshold,
-        n_resamples=args.n_resamples,
+        n_resamples=args.n_resamples or 0,
         seed=args.seed,
     )
     _print(result, _STRUCTURE_KEYS, args.json)
