@@ -517,3 +517,108 @@ def test_axis_titles_on_every_plot(mixed_report, tmp_path):
     assert titles["Mean alignment per generator"] == ("mean alignment score (1–5)", "generator")
     assert titles["Alignment score (1–5)"] == ("alignment score (1–5), bins of 0.2", "images")
     assert titles["Element probabilities"] == ("element presence probability (0–1), bins of 0.05", "elements")
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis sections (--analysis FILE)
+
+
+@pytest.fixture(scope="module")
+def analyses(tmp_path_factory):
+    """The JSON of a weights analysis (three alignment submissions) and of a generalisation gap."""
+    from test_analysis_weights import _alignment_files
+
+    from evalmuse_models.analysis import AlignmentParts, analyze_weights, generalisation_gap
+
+    tmp = tmp_path_factory.mktemp("analyses")
+    truth, subs = _alignment_files(tmp, n=24)
+    weights = analyze_weights(truth, subs, n_resamples=8)
+    rng = np.random.default_rng(4)
+    n = 30
+    ref = rng.uniform(1, 5, n)
+    noise = np.where(np.arange(n) < 16, 0.4, 1.6)  # the held-out images are scored worse
+    parts = AlignmentParts.from_arrays(ref + rng.normal(0, noise), ref, [[0.8, 0.3]] * n, [[1.0, 0.0]] * n)
+    subsets = ["seen"] * 16 + ["unseen_prompt_seen"] * 8 + ["unseen_prompt_unseen"] * 6
+    gap = generalisation_gap(parts, subsets, n_resamples=10, holdout_generators=["Held-Out"])
+    paths = {}
+    for name, data in (("weights", weights), ("generalisation", gap)):
+        paths[name] = tmp / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    return paths
+
+
+def test_analysis_sections(analyses, tmp_path):
+    from evalmuse_models.report.builder import PALETTE
+
+    index = build_report(None, tmp_path / "report", analyses=[analyses["weights"], analyses["generalisation"]],
+                         progress=False)
+    page = index.read_text()
+    weights = json.loads(analyses["weights"].read_text())
+    gap = json.loads(analyses["generalisation"].read_text())
+    assert 'id="analysis-weights"' in page and 'id="analysis-generalisation"' in page
+    assert 'id="images"' not in page and 'id="leaderboard-section"' not in page  # no results: analyses only
+    for name in ("weights", "generalisation"):
+        assert json.loads((tmp_path / "report" / f"analysis_{name}.json").read_text()) == json.loads(
+            analyses[name].read_text())
+
+    # One simplex cell per grid weighting, coloured by the system it ranks first.
+    official = weights["official_ranking"]
+    cells = re.findall(r'<path class="cell" d="[^"]+" fill="([^"]+)" stroke="[^"]+" stroke-width="[^"]+" '
+                       r'data-winner="([^"]+)"', page)
+    grid = [w for w in weights["weightings"] if w["name"] is None]
+    assert len(cells) == len(grid) == 231
+    assert [winner for _, winner in cells] == [w["ranking"][0] for w in grid]
+    assert all(fill == PALETTE[official.index(winner)] for fill, winner in cells)
+    assert page.count('<line class="tie"') == len(weights["rank_flips"]) > 0
+    for name in official:
+        for p in weights["bootstrap"][name]["rank_probabilities"]:
+            assert f'data-value="{p}"' in page
+    named = [w for w in weights["weightings"] if w["name"]]
+    for w in named:
+        assert " &gt; ".join(w["ranking"]) in page
+
+    # The generalisation table: every group and gap with its value.
+    for entry in gap["groups"].values():
+        assert f'{entry["main_score"]:.4f}' in page
+    assert f'{gap["gaps"]["generator"]["values"]["main_score"]:+.4f}' in page
+    assert "Held-Out" in page
+
+
+def test_analysis_sections_beside_results_and_errors(analyses, results, tmp_path, capsys):
+    out = tmp_path / "both"
+    assert main(["report", str(results), "--analysis", str(analyses["weights"]), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert 'id="leaderboard-section"' in page and 'id="analysis-weights"' in page and 'id="images"' in page
+
+    assert main(["report", "--out", str(tmp_path / "none")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"systems": {}}))
+    assert main(["report", "--analysis", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    assert "bad.json: not an analysis" in capsys.readouterr().err
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"analysis": "weights", "systems": {}}))
+    with pytest.raises(UserInputError, match="partial.json: a 'weights' analysis without track"):
+        build_report(None, tmp_path / "partial", analyses=[partial], progress=False)
+
+
+def test_analysis_plots_in_a_headless_browser(analyses, tmp_path):
+    index = build_report(None, tmp_path / "report", analyses=[analyses["weights"], analyses["generalisation"]],
+                         progress=False)
+    found = run_probe(tmp_path, index, """
+      done(Array.prototype.map.call(document.querySelectorAll('section.analysis svg.chart'), function (svg) {
+        var box = svg.getBoundingClientRect();
+        var inside = Array.prototype.every.call(svg.querySelectorAll('text'), function (t) {
+          var r = t.getBoundingClientRect();
+          return r.width > 0 && r.left >= box.left - 0.5 && r.right <= box.right + 0.5 &&
+            r.top >= box.top - 0.5 && r.bottom <= box.bottom + 0.5;
+        });
+        var cells = svg.querySelectorAll('path.cell');
+        var shown = Array.prototype.filter.call(cells, function (c) { return c.getBoundingClientRect().width > 0; });
+        return {plot: svg.closest('.plot').querySelector('h3').textContent, texts_inside: inside,
+                x_title: !!svg.querySelector('.axis-title.x'), cells: shown.length, width: box.width};
+      }));""")
+    assert [p["plot"] for p in found] == ["Which system each weighting ranks first", "Scores by group", "Gaps"]
+    for plot in found:
+        assert plot["texts_inside"] and plot["x_title"] and plot["width"] > 300, plot
+    assert found[0]["cells"] == 231

@@ -22,6 +22,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from string import Template
 from typing import Any
@@ -332,6 +333,330 @@ def legend_html(names: list[str]) -> str:
     items = "".join(f'<li><i style="background:{PALETTE[i % len(PALETTE)]}"></i>{_esc(name)}</li>'
                     for i, name in enumerate(names))
     return f'<ul class="legend">{items}</ul>'
+
+
+def svg_simplex(weightings: list[dict], order: list[str], parts: list[str], part_labels: list[str], *,
+                official: dict[str, float], named: list[dict] = (), ties: list[dict] = (), title: str,
+                uid: str = "simplex", width: int = 440) -> str:
+    """The simplex of score weights as a triangle: every grid weighting (``weightings``, each with
+    ``weights`` and ``ranking``) is a hexagonal cell coloured by the system it ranks first (colours
+    in the order of ``order``, as :func:`legend_html` lists them), each vertex the weighting that
+    puts everything on one part. Marked on it: the official weights, the ``named`` weightings and,
+    dashed, the ``ties`` (each ``{"ahead", "behind", "part_differences"}``): the line where the two
+    systems score the same. ``uid`` keeps the clip path's id unique in the page."""
+    margin_x, top, bottom = 40, 30, 48
+    side = width - 2 * margin_x
+    height = int(top + side * math.sqrt(3) / 2 + bottom)
+    corners = np.array([[margin_x, top + side * math.sqrt(3) / 2], [margin_x + side, top + side * math.sqrt(3) / 2],
+                        [margin_x + side / 2, top]])  # parts[0] bottom left, parts[1] bottom right, parts[2] top
+
+    def point(weights: dict | list) -> np.ndarray:
+        w = np.asarray([weights[p] for p in parts] if isinstance(weights, dict) else weights, dtype=np.float64)
+        return w @ corners
+
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(order)}
+    grid = [w for w in weightings if w.get("name") is None]
+    step = min((w["weights"][p] for w in grid for p in parts if w["weights"][p] > 0), default=1.0)
+    radius = side * step / math.sqrt(3)
+    hexagon = [(radius * math.cos(math.radians(30 + 60 * k)), radius * math.sin(math.radians(30 + 60 * k)))
+               for k in range(6)]
+    triangle = " ".join(f"{x:.1f},{y:.1f}" for x, y in corners)
+    svg = [_svg_open(width, height, title),
+           f'<defs><clipPath id="{_esc(uid)}-clip"><polygon points="{triangle}"/></clipPath></defs>',
+           f'<g clip-path="url(#{_esc(uid)}-clip)">']
+    for w in grid:
+        cx, cy = point(w["weights"])
+        colour = colours.get(w["ranking"][0], "#999")
+        d = "M" + "L".join(f"{cx + dx:.1f} {cy + dy:.1f}" for dx, dy in hexagon) + "Z"
+        label = ", ".join(f"{lb} {w['weights'][p]:.2f}" for p, lb in zip(parts, part_labels))
+        svg.append(f'<path class="cell" d="{d}" fill="{colour}" stroke="{colour}" stroke-width="0.6" '
+                   f'data-winner="{_esc(w["ranking"][0])}"><title>{_esc(label)}: '
+                   f'{_esc(" > ".join(w["ranking"]))}</title></path>')
+    svg.append("</g>")
+    svg.append(f'<polygon points="{triangle}" fill="none" stroke="#555" stroke-width="1.2"/>')
+    for tie in ties:
+        ends = _tie_segment([tie["part_differences"][p] for p in parts])
+        if ends is None:
+            continue
+        (x0, y0), (x1, y1) = (e @ corners for e in ends)
+        svg.append(f'<line class="tie" x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="#222" '
+                   f'stroke-width="1.3" stroke-dasharray="5 3"><title>{_esc(tie["ahead"])} and {_esc(tie["behind"])} '
+                   f'tie on this line</title></line>')
+    offsets = [(0, 18, "middle"), (0, 18, "middle"), (0, -10, "middle")]
+    for (x, y), label, (dx, dy, anchor) in zip(corners, part_labels, offsets):
+        svg.append(f'<text class="axis-title" x="{x + dx:.1f}" y="{y + dy:.1f}" font-size="12" '
+                   f'text-anchor="{anchor}">{_esc(label)} = 1</text>')
+    for entry in named:
+        if entry.get("name") in (None, "official"):
+            continue
+        x, y = point(entry["weights"])
+        svg.append(f'<g class="named"><title>{_esc(entry["name"])}: {_esc(" > ".join(entry["ranking"]))}</title>'
+                   f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="#fff" stroke="#222" '
+                   f'stroke-width="1.5" transform="rotate(45 {x:.1f} {y:.1f})"/></g>')
+    x, y = point(official)
+    svg.append(f'<g class="official"><title>official weights</title><circle cx="{x:.1f}" cy="{y:.1f}" r="6" '
+               f'fill="#fff" stroke="#000" stroke-width="2.2"/><text x="{x + 9:.1f}" y="{y + 4:.1f}" font-size="12" '
+               f'font-weight="600">official</text></g>')
+    svg.append(f'<text class="axis-title x" x="{width / 2:.1f}" y="{height - 6}" font-size="12" text-anchor="middle">'
+               f'weights of {_esc(", ".join(part_labels))} (each point sums to 1)</text>')
+    svg.append("</svg>")
+    return "".join(svg)
+
+
+def _tie_segment(delta: list[float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two ends, as weightings, of the segment of the simplex where ``w · delta = 0``, or ``None``."""
+    d = np.asarray(delta, dtype=np.float64)
+    ends = []
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        if d[i] * d[j] > 0 or d[i] == d[j]:
+            continue
+        w = np.zeros(3)
+        w[i], w[j] = d[j] / (d[j] - d[i]), -d[i] / (d[j] - d[i])
+        if not any(np.allclose(w, e) for e in ends):
+            ends.append(w)
+    return (ends[0], ends[1]) if len(ends) == 2 else None
+
+
+def svg_intervals(rows: list[str], series: dict[str, list[tuple[float, float | None, float | None] | None]], *,
+                  title: str, vmin: float, vmax: float, x_title: str, y_title: str = "",
+                  width: int = 460, zero_line: bool = False) -> str:
+    """Dot-and-whisker chart: for each of ``rows`` (e.g. the score parts), one dot per series (its
+    value) with a whisker (its interval, when given); colours in series order, as :func:`legend_html`
+    lists them. ``None`` leaves a series out of a row."""
+    size, band = 12, 12 * max(1, len(series)) + 14
+    label_px = min(max([text_width(r, size) for r in rows] + [30]), 140.0)
+    left, right, top = 22 + label_px + 8, 20, 8
+    plot_h = band * len(rows)
+    height = top + plot_h + 46
+    plot_w = width - left - right
+    span = (vmax - vmin) or 1.0
+    axis_y = top + plot_h
+
+    def x_of(v: float) -> float:
+        return left + plot_w * (min(max(v, vmin), vmax) - vmin) / span
+
+    parts = [_svg_open(width, height, title)]
+    for r, row in enumerate(rows):
+        y0 = top + r * band
+        if r:
+            parts.append(f'<line x1="{left}" y1="{y0:.1f}" x2="{left + plot_w}" y2="{y0:.1f}" stroke="#eee"/>')
+        parts.append(f'<text class="label" x="{left - 8:.1f}" y="{y0 + band / 2 + 4:.1f}" font-size="{size}" '
+                     f'text-anchor="end">{_esc(row)}</text>')
+        for s_index, (name, values) in enumerate(series.items()):
+            entry = values[r] if r < len(values) else None
+            if entry is None or entry[0] is None:
+                continue
+            value, lo, hi = entry
+            y = y0 + 7 + s_index * 12 + 6
+            colour = PALETTE[s_index % len(PALETTE)]
+            tip = f"{name} · {row}: {_fmt(value, 4)}" + (f" [{_fmt(lo, 4)}, {_fmt(hi, 4)}]" if lo is not None else "")
+            whisker = (f'<line x1="{x_of(lo):.1f}" y1="{y:.1f}" x2="{x_of(hi):.1f}" y2="{y:.1f}" stroke="{colour}" '
+                       'stroke-width="2"/>' if lo is not None and hi is not None else "")
+            parts.append(f'<g class="interval"><title>{_esc(tip)}</title>{whisker}<circle cx="{x_of(value):.1f}" '
+                         f'cy="{y:.1f}" r="4" fill="{colour}"/></g>')
+    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#999"/>')
+    if zero_line and vmin < 0 < vmax:
+        parts.append(f'<line x1="{x_of(0):.1f}" y1="{top}" x2="{x_of(0):.1f}" y2="{axis_y}" stroke="#777" '
+                     'stroke-dasharray="3 3"/>')
+    for tick in _ticks(vmin, vmax):
+        x = x_of(tick)
+        parts.append(f'<line x1="{x:.1f}" y1="{axis_y}" x2="{x:.1f}" y2="{axis_y + 4}" stroke="#999"/>'
+                     f'<text class="tick" x="{x:.1f}" y="{axis_y + 16}" font-size="11" text-anchor="middle">'
+                     f'{tick:g}</text>')
+    parts.append(f'<text class="axis-title x" x="{left + plot_w / 2:.1f}" y="{height - 6}" font-size="12" '
+                 f'text-anchor="middle">{_esc(x_title)}</text>')
+    if y_title:
+        parts.append(f'<text class="axis-title y" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
+                     f'font-size="12" text-anchor="middle">{_esc(y_title)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis sections (``evalmuse report --analysis FILE``)
+# ---------------------------------------------------------------------------------------------
+
+def _weights_section(data: dict, uid: str) -> str:
+    """The section of an ``evalmuse analyze weights`` result: the systems' parts and rank
+    probabilities, the simplex coloured by the system each weighting ranks first, the named
+    weightings and the rank flips."""
+    parts, labels, score = data["parts"], data["part_labels"], data["score"]
+    order = data["official_ranking"]
+    boot = data.get("bootstrap") or {}
+    score_label = "Main Score" if score == "main_score" else "Final Score"
+    weights_text = ", ".join(f"{lb} {data['official_weights'][p]:g}" for p, lb in zip(parts, labels))
+    grid = data["grid"]
+    html_parts = [
+        (f'<section class="analysis" id="{_esc(uid)}"><h2>Weight sensitivity of the {_esc(score_label)} '
+         f'({_esc(data["track"])})</h2>'),
+        (f'<p class="note">{len(order)} systems scored on {_esc(data.get("num_images", "?"))} images, ranked under the '
+         f"official weights ({_esc(weights_text)}), under named alternatives and under the {grid['points']} "
+         f"weightings of a grid over the simplex (step {grid['step']:g}). The official ranking holds at "
+         f"{grid['official_ranking_holds']} of them; Kendall tau against it: mean {grid['mean_kendall_tau']:.3f}, "
+         f"min {grid['min_kendall_tau']:.3f}.</p>"),
+    ]
+    n = len(order)
+    head = ('<th>Rank</th><th class="name">System</th>' + "".join(f"<th>{_esc(lb)}</th>" for lb in labels)
+            + f"<th>{_esc(score_label)}</th>")
+    if boot:
+        level = round(100 * data["bootstrap_settings"]["confidence_level"])
+        head += f"<th>{level}% interval</th>" + "".join(f"<th>P(rank {k})</th>" for k in range(1, n + 1))
+    body = []
+    for rank, name in enumerate(order, 1):
+        system = data["systems"][name]
+        cells = (f'<td data-value="{rank}">{rank}</td><td class="name" data-value="{_esc(name)}"><i class="swatch" '
+                 f'style="background:{PALETTE[(rank - 1) % len(PALETTE)]}"></i>{_esc(name)}</td>'
+                 + "".join(f'<td data-value="{system[k]}">{_fmt(system[k], 4)}</td>' for k in [*parts, score]))
+        if boot:
+            lo, hi = boot[name]["score_ci"]
+            cells += f'<td data-value="{lo}">[{_fmt(lo, 4)}, {_fmt(hi, 4)}]</td>'
+            cells += "".join(f'<td data-value="{p}" style="background:rgba(53,88,214,{0.75 * p:.3f})">{_fmt(p, 2)}</td>'
+                             for p in boot[name]["rank_probabilities"])
+        body.append(f"<tr>{cells}</tr>")
+    html_parts.append(f'<table class="leaderboard numeric-rows" id="{_esc(uid)}-systems"><thead><tr>{head}</tr>'
+                      f'</thead><tbody>{"".join(body)}</tbody></table>')
+    if boot:
+        settings = data["bootstrap_settings"]
+        html_parts.append(f'<p class="note">Rank probabilities: the images resampled with replacement '
+                          f'{settings["valid_resamples"]} times (of {settings["n_resamples"]} drawn; seed '
+                          f'{settings["seed"]}), every system scored on the same resample and ranked under the '
+                          "official weights.</p>")
+    named = [w for w in data["weightings"] if w.get("name") is not None]
+    html_parts.append('<div class="plots"><div class="plot"><h3>Which system each weighting ranks first</h3>'
+                      + svg_simplex(data["weightings"], order, parts, labels, official=data["official_weights"],
+                                    named=named, ties=data.get("rank_flips", []),
+                                    title=f"winner over the simplex of {score_label} weights", uid=uid)
+                      + legend_html(order)
+                      + '<p class="note">Circle: the official weights; diamonds: the named weightings; dashed: '
+                        "where a pair of systems ties (a rank flip).</p></div></div>")
+    rows = "".join(
+        f'<tr><td data-value="{_esc(w["name"])}">{_esc(w["name"])}</td>'
+        + "".join(f'<td data-value="{w["weights"][p]}">{w["weights"][p]:.2f}</td>' for p in parts)
+        + f'<td data-value="{_esc(" > ".join(w["ranking"]))}">{_esc(" > ".join(w["ranking"]))}</td>'
+        f'<td data-value="{w["kendall_tau"]}">{_fmt(w["kendall_tau"], 3)}</td></tr>'
+        for w in named)
+    html_parts.append('<h3>Named weightings</h3><table class="leaderboard" id="' + _esc(uid) + '-named"><thead><tr>'
+                      "<th>Weighting</th>" + "".join(f"<th>w({_esc(lb)})</th>" for lb in labels)
+                      + f"<th>Ranking</th><th>Kendall tau</th></tr></thead><tbody>{rows}</tbody></table>")
+    flips = data.get("rank_flips") or []
+    if flips:
+        rows = []
+        for flip in flips:
+            tie = flip.get("nearest_tie")
+            tie_text = ("–" if not tie else ", ".join(f"{lb} {tie['weights'][p]:.2f}" for p, lb in zip(parts, labels))
+                        + f" (distance {tie['distance']:.3f})")
+            rows.append(f'<tr><td data-value="{_esc(flip["ahead"])}">{_esc(flip["ahead"])} &gt; '
+                        f'{_esc(flip["behind"])}</td><td data-value="{flip["official_margin"]}">'
+                        f'{flip["official_margin"]:+.4f}</td><td data-value="{flip["grid_share"]}">'
+                        f'{_fmt(100 * flip["grid_share"], 1)}%</td><td data-value="{_esc(", ".join(flip["named"]))}">'
+                        f'{_esc(", ".join(flip["named"]) or "–")}</td>'
+                        f'<td data-value="{tie["distance"] if tie else ""}">'
+                        f"{_esc(tie_text)}</td></tr>")
+        html_parts.append('<h3>Rank flips</h3><table class="leaderboard" id="' + _esc(uid) + '-flips"><thead><tr>'
+                          "<th>Official order</th><th>Margin</th><th>Grid reversed</th><th>Named reversed</th>"
+                          f'<th>Nearest tie to the official weights</th></tr></thead><tbody>{"".join(rows)}</tbody>'
+                          "</table>")
+    else:
+        html_parts.append('<p class="note">No weighting of the simplex reverses any pair of systems: every part '
+                          "ranks them the same way.</p>")
+    html_parts.append("</section>")
+    return "".join(html_parts)
+
+
+_GROUP_LABELS = {"seen": "seen generators", "unseen": "unseen generators",
+                 "unseen_prompt_seen": "unseen, prompt seen", "unseen_prompt_unseen": "unseen, prompt unseen"}
+_GAP_LABELS = {"generator": "seen − unseen", "prompt": "prompt seen − unseen"}
+
+
+def _generalisation_section(data: dict, uid: str) -> str:
+    """The section of an ``evalmuse eval alignment --by seen/unseen --json`` result: each group's
+    scores and the gaps, as a table and as dot-and-whisker plots."""
+    keys = [*data["parts"], data["score"]]
+    labels = [*data["part_labels"], "Main Score" if data["score"] == "main_score" else "Final Score"]
+    generators = ", ".join(data.get("holdout_generators") or []) or "–"
+    interval_note = ""
+    if data.get("bootstrap"):
+        interval_note = (f', with {round(100 * data["bootstrap"]["confidence_level"])}% percentile bootstrap intervals '
+                         f'over images ({data["bootstrap"]["n_resamples"]} resamples)')
+    html_parts = [f'<section class="analysis" id="{_esc(uid)}"><h2>Generalisation to unseen generators</h2>',
+                  (f'<p class="note">Held-out generators: {_esc(generators)}. Scores of the images of generators seen '
+                   "in training and of the held-out ones (whose prompt was, or was not, in the training split)"
+                   f"{interval_note}.</p>")]
+
+    def cell(value, interval, signed=False) -> str:
+        text = _esc("–" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}"))
+        if value is not None and interval:
+            text += f'<span class="ci">[{interval[0]:.3f}, {interval[1]:.3f}]</span>'
+        return f'<td data-value="{"" if value is None else value}">{text}</td>'
+
+    body = []
+    for group, entry in data["groups"].items():
+        ci = entry.get("ci") or {}
+        body.append(f'<tr><td data-value="{_esc(group)}">{_esc(_GROUP_LABELS.get(group, group))}</td>'
+                    f'<td data-value="{entry["n_images"]}">{entry["n_images"]}</td>'
+                    + "".join(cell(entry.get(k), ci.get(k)) for k in keys) + "</tr>")
+    for gap, entry in data["gaps"].items():
+        ci = entry.get("ci") or {}
+        body.append(f'<tr class="gap"><td data-value="gap {_esc(gap)}">gap: {_esc(_GAP_LABELS.get(gap, gap))}</td>'
+                    '<td data-value=""></td>' + "".join(cell(entry["values"].get(k), ci.get(k), True) for k in keys)
+                    + "</tr>")
+    head = "<th>Images</th><th>n</th>" + "".join(f"<th>{_esc(lb)}</th>" for lb in labels)
+    html_parts.append(f'<table class="leaderboard" id="{_esc(uid)}-table"><thead><tr>{head}</tr></thead>'
+                      f'<tbody>{"".join(body)}</tbody></table>')
+
+    def entries(source: dict, values_key: str | None) -> list:
+        out = []
+        for k in keys:
+            value = (source[values_key] if values_key else source).get(k)
+            interval = (source.get("ci") or {}).get(k)
+            out.append(None if value is None else (value, *(interval or (None, None))))
+        return out
+
+    groups = {_GROUP_LABELS.get(g, g): entries(e, None) for g, e in data["groups"].items()}
+    gaps = {_GAP_LABELS.get(g, g): entries(e, "values") for g, e in data["gaps"].items()}
+    values = [v for series in groups.values() for e in series if e for v in e if v is not None]
+    lo = min([0.0, *values]) if values else 0.0
+    gap_values = [abs(v) for series in gaps.values() for e in series if e for v in e if v is not None]
+    reach = max(gap_values + [0.05])
+    html_parts.append('<div class="plots"><div class="plot"><h3>Scores by group</h3>'
+                      + svg_intervals(labels, groups, title="scores of seen and unseen generators",
+                                      vmin=math.floor(lo * 10) / 10, vmax=1.0, x_title="score (higher is better)",
+                                      y_title="score")
+                      + legend_html(list(groups)) + "</div>"
+                      + '<div class="plot"><h3>Gaps</h3>'
+                      + svg_intervals(labels, gaps, title="generalisation gaps", vmin=-reach, vmax=reach,
+                                      x_title="gap (positive: the unseen side scores lower)", y_title="score",
+                                      zero_line=True)
+                      + legend_html(list(gaps)) + "</div></div></section>")
+    return "".join(html_parts)
+
+
+#: ``"analysis"`` key of an analysis JSON -> the function drawing its report section.
+ANALYSIS_SECTIONS = {"weights": _weights_section, "generalisation": _generalisation_section}
+#: the keys each analysis JSON must hold
+_ANALYSIS_KEYS = {
+    "weights": ("track", "parts", "part_labels", "score", "official_weights", "systems", "official_ranking",
+                "weightings", "grid", "rank_flips"),
+    "generalisation": ("parts", "part_labels", "score", "groups", "gaps"),
+}
+
+
+def read_analysis(path: str | os.PathLike) -> dict:
+    """Read the JSON of an analysis (``evalmuse analyze weights --json``, ``evalmuse eval alignment
+    --by seen/unseen --json``) and check that the report knows it."""
+    from ..utils.jsonio import read_json_file
+
+    data = read_json_file(path)
+    kind = data.get("analysis") if isinstance(data, dict) else None
+    if kind not in ANALYSIS_SECTIONS:
+        raise UserInputError(f"{path}: not an analysis the report knows (its 'analysis' is {kind!r}; expected one of "
+                             f"{', '.join(sorted(ANALYSIS_SECTIONS))}); write it with `evalmuse analyze weights "
+                             "--json` or `evalmuse eval alignment --by seen/unseen --json`")
+    missing = [key for key in _ANALYSIS_KEYS.get(kind, ()) if key not in data]
+    if missing:
+        raise UserInputError(f"{path}: a {kind!r} analysis without {', '.join(missing)}; write it again with the "
+                             "command that makes it")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,7 +982,7 @@ def _card_html(index: int, row: dict, media: dict | None) -> str:
 
 
 def build_report(
-    results: str | os.PathLike,
+    results: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     *,
     title: str = "EvalMuse report",
@@ -667,6 +992,7 @@ def build_report(
     progress: bool = True,
     generator_map=None,
     mask_threshold: float | None = None,
+    analyses: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Write the HTML report of ``results`` (a file written by ``evalmuse score``) to ``out_dir``.
 
@@ -688,6 +1014,10 @@ def build_report(
         mask_threshold: the heatmap threshold the structure masks were made with (``evalmuse score
             --threshold``, else the model's ``threshold``), marked on the heatmap legend when the
             rows do not record it (``structure.threshold``).
+        analyses: JSON files of analyses (``evalmuse analyze weights --json``, ``evalmuse eval
+            alignment --by seen/unseen --json``), each drawn as a section with its plots (see
+            :data:`ANALYSIS_SECTIONS`) and copied into the folder as ``analysis_<kind>.json``.
+            ``results`` may then be ``None``: a report of the analyses alone.
 
     Returns: the path of ``index.html``.
 
@@ -703,10 +1033,15 @@ def build_report(
     if mask_threshold is not None and not 0.0 <= float(mask_threshold) <= 1.0:
         raise UserInputError(f"the mask threshold (--mask-threshold) must be a heatmap level in [0, 1], "
                              f"got {mask_threshold}")
-    results = Path(results)
-    claim_output_directory(out_dir, "report", inputs=[results], overwrite=overwrite, option="the report folder (--out)")
-    rows = read_results(results)
-    if not rows:
+    analysis_files = [Path(a) for a in analyses]
+    if results is None and not analysis_files:
+        raise UserInputError("nothing to report: give a results file, an analysis (--analysis FILE) or both")
+    results = Path(results) if results is not None else None
+    inputs = [p for p in [results, *analysis_files] if p is not None]
+    claim_output_directory(out_dir, "report", inputs=inputs, overwrite=overwrite, option="the report folder (--out)")
+    analysis_data = [read_analysis(path) for path in analysis_files]
+    rows = read_results(results) if results is not None else []
+    if results is not None and not rows:
         raise UserInputError(f"{results} has no rows; nothing to report")
     if generator_map is not None and not apply_generator_map(rows, generator_map):
         raise UserInputError(
@@ -728,6 +1063,8 @@ def build_report(
     ok = [r for r in rows if r.get("status") == "ok"]
 
     summary = [("images", str(len(rows))), ("scored", str(len(ok))), ("errors", str(len(rows) - len(ok)))]
+    if not rows:
+        summary = [("analyses", str(len(analysis_data)))]
     if table:
         summary.append(("generators", str(len(table))))
     if split:
@@ -767,77 +1104,86 @@ def build_report(
         body.append(_category_html(categories))
         body.append("</section>")
 
-    body.append('<section id="distributions"><h2>Score distributions</h2><div class="plots">')
-    by_gen = defaultdict(list)
-    by_gen_structure = defaultdict(list)
-    for r in ok:
-        group = "without a generator" if is_structure_split(r) else r.get("generator") or "(unknown)"
-        if "alignment" in r and r["alignment"]["overall"] is not None:
-            by_gen[group].append(r["alignment"]["overall"])
-        if "structure" in r and r["structure"]["score"] is not None:
-            by_gen_structure[group].append(r["structure"]["score"])
+    kinds: dict[str, int] = defaultdict(int)
+    analysis_names = []
+    for data in analysis_data:
+        kinds[data["analysis"]] += 1
+        suffix = "" if kinds[data["analysis"]] == 1 else f"_{kinds[data['analysis']]}"
+        analysis_names.append(f"analysis_{data['analysis']}{suffix}")
+        body.append(ANALYSIS_SECTIONS[data["analysis"]](data, analysis_names[-1].replace("_", "-")))
 
-    def histogram(heading: str, series: dict, **kwargs) -> str:
-        names = [name for name, values in series.items() if values]
-        return (f'<div class="plot"><h3>{_esc(heading)}</h3>' + svg_histogram(series, **kwargs)
-                + legend_html(names) + "</div>")
+    if rows:
+        body.append('<section id="distributions"><h2>Score distributions</h2><div class="plots">')
+        by_gen = defaultdict(list)
+        by_gen_structure = defaultdict(list)
+        for r in ok:
+            group = "without a generator" if is_structure_split(r) else r.get("generator") or "(unknown)"
+            if "alignment" in r and r["alignment"]["overall"] is not None:
+                by_gen[group].append(r["alignment"]["overall"])
+            if "structure" in r and r["structure"]["score"] is not None:
+                by_gen_structure[group].append(r["structure"]["score"])
 
-    bin_note = "bins of 0.2"
-    if has_align:
-        body.append(histogram("Alignment score (1–5)", dict(by_gen), title="alignment distribution", lo=1, hi=5,
-                              x_title=f"alignment score (1–5), {bin_note}", y_title="images"))
-        elements = [p for r in ok if "alignment" in r for p in r["alignment"]["elements"].values() if p is not None]
-        if elements:
-            body.append(histogram("Element probabilities", {"all elements": elements}, title="element distribution",
-                                  lo=0, hi=1, x_title="element presence probability (0–1), bins of 0.05",
-                                  y_title="elements"))
-    if has_structure:
-        body.append(histogram("Structure score (1–5)", dict(by_gen_structure), title="structure distribution",
-                              lo=1, hi=5, x_title=f"structure score (1–5), {bin_note}", y_title="images"))
-    body.append("</div></section>")
+        def histogram(heading: str, series: dict, **kwargs) -> str:
+            names = [name for name, values in series.items() if values]
+            return (f'<div class="plot"><h3>{_esc(heading)}</h3>' + svg_histogram(series, **kwargs)
+                    + legend_html(names) + "</div>")
 
-    sort_options = [("index-asc", "file order")]
-    if has_align:
-        sort_options += [("alignment-asc", "alignment ↑ (worst first)"), ("alignment-desc", "alignment ↓"),
-                         ("missing-desc", "most missing elements")]
-    if has_structure:
-        sort_options += [("structure-asc", "structure ↑ (worst first)"), ("structure-desc", "structure ↓"),
-                         ("regions-desc", "most distortion regions")]
-    shown_rows = rows[:max_cards]
-    body.append('<section id="images"><h2>Images</h2><div class="controls">')
-    body.append('<label>Sort <select id="sort">' + "".join(
-        f'<option value="{v}">{_esc(t)}</option>' for v, t in sort_options) + "</select></label>")
-    generator_options = [(g, g) for g in sorted(labels)]
-    if split:
-        generator_options.append((NO_GENERATOR, "without a generator (structure)"))
-    body.append('<label>Generator <select id="generator"><option value="">all</option>' + "".join(
-        f'<option value="{_esc(v)}">{_esc(t)}</option>' for v, t in generator_options) + "</select></label>")
-    if categories:
-        body.append('<label>Category <select id="category"><option value="">all</option>' + "".join(
-            f'<option value="{_esc(c)}">{_esc(c)}</option>' for c in sorted(r["category"] for r in categories))
-            + "</select></label>")
-    body.append('<label>Show <select id="only"><option value="">all</option>'
-                '<option value="missing">missing elements</option><option value="distorted">with distortions</option>'
-                '<option value="errors">errors</option></select></label>')
-    body.append('<input type="search" id="query" placeholder="search prompt or file">')
-    if has_structure:
-        body.append('<label><input type="checkbox" id="heat" checked> heatmaps</label>'
-                    '<label><input type="checkbox" id="outlines" checked> outlines</label>')
-        if has_truth_masks:
-            body.append('<label><input type="checkbox" id="truth"> truth masks</label>')
-    body.append('<span id="count"></span></div>')
-    if has_structure:
-        body.append(_heat_legend_html(threshold, has_truth_masks))
-    if len(rows) > max_cards:
-        body.append(f'<p class="note">Showing cards for the first {max_cards} of {len(rows)} images '
-                    "(the leaderboard and plots use all of them).</p>")
-    body.append('<div class="cards" id="cards">')
+        bin_note = "bins of 0.2"
+        if has_align:
+            body.append(histogram("Alignment score (1–5)", dict(by_gen), title="alignment distribution", lo=1, hi=5,
+                                  x_title=f"alignment score (1–5), {bin_note}", y_title="images"))
+            elements = [p for r in ok if "alignment" in r for p in r["alignment"]["elements"].values() if p is not None]
+            if elements:
+                body.append(histogram("Element probabilities", {"all elements": elements}, title="element distribution",
+                                      lo=0, hi=1, x_title="element presence probability (0–1), bins of 0.05",
+                                      y_title="elements"))
+        if has_structure:
+            body.append(histogram("Structure score (1–5)", dict(by_gen_structure), title="structure distribution",
+                                  lo=1, hi=5, x_title=f"structure score (1–5), {bin_note}", y_title="images"))
+        body.append("</div></section>")
+
+        sort_options = [("index-asc", "file order")]
+        if has_align:
+            sort_options += [("alignment-asc", "alignment ↑ (worst first)"), ("alignment-desc", "alignment ↓"),
+                             ("missing-desc", "most missing elements")]
+        if has_structure:
+            sort_options += [("structure-asc", "structure ↑ (worst first)"), ("structure-desc", "structure ↓"),
+                             ("regions-desc", "most distortion regions")]
+        body.append('<section id="images"><h2>Images</h2><div class="controls">')
+        body.append('<label>Sort <select id="sort">' + "".join(
+            f'<option value="{v}">{_esc(t)}</option>' for v, t in sort_options) + "</select></label>")
+        generator_options = [(g, g) for g in sorted(labels)]
+        if split:
+            generator_options.append((NO_GENERATOR, "without a generator (structure)"))
+        body.append('<label>Generator <select id="generator"><option value="">all</option>' + "".join(
+            f'<option value="{_esc(v)}">{_esc(t)}</option>' for v, t in generator_options) + "</select></label>")
+        if categories:
+            body.append('<label>Category <select id="category"><option value="">all</option>' + "".join(
+                f'<option value="{_esc(c)}">{_esc(c)}</option>' for c in sorted(r["category"] for r in categories))
+                + "</select></label>")
+        body.append('<label>Show <select id="only"><option value="">all</option>'
+                    '<option value="missing">missing elements</option><option value="distorted">with distortions</option>'
+                    '<option value="errors">errors</option></select></label>')
+        body.append('<input type="search" id="query" placeholder="search prompt or file">')
+        if has_structure:
+            body.append('<label><input type="checkbox" id="heat" checked> heatmaps</label>'
+                        '<label><input type="checkbox" id="outlines" checked> outlines</label>')
+            if has_truth_masks:
+                body.append('<label><input type="checkbox" id="truth"> truth masks</label>')
+        body.append('<span id="count"></span></div>')
+        if has_structure:
+            body.append(_heat_legend_html(threshold, has_truth_masks))
+        if len(rows) > max_cards:
+            body.append(f'<p class="note">Showing cards for the first {max_cards} of {len(rows)} images '
+                        "(the leaderboard and plots use all of them).</p>")
+        body.append('<div class="cards" id="cards">')
 
     resolver = _ImageResolver()
     out_dir = Path(out_dir)
-    with owned_directory(out_dir, "report", inputs=[results], overwrite=overwrite, option="the report folder (--out)") as tmp:
+    with owned_directory(out_dir, "report", inputs=inputs, overwrite=overwrite,
+                         option="the report folder (--out)") as tmp:
         (tmp / "images").mkdir()
-        for index, row in enumerate(tqdm(shown_rows, desc="report", unit="img", disable=not progress)):
+        for index, row in enumerate(tqdm(rows[:max_cards], desc="report", unit="img", disable=not progress)):
             media = None
             if row.get("status") == "ok":
                 try:
@@ -853,25 +1199,31 @@ def build_report(
                         heat_overlay(row["structure"], image.size).save(tmp / media["overlay"], optimize=True)
                         media["predicted"], media["truth"] = card_outlines(row, image.size)
             body.append(_card_html(index, row, media))
-        body.append("</div></section>")
-        counts = [f"{len(rows)} images"]
+        if rows:
+            body.append("</div></section>")
+        counts = [f"{len(rows)} images"] if rows else []
         if table:
             counts.append(f"{len(table)} generators")
         if split:
             counts.append(f"{split['images']} structure images without a generator")
+        if analysis_data:
+            counts.append(f"{len(analysis_data)} analys{'is' if len(analysis_data) == 1 else 'es'}")
+        models = sorted({str(v) for r in rows for k, v in (r.get("meta") or {}).items()
+                         if k in ("align_model", "structure_model") and v})
         page = Template((TEMPLATES / "report.html").read_text(encoding="utf-8")).substitute(
             title=_esc(title),
-            subtitle=_esc(" · ".join(counts) + " · models: "
-                          + ", ".join(sorted({str(v) for r in rows for k, v in (r.get("meta") or {}).items()
-                                              if k in ("align_model", "structure_model") and v}))),
+            subtitle=_esc(" · ".join(counts) + (" · models: " + ", ".join(models) if rows else "")),
             version=__version__,
-            results_name=_esc(results.name),
+            results_name=_esc(", ".join(p.name for p in inputs)),
             css=(TEMPLATES / "report.css").read_text(encoding="utf-8"),
             js=(TEMPLATES / "report.js").read_text(encoding="utf-8"),
             body="\n".join(body),
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        (tmp / "leaderboard.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+        if rows:
+            (tmp / "leaderboard.json").write_text(json.dumps(table, indent=1), encoding="utf-8")
+        for name, data in zip(analysis_names, analysis_data):
+            (tmp / f"{name}.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
         if categories:
             (tmp / "categories.json").write_text(json.dumps(categories, indent=1), encoding="utf-8")
         if split:
