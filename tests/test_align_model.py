@@ -318,6 +318,8 @@ def test_post_processing_and_truncation(processor):
     assert long["input_ids"].shape == (1, 32)
     with pytest.raises(ValueError, match="element lists"):
         processor.post_process_alignment(outputs, batch["input_ids"], batch["attention_mask"], [[], [], []])
+    with pytest.raises(TypeError, match="elements"):  # elements are scored after the model, not tokenized
+        processor(text=texts, elements=elements)
     with pytest.raises(ValueError, match="ITC head"):
         processor.post_process_alignment({"itc_score": torch.ones(2)}, batch["input_ids"])
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from evalmuse_models.models.evalmuse_align import AlignmentResult
 from evalmuse_models.mllm import (
     EnsembleScorer,
     MLLMAlignmentScorer,
@@ -17,6 +16,7 @@ from evalmuse_models.mllm import (
     load_scorer,
 )
 from evalmuse_models.mllm.prompts import LEVEL_WORDS, LevelScale
+from evalmuse_models.models.evalmuse_align import AlignmentResult
 from evalmuse_models.testing.mllm import build_tiny_qwen2_5_vl
 from evalmuse_models.utils import UserInputError
 

@@ -310,7 +310,6 @@ class EvalMuseAlignProcessor(ProcessorMixin):
         max_length: int | None = None,
         clean_text: bool = True,
         text_truncation: TextTruncation | None = None,
-        **kwargs: Any,
     ) -> BatchFeature:
         """Prepare a batch.
 
