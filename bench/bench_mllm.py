@@ -79,8 +79,8 @@ def bench_scoring(model, processor, images, prompts, keys, batch_size, device, r
         results[name] = res
     a, b = results["shared_prefix"], results["full_sequences"]
     diff = max(
-        max(abs(x["overall"] - y["overall"]) for x, y in zip(a, b)),
-        max((abs(x["elements"][k] - y["elements"][k]) for x, y in zip(a, b) for k in x["elements"]), default=0.0),
+        max(abs(x.overall - y.overall) for x, y in zip(a, b)),
+        max((abs(x.elements[k] - y.elements[k]) for x, y in zip(a, b) for k in x.elements), default=0.0),
     )
     out["speedup"] = round(out["full_sequences"]["seconds"] / out["shared_prefix"]["seconds"], 2)
     out["max_abs_score_diff"] = float(f"{diff:.3g}")
