@@ -49,6 +49,8 @@ def _usable(rows: list[dict], field: str, path: Path, allow_missing: bool) -> li
 
 
 def alignment_records(rows: list[dict]) -> list[dict[str, Any]]:
+    """The official ``output.json`` records of results rows: a row's ``alignment`` object
+    (``AlignmentResult.to_dict()``, see ``docs/results.md``) gives ``total_score`` and ``element_score``."""
     return [
         {"prompt": row.get("prompt", ""), "img_path": row["id"], "total_score": row["alignment"]["overall"],
          "element_score": dict(row["alignment"]["elements"])}
