@@ -210,9 +210,9 @@ def test_sft_lora_steps_save_reload_score_resume(prepared_dataset, tmp_path):
     a = with_adapter.score(val["image"], val["prompt"], keys, prompt_types=val["prompt_type"], batch_size=2)
     b = merged.score(val["image"], val["prompt"], keys, prompt_types=val["prompt_type"], batch_size=3)
     for x, y in zip(a, b):
-        assert x["overall"] == pytest.approx(y["overall"], abs=1e-4)
-        assert x["elements"].keys() == y["elements"].keys()
-    assert any(abs(x["overall"] - y["overall"]) > 1e-4 for x, y in zip(a, before))
+        assert x.overall == pytest.approx(y.overall, abs=1e-4)
+        assert x.elements.keys() == y.elements.keys()
+    assert any(abs(x.overall - y.overall) > 1e-4 for x, y in zip(a, before))
 
     # resume from the last checkpoint and train one more step
     resumed = run_sft(dataclasses.replace(recipe, eval_split=None), dataclasses.replace(training, max_steps=3),

@@ -4,9 +4,14 @@ Nothing here downloads anything; every model has random weights.
 
 * :func:`save_tiny_models` — the ``tiny`` alignment and structure models saved as folders, to try
   ``evalmuse score`` / ``report`` end to end.
+* :mod:`.align` — the offline tokenizer and processor of the alignment model
+  (:func:`build_tiny_tokenizer`, :func:`build_tiny_processor`).
 * :mod:`.mllm` — a random Qwen2.5-VL (``tiny``, ``small`` or the real ``7b`` architecture) with an
   offline processor and a chat template marked for assistant-only loss
   (:func:`build_tiny_qwen2_5_vl`).
+* :mod:`.mixins` — :class:`ModelFamilyTesterMixin`, the tests every model family passes (config
+  round trip, preset merging, Auto-class save/load, remote-code loading), driven by a
+  :class:`ModelFamilySpec`.
 
 Example::
 
@@ -22,7 +27,11 @@ import importlib
 
 #: Names served lazily from the sub-modules (importing this package stays cheap).
 _EXPORTS = {
+    "ModelFamilySpec": "mixins",
+    "ModelFamilyTesterMixin": "mixins",
     "QWEN2_VL_CHAT_TEMPLATE": "mllm",
+    "build_tiny_processor": "align",
+    "build_tiny_tokenizer": "align",
     "build_tiny_qwen2_5_vl": "mllm",
     "tiny_qwen2_5_vl_config": "mllm",
 }
@@ -41,8 +50,8 @@ def save_tiny_models(root, seed: int = 0):
     import torch
 
     from ..models.evalmuse_align import EvalMuseAlignConfig, EvalMuseAlignModel
-    from .align import build_tiny_processor
     from ..models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureModel
+    from .align import build_tiny_processor
 
     root = Path(root)
     torch.manual_seed(seed)
@@ -61,7 +70,11 @@ def __getattr__(name: str):
 
 __all__ = [
     "QWEN2_VL_CHAT_TEMPLATE",
+    "ModelFamilySpec",
+    "ModelFamilyTesterMixin",
+    "build_tiny_processor",
     "build_tiny_qwen2_5_vl",
+    "build_tiny_tokenizer",
     "save_tiny_models",
     "tiny_qwen2_5_vl_config",
 ]
