@@ -21,7 +21,6 @@ from evalmuse_models.models.evalmuse_align import (
     AlignmentResult,
     EvalMuseAlignConfig,
     EvalMuseAlignModel,
-    EvalMuseAlignProcessor,
     clean_prompt,
     element_phrase,
     find_sublist,
@@ -60,9 +59,8 @@ def test_presets_and_overrides():
     assert official.vision_config.image_size == 364 and official.num_query_tokens == 32
     assert official.qformer_config.vocab_size == 30523 and official.qformer_config.encoder_hidden_size == 1408
     assert official.qformer_config.use_qformer_text_input and official.mask_head_hidden_sizes == [256, 128, 64, 16]
-    tiny = EvalMuseAlignConfig.from_preset("tiny", loss_weighting="exp_var", vision_config={"num_hidden_layers": 1})
-    assert tiny.loss_weighting == "exp_var" and tiny.vision_config.num_hidden_layers == 1
-    assert tiny.vision_config.hidden_size == 48  # the rest of the preset is kept
+    tiny = EvalMuseAlignConfig.from_preset("tiny", loss_weighting="exp_var")  # sub-config merging: test_model_families
+    assert tiny.loss_weighting == "exp_var" and tiny.mask_head_hidden_sizes == [32, 16]
     with pytest.raises(ValueError, match="unknown EvalMuseAlign preset"):
         EvalMuseAlignConfig.from_preset("huge")
     with pytest.raises(StrictDataclassError, match="loss_weighting"):
@@ -71,17 +69,6 @@ def test_presets_and_overrides():
         tiny.loss_weighting = "squared"  # checked on assignment too
     with pytest.raises(StrictDataclassError, match="num_query_tokens"):
         EvalMuseAlignConfig.from_preset("tiny", num_query_tokens=0)
-
-
-def test_config_round_trip(tmp_path):
-    from transformers import AutoConfig
-
-    config = EvalMuseAlignConfig.from_preset("tiny", token_loss_weight=0.3)
-    config.save_pretrained(tmp_path)
-    loaded = AutoConfig.from_pretrained(tmp_path)
-    assert isinstance(loaded, EvalMuseAlignConfig)
-    assert loaded.to_dict()["qformer_config"] == config.to_dict()["qformer_config"]
-    assert loaded.token_loss_weight == 0.3 and loaded.mask_head_hidden_sizes == [32, 16]
 
 
 # ----------------------------------------------------------------------------- the official function
@@ -363,35 +350,23 @@ def test_pipeline_batches_like_one_by_one_and_like_processor_model_post_process(
 
 
 # ----------------------------------------------------------------------------- save / load
-
-
-def test_save_and_load_with_auto_classes(tmp_path, model, processor):
-    from transformers import AutoModel, AutoProcessor
-
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path)
-    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
-    assert isinstance(loaded, EvalMuseAlignModel) and isinstance(loaded_processor, EvalMuseAlignProcessor)
-    images, prompts = _images(2), ["a red cube", "a blue ball"]
-    before = model.score(images, prompts, processor=processor)
-    after = loaded.score(images, prompts, processor=loaded_processor)
-    assert [r.overall for r in after] == pytest.approx([r.overall for r in before], abs=1e-6)
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["auto_map"]["AutoModel"] == "modeling_evalmuse_align.EvalMuseAlignModel"
-    assert config["custom_pipelines"]["t2i-alignment"]["impl"] == "pipeline_evalmuse_align.EvalMuseAlignPipeline"
-    assert (tmp_path / "pipeline_evalmuse_align.py").is_file()
-    assert json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]["AutoProcessor"]
+# Auto classes and remote-code loading of the model and processor: tests/test_model_families.py.
 
 
 @pytest.mark.slow
-def test_loads_as_remote_code_without_the_package(tmp_path, model, processor):
-    """Model, processor and the ``t2i-alignment`` pipeline (which finds the processor saved next to the weights
-    and reads an image path like the official code) load without this package."""
-    model.save_pretrained(tmp_path / "m")
-    processor.save_pretrained(tmp_path / "m")
-    expected = model.score(_images(1), ["a red cube"], elements=[["red cube (object)"]], processor=processor)[0]
-    _images(1)[0].save(tmp_path / "image.png")
+def test_pipeline_ships_with_the_model_and_loads_without_the_package(tmp_path, model, processor):
+    """``save_pretrained`` ships the ``t2i-alignment`` pipeline; loaded as remote code it finds the processor saved
+    next to the weights (asking nothing more) and reads an image path like the official code."""
+    folder = tmp_path / "m"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["custom_pipelines"]["t2i-alignment"] == {
+        "impl": "pipeline_evalmuse_align.EvalMuseAlignPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+    assert (folder / "pipeline_evalmuse_align.py").is_file()
+    image = _images(1)[0]
+    image.save(tmp_path / "image.png")
+    expected = model.score([image], ["a red cube"], elements=[["red cube (object)"]], processor=processor)[0]
     code = textwrap.dedent(
         f"""
         import json, sys
@@ -400,37 +375,23 @@ def test_loads_as_remote_code_without_the_package(tmp_path, model, processor):
                 if name == "evalmuse_models" or name.startswith("evalmuse_models."):
                     raise ImportError("evalmuse_models is blocked in this test")
         sys.meta_path.insert(0, _Block())
-        try:
-            import evalmuse_models  # noqa: F401
-            raise SystemExit("the import block failed")
-        except ImportError:
-            pass
-        import numpy as np
-        from PIL import Image
-        from transformers import AutoModel, AutoProcessor, pipeline
-        folder = {str(tmp_path / "m")!r}
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-        rng = np.random.default_rng(0)
-        image = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
-        result = model.score([image], ["a red cube"], elements=[["red cube (object)"]], processor=processor)[0]
-        scorer = pipeline("t2i-alignment", model=folder, trust_remote_code=True)
-        piped = scorer({str(tmp_path / "image.png")!r}, prompt="a red cube", elements=["red cube (object)"])
-        print(json.dumps({{"module": type(model).__module__, "overall": result.overall,
-                          "elements": result.elements, "pipeline": type(scorer).__module__, "piped": piped,
-                          "loaded": "evalmuse_models" in sys.modules}}))
+        from transformers import pipeline
+        scorer = pipeline("t2i-alignment", model={str(folder)!r}, trust_remote_code=True)
+        result = scorer({str(tmp_path / "image.png")!r}, prompt="a red cube", elements=["red cube (object)"])
+        print(json.dumps({{"modules": [type(o).__module__ for o in (scorer, scorer.model, scorer.processor)],
+                          "result": result, "loaded": "evalmuse_models" in sys.modules}}))
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "modules"))
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path,
                           env=env, stdin=subprocess.DEVNULL, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    output = proc.stdout + proc.stderr  # the pipeline loads the saved processor as remote code, asking nothing
+    output = proc.stdout + proc.stderr
     assert "custom code" not in output and "to instantiate a model of type" not in output, output[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["module"].startswith("transformers_modules.") and not result["loaded"]
-    assert result["pipeline"].startswith("transformers_modules.")
-    for got in (result, result["piped"]):
-        assert got["overall"] == pytest.approx(expected.overall, abs=1e-5)
-        assert got["elements"]["red cube (object)"] == pytest.approx(expected.elements["red cube (object)"], abs=1e-5)
-    assert result["piped"]["token_scores"] == pytest.approx(expected.token_scores, abs=1e-5)
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(module.startswith("transformers_modules.") for module in report["modules"]) and not report["loaded"]
+    result = report["result"]
+    assert result.keys() == expected.to_dict().keys() and result["unmatched_elements"] == []
+    assert result["overall"] == pytest.approx(expected.overall, abs=1e-5)
+    assert result["elements"]["red cube (object)"] == pytest.approx(expected.elements["red cube (object)"], abs=1e-5)
+    assert result["token_scores"] == pytest.approx(expected.token_scores, abs=1e-5)
