@@ -276,15 +276,16 @@ def _raw_annotations(structure_release):
 
 def test_dataset_columns_and_evaluation_truth_follow_the_official_rule(prepared_dataset, structure_release):
     """The prepared dataset's ``mask``/``heatmap`` columns, the training targets at another size and
-    the truth masks of training, demo and CLI evaluation (``reference_masks``) against the drawing."""
+    the truth masks of training, demo and CLI evaluation (``truth_masks``) against the drawing."""
     from datasets import load_dataset
     from PIL import Image
 
-    from evalmuse_models.training.structure import _heatmap_array, reference_masks
+    from evalmuse_models.evaluation.structure import truth_masks
+    from evalmuse_models.training.structure import _heatmap_array
 
     raw = _raw_annotations(structure_release)
     split = load_dataset(str(prepared_dataset), "structure", split="validation")
-    truths, majority = reference_masks(split), reference_masks(split, min_votes=2)
+    truths, majority = truth_masks(split), truth_masks(split, min_votes=2)
     assert len(truths) == len(split) > 0
     compared = 0
     for i, row in enumerate(split):

@@ -1,32 +1,40 @@
 #!/usr/bin/env python
-"""Train the EvalMuse structure model (distortion heatmap + structure score) with accelerate.
+"""Train the EvalMuse structure model (distortion heatmap + structure score) with transformers' Trainer.
 
-CPU run of the tiny preset (a minute or two on a prepared synthetic dataset)::
+CPU run of the tiny preset (a couple of minutes on a prepared synthetic dataset)::
 
     python train_scripts/train_structure.py --config train_scripts/configs/structure_tiny.yaml \
         --dataset_dir data/evalmuse --output_dir runs/structure-tiny
 
-HNU-VPAI design (frozen DINOv2-L + ResNet-50, fusion trained, bf16) on one or many GPUs::
+HNU-VPAI design (frozen DINOv2-L + ResNet-50, fusion trained, bf16) on eight GPUs::
 
     accelerate launch --num_processes 8 train_scripts/train_structure.py \
         --config train_scripts/configs/structure_hnu_vpai.yaml --dataset_dir data/evalmuse
 
-Any field of ``TrainStructureArguments`` can be set with ``--field value`` (lists comma-separated,
-``--config_overrides '{"rank_loss_weight": 0.1}'`` as JSON). The run resumes from
-``<output_dir>/checkpoints/last`` when present (safetensors and JSON, nothing unpickled; ``--resume false``
-starts over), evaluates the official structure Final score
-after each epoch, searches the heatmap threshold on the validation split and writes
-``<output_dir>/model/`` (``save_pretrained``) and ``<output_dir>/metrics.json``.
+Any field of ``StructureRecipeArguments`` or of the Trainer's ``StructureTrainingArguments`` can be set in
+the YAML file or overridden with ``--field value``. The run resumes from the last ``checkpoint-N`` in
+``output_dir`` (``--resume_from_checkpoint none`` starts over), logs the official structure score of the
+validation split at every evaluation, searches the heatmap threshold at the end and writes
+``output_dir/model/`` (``save_pretrained``) and ``output_dir/metrics.json``.
 """
 
-import sys
+import json
 
-from evalmuse_models.training.structure import main
+from trl import TrlParser
+
+from evalmuse_models.training.structure import StructureRecipeArguments, StructureTrainingArguments, train_structure
 from evalmuse_models.utils import UserInputError
 
 if __name__ == "__main__":
+    parser = TrlParser((StructureRecipeArguments, StructureTrainingArguments))
     try:
-        sys.exit(main())
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        recipe_args, training_args = parser.parse_args_and_config()
+    except (OSError, ValueError) as error:  # a missing config file, an unknown key, a bad value
+        parser.error(" ".join(str(error).split()))
+    try:
+        metrics = train_structure(recipe_args, training_args)
+    except UserInputError as error:
+        parser.error(str(error))
+    if metrics:  # the main process
+        print(json.dumps({key: metrics[key] for key in ("initial", "final", "test", "threshold", "model_dir")},
+                         indent=2))

@@ -1,186 +1,234 @@
-"""Training loop of the EvalMuse structure model (accelerate: CPU, one or many GPUs).
+"""Training of the EvalMuse structure model (distortion heatmap + structure score) on transformers' ``Trainer``:
+CPU, one GPU or several.
 
-Reads the ``structure`` config of a prepared dataset (``datasets.load_dataset(dataset_dir,
-"structure")``: columns ``image``, ``image_name``, ``prompt``, ``mos``, ``shapes``, ``mask``,
-``heatmap``; splits ``train``, ``validation``, ``test``), trains heatmap + score heads (backbones
-frozen, optionally unfrozen after a fraction of the steps, as the EM-RAHF baseline), evaluates
-with the official structure Final score after every epoch, searches the heatmap threshold on the
-validation split at the end and writes a ``save_pretrained`` folder and a metrics JSON.
+Arguments are the Trainer's own (:class:`StructureTrainingArguments`, with this recipe's defaults) plus
+:class:`StructureRecipeArguments` for what only this recipe knows. The loss is the model's own; the backbones
+train at their own learning rate, optionally frozen for the first part of the run
+(:class:`FreezeScheduleCallback`); every evaluation is the official structure score of the validation split
+(:func:`evalmuse_models.evaluation.evaluate_structure`), logged as ``eval_final``, ``eval_f1``, ``eval_plcc``,
+``eval_srcc``; at the end the heatmap threshold that maximises it is searched
+(:func:`evalmuse_models.evaluation.search_threshold`) and written into the saved config. Checkpoints are the
+Trainer's (``output_dir/checkpoint-N``); a rerun resumes from the last one once its files have been opened
+the safe way (:func:`check_checkpoint`). Output: ``output_dir/model/`` (``save_pretrained`` folder with the
+processor and a model card), ``output_dir/metrics.json`` and ``output_dir/trainer_state.json``.
+``docs/structure_model.md`` describes the recipe.
 
 Example::
 
-    from evalmuse_models.training.structure import TrainStructureArguments, train_structure
+    from evalmuse_models.training.structure import (
+        StructureRecipeArguments, StructureTrainingArguments, train_structure)
 
-    metrics = train_structure(TrainStructureArguments(
-        dataset_dir="data/evalmuse", output_dir="runs/structure-tiny", preset="tiny", max_steps=200,
-    ))
+    metrics = train_structure(StructureRecipeArguments(dataset_dir="data/evalmuse", preset="tiny"),
+                              StructureTrainingArguments(output_dir="runs/structure-tiny", max_steps=120))
     metrics["final"]["final_score"], metrics["threshold"]
 
-Output folder::
-
-    <output_dir>/model/          save_pretrained folder (config with the chosen threshold, weights,
-                                 processor, remote code): AutoModel.from_pretrained(<output_dir>/model)
-    <output_dir>/metrics.json    initial / per-epoch / final metrics and the threshold table
-    <output_dir>/checkpoints/last/  training state for resuming (weights, optimizer, scheduler and RNG
-                                 states, counters: safetensors and JSON, nothing unpickled; see
-                                 :mod:`evalmuse_models.training.checkpoint`), removed at the end unless kept
+Command line (``python -m evalmuse_models.training.structure``, ``evalmuse train structure`` or
+``train_scripts/train_structure.py``, under ``accelerate launch`` for several processes): ``--config
+file.yaml`` with fields of both dataclasses, then ``--field value`` overrides.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import math
+import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
 
-from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
-from .checkpoint import check_supported, load_training_state, read_progress, sample_seed, save_training_state
+from ..evaluation.structure import DEFAULT_THRESHOLDS, evaluate_structure, search_threshold, truth_masks
+from ..utils import UserInputError, atomic_directory, atomic_write_text
+from .callbacks import TimeBudgetCallback
 
-_PRESET_LR = {"tiny": 3e-3, "hnu-vpai": 1e-4, "em-rahf": 2e-5}
+logger = logging.getLogger(__name__)
+
+#: The head learning rate of each preset when ``learning_rate`` is not given.
+PRESET_LEARNING_RATES = {"tiny": 3e-3, "hnu-vpai": 1e-4, "em-rahf": 2e-5}
+#: Columns the recipe reads from the ``structure`` config.
+STRUCTURE_COLUMNS = ("image", "image_name", "mos", "heatmap")
+#: Official metric -> the name the Trainer logs it under (after the ``eval_`` prefix).
+LOGGED_METRICS = {"final_score": "final", "f1": "f1", "plcc": "plcc", "srcc": "srcc", "precision": "precision",
+                  "recall": "recall", "giou": "giou"}
+#: ``EvalMuseStructureConfig`` fields the recipe arguments of the same name override (None: the preset's).
+_CONFIG_FIELDS = ("heatmap_size", "heatmap_loss_weight", "dice_loss_weight", "score_loss_weight",
+                  "plcc_loss_weight", "rank_loss_weight")
 
 
 @dataclass
-class TrainStructureArguments:
-    """Arguments of :func:`train_structure`.
+class StructureRecipeArguments:
+    """What the structure recipe needs besides the Trainer's arguments (:class:`StructureTrainingArguments`)."""
 
-    Attributes:
-        dataset_dir: prepared dataset folder or Hub id (``load_dataset(dataset_dir, "structure")``).
-        output_dir: where the model folder, metrics and checkpoints go.
-        preset: model preset (``tiny``, ``hnu-vpai``, ``em-rahf``) when not starting from
-            ``model_name_or_path``.
-        model_name_or_path: start from a saved EvalMuse structure model instead.
-        pretrained_backbones: load the preset's pretrained backbones (Hub ids / timm weights).
-        config_overrides: extra ``EvalMuseStructureConfig`` fields (e.g. loss weights).
-        num_epochs / max_steps: length of training; ``max_steps`` (optimizer steps) wins.
-        time_budget_s: stop training (then evaluate and save as usual) once this many seconds
-            have passed in this call (per-epoch evaluations included); ``metrics["train"]["stopped_by_time_budget"]`` says so.
-        max_train_samples / max_eval_samples: subsample the splits (first N after a seeded shuffle).
-        per_device_train_batch_size / per_device_eval_batch_size / gradient_accumulation_steps.
-        learning_rate: head learning rate (default per preset: tiny 3e-3, hnu-vpai 1e-4, em-rahf 2e-5).
-        backbone_learning_rate: for backbones once unfrozen (default ``learning_rate / 10``).
-        weight_decay, warmup_ratio, lr_scheduler_type: AdamW and the transformers scheduler.
-        freeze_schedule_fraction: unfreeze the backbones after this fraction of the steps
-            (default: the config's; 1.0 = always frozen; 0.5 = the baseline).
-        mixed_precision: ``"auto"`` (bf16 on CUDA, none on CPU), ``"no"``, ``"bf16"``, ``"fp16"``.
-        hflip: random horizontal flips of image and heatmap.
-        eval_split: split used for per-epoch evaluation and the threshold search (``None``: no
-            evaluation). evaluate_test: also score a labelled ``test`` split (threshold chosen on
-            ``eval_split``).
-        eval_before_training: also score the untrained model (``metrics["initial"]``).
-        threshold_search / thresholds: search the heatmap threshold on ``eval_split`` at the end.
-        reference_min_votes: annotators needed for a truth pixel (1 = union of annotators).
-        save_steps: write a resumable checkpoint every N optimizer steps (and after each epoch).
-        resume: continue from ``<output_dir>/checkpoints/last`` when it exists.
-        keep_checkpoints: keep ``checkpoints/`` after a successful run.
-        overwrite_output: replace an existing ``<output_dir>/model``.
-        num_threads: ``torch.set_num_threads`` for CPU runs (small models on a shared machine
-            train several times faster with 1 thread); ``None`` leaves torch's default.
-        seed, num_workers, log_every, show_progress.
-    """
+    dataset_dir: str = field(metadata={"help": "prepared dataset folder or Hub id (config 'structure')"})
+    preset: str = field(default="tiny", metadata={"help": "architecture when no model is given: tiny, hnu-vpai, "
+                                                          "em-rahf"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "start from this saved EvalMuse structure model instead of a preset"}
+    )
+    pretrained_backbones: bool = field(
+        default=False, metadata={"help": "load the preset's pretrained backbones (Hub ids / timm weights)"}
+    )
+    backbone_learning_rate: float | None = field(
+        default=None, metadata={"help": "learning rate of the backbones once they train (default: learning_rate / 10)"}
+    )
+    freeze_schedule_fraction: float | None = field(
+        default=None,
+        metadata={"help": "train the frozen backbones after this fraction of the steps (1: never; 0.5: EM-RAHF's "
+                  "schedule; default: the model config's)"},
+    )
+    heatmap_size: int | None = field(default=None, metadata={"help": "side of the predicted heatmap (default 512)"})
+    heatmap_loss_weight: float | None = field(default=None, metadata={"help": "default: the preset's"})
+    dice_loss_weight: float | None = field(default=None, metadata={"help": "default: the preset's"})
+    score_loss_weight: float | None = field(default=None, metadata={"help": "default: the preset's"})
+    plcc_loss_weight: float | None = field(default=None, metadata={"help": "default: the preset's"})
+    rank_loss_weight: float | None = field(default=None, metadata={"help": "default: the preset's"})
+    config_overrides: dict | str | None = field(
+        default=None,
+        metadata={"help": "other EvalMuseStructureConfig fields, as a mapping (a JSON object on the command line), "
+                  'e.g. \'{"freeze_cnn": false}\''},
+    )
+    hflip: bool = field(default=True, metadata={"help": "random horizontal flips of image and heatmap"})
+    min_votes: int = field(default=1, metadata={"help": "annotators needed for a truth pixel (1: union)"})
+    eval_split: str | None = field(
+        default="validation",
+        metadata={"help": "split scored by every evaluation and by the threshold search (none: train without "
+                  "evaluation)"},
+    )
+    evaluate_test: bool = field(
+        default=True, metadata={"help": "also score a labelled 'test' split (before training and at the end)"}
+    )
+    threshold_search: bool = field(default=True, metadata={"help": "search the heatmap threshold at the end"})
+    thresholds: list[float] | None = field(
+        default=None, metadata={"help": "candidate thresholds in [0, 1] (default 10/255 ... 240/255)"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "first N of the seeded shuffled train split"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "first N of the evaluated splits"})
+    time_budget_s: float | None = field(default=None, metadata={"help": "stop training after this many seconds"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep checkpoint-N folders after a run"})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch.set_num_threads for CPU runs (1 is fastest for tiny models)"}
+    )
 
-    dataset_dir: str
-    output_dir: str
-    preset: str = "tiny"
-    model_name_or_path: str | None = None
-    pretrained_backbones: bool = False
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-    num_epochs: int = 1
-    max_steps: int | None = None
-    time_budget_s: float | None = None
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    def __post_init__(self):
+        if isinstance(self.config_overrides, str):
+            try:
+                self.config_overrides = json.loads(self.config_overrides)
+            except json.JSONDecodeError as error:
+                raise UserInputError(f"config_overrides: not a JSON object ({error})") from None
+        if self.config_overrides is not None and not isinstance(self.config_overrides, dict):
+            raise UserInputError(f"config_overrides must be a mapping, got {self.config_overrides!r}")
+        if self.freeze_schedule_fraction is not None and not 0.0 <= self.freeze_schedule_fraction <= 1.0:
+            raise UserInputError(f"freeze_schedule_fraction must be in [0, 1], got {self.freeze_schedule_fraction}")
+        if not 1 <= self.min_votes <= 4:
+            raise UserInputError(f"min_votes must be 1 to 4 annotators, got {self.min_votes}")
+        if self.thresholds is not None and any(not 0.0 <= float(t) <= 1.0 for t in self.thresholds):
+            raise UserInputError(f"thresholds must be heatmap levels in [0, 1], got {self.thresholds}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserInputError(f"{name} must be at least 1 (or none), got {value}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise UserInputError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s}")
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The ``EvalMuseStructureConfig`` overrides these arguments ask for."""
+        overrides = dict(self.config_overrides or {})
+        overrides.update({name: getattr(self, name) for name in _CONFIG_FIELDS if getattr(self, name) is not None})
+        return overrides
+
+
+@dataclass
+class StructureTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with this recipe's defaults (every other field is the Trainer's)."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "run folder: checkpoint-N/, model/, metrics.json (required)"}
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "head learning rate (default: the preset's, tiny 3e-3, hnu-vpai 1e-4, "
+                                        "em-rahf 2e-5)"}
+    )
+    num_train_epochs: float = 1.0
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float | None = None
-    backbone_learning_rate: float | None = None
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    lr_scheduler_type: str = "cosine"
-    freeze_schedule_fraction: float | None = None
-    mixed_precision: str = "auto"
-    hflip: bool = True
-    eval_split: str | None = "validation"
-    evaluate_test: bool = True
-    eval_before_training: bool = True
-    threshold_search: bool = True
-    thresholds: list[float] | None = None
-    reference_min_votes: int = 1
-    save_steps: int | None = None
-    resume: bool = True
-    keep_checkpoints: bool = False
-    overwrite_output: bool = True
+    warmup_steps: float = field(default=0.05, metadata={"help": "linear warm-up steps (< 1: a fraction of the run)"})
+    lr_scheduler_type: SchedulerType | str = "cosine_with_min_lr"
+    lr_scheduler_kwargs: dict | str | None = field(default_factory=lambda: {"min_lr_rate": 0.1})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0: none)"})
+    eval_strategy: IntervalStrategy | str = "epoch"
+    eval_on_start: bool = True
+    save_strategy: SaveStrategy | str = "epoch"
+    save_total_limit: int | None = 1
+    logging_steps: float = 10
+    logging_first_step: bool = True
     seed: int = 0
-    num_threads: int | None = None
-    num_workers: int = 0
-    log_every: int = 10
-    show_progress: bool | None = None
+    remove_unused_columns: bool = False
+    label_names: list[str] | None = field(default_factory=lambda: ["score_labels"])
+    ddp_find_unused_parameters: bool | None = True
+    resume_from_checkpoint: str | None = field(
+        default="auto", metadata={"help": "auto: the last checkpoint-N in output_dir; none: start over; or a folder"}
+    )
 
-    def validate(self) -> None:
-        def bad(name: str, expected: str) -> UserInputError:
-            return UserInputError(f"TrainStructureArguments.{name}={getattr(self, name)!r}: expected {expected}")
-
-        for name in ("num_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "reference_min_votes"):
-            if int(getattr(self, name)) < 1:
-                raise bad(name, "an integer >= 1")
-        if self.reference_min_votes > 4:
-            raise bad("reference_min_votes", "1 to 4 annotators")
-        for name in ("max_steps", "max_train_samples", "max_eval_samples", "save_steps"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise bad(name, "None or an integer >= 1")
-        if self.freeze_schedule_fraction is not None and not 0.0 <= self.freeze_schedule_fraction <= 1.0:
-            raise bad("freeze_schedule_fraction", "a fraction in [0, 1]")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise bad("mixed_precision", "'auto', 'no', 'bf16' or 'fp16'")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise bad("time_budget_s", "None or a positive number of seconds")
-        if self.thresholds is not None and any(not 0.0 <= float(t) <= 1.0 for t in self.thresholds):
-            raise bad("thresholds", "heatmap levels in [0, 1]")
+    def __post_init__(self):
+        if not self.output_dir:
+            raise UserInputError("output_dir is required (the run folder)")
+        super().__post_init__()
 
 
-# --------------------------------------------------------------------------------------------
-# data
+# ---------------------------------------------------------------------------------------------- data
 
 
-def _load_dataset(args: TrainStructureArguments, dataset):
+def load_structure_splits(recipe: StructureRecipeArguments, seed: int, dataset=None):
+    """``(train, eval, test)`` splits of the ``structure`` config (``eval`` / ``test`` None when absent or
+    unlabelled), subsampled as the recipe asks."""
     if dataset is None:
         from datasets import load_dataset
 
         try:
-            dataset = load_dataset(args.dataset_dir, "structure")
-        except (FileNotFoundError, ValueError) as exc:
+            dataset = load_dataset(recipe.dataset_dir, "structure")
+        except (FileNotFoundError, ValueError) as error:
             raise UserInputError(
-                f"cannot load the 'structure' config of {args.dataset_dir!r}: {exc}. Build the folder with "
-                "`evalmuse_models.data.prepare_dataset` (or pass a Hub dataset id)"
-            ) from exc
-    required = {"image", "image_name", "mos", "heatmap"}
+                f"cannot load the 'structure' config of {recipe.dataset_dir!r}: {error}. Build the folder with "
+                "`evalmuse prepare-data` (or pass a Hub dataset id)"
+            ) from error
     if "train" not in dataset:
-        raise UserInputError(f"dataset {args.dataset_dir!r} has no 'train' split (splits: {list(dataset)})")
-    missing = required - set(dataset["train"].column_names)
+        raise UserInputError(f"dataset {recipe.dataset_dir!r} has no 'train' split (splits: {list(dataset)})")
+    missing = sorted(set(STRUCTURE_COLUMNS) - set(dataset["train"].column_names))
     if missing:
-        raise UserInputError(
-            f"dataset {args.dataset_dir!r}, split 'train': missing columns {sorted(missing)}; "
-            "expected the 'structure' config of a prepared EvalMuse dataset"
-        )
-    return dataset
+        raise UserInputError(f"dataset {recipe.dataset_dir!r}, split 'train': missing columns {missing}; expected "
+                             "the 'structure' config of a prepared EvalMuse dataset")
+    if recipe.eval_split and recipe.eval_split not in dataset:
+        raise UserInputError(f"dataset {recipe.dataset_dir!r} has no split {recipe.eval_split!r} (splits: "
+                             f"{list(dataset)}); set eval_split to one of them, or to none to train without evaluation")
 
+    def limited(split, limit):
+        return split if limit is None or limit >= len(split) else split.shuffle(seed=seed).select(range(limit))
 
-def _subsample(split, limit: int | None, seed: int):
-    if limit is None or limit >= len(split):
-        return split
-    return split.shuffle(seed=seed).select(range(limit))
+    def labelled(name):
+        split = dataset[name] if name and name in dataset else None
+        if split is None or len(split) == 0 or any(m is None for m in split["mos"]):
+            return None
+        return limited(split, recipe.max_eval_samples)
+
+    train = limited(dataset["train"], recipe.max_train_samples)
+    if len(train) == 0:
+        raise UserInputError(f"dataset {recipe.dataset_dir!r}: the 'train' split is empty")
+    evaluated = labelled(recipe.eval_split)
+    if recipe.eval_split and evaluated is None:
+        logger.warning("split %r has no labels: training without evaluation", recipe.eval_split)
+    return train, evaluated, labelled("test") if recipe.evaluate_test else None
 
 
 def _heatmap_array(row: dict[str, Any], size: int) -> np.ndarray:
-    """The row's training heatmap (uint8 levels) at ``size`` x ``size``: its ``heatmap`` column, or,
-    when that is stored at another size, the baseline heatmap made afresh from its ``shapes``."""
+    """The row's training heatmap (uint8 levels) at ``size`` x ``size``: its ``heatmap`` column, or, when
+    that is stored at another size, the baseline heatmap made afresh from its ``shapes``."""
     from PIL import Image
 
     value = row.get("heatmap")
@@ -193,22 +241,23 @@ def _heatmap_array(row: dict[str, Any], size: int) -> np.ndarray:
 
     try:
         return baseline_heatmap(row, size=(size, size))
-    except ValueError as exc:
+    except ValueError as error:
         raise UserInputError(
             f"image {row.get('image_name', '?')!r}: the heatmap column is {image.size[0]}x{image.size[1]}, not the "
-            f"model's {size}x{size}, and cannot be made again from the row's shapes ({exc}); prepare the dataset "
+            f"model's {size}x{size}, and cannot be made again from the row's shapes ({error}); prepare the dataset "
             "with `evalmuse prepare-data`"
-        ) from exc
+        ) from error
 
 
-class _TrainRows:
-    """The training split for the loader: each row with its horizontal-flip draw (``_hflip``), made from
-    its own seed (``seed``, the ``epoch`` attribute the loop sets, its index) rather than the global RNG,
-    so that it does not depend on loading order and a resumed run flips exactly as an uninterrupted one."""
+class StructureTrainDataset:
+    """The training split for the Trainer: each row with its horizontal-flip draw (``_hflip``), made from its
+    own seed (``seed``, the ``epoch`` attribute that :class:`EpochCallback` sets, its index) rather than the
+    global RNG, so that it depends neither on loading order nor on where a run was interrupted."""
 
-    def __init__(self, split, seed: int):
+    def __init__(self, split, seed: int, hflip: bool):
         self.split = split
         self.seed = seed
+        self.hflip = hflip
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -216,17 +265,20 @@ class _TrainRows:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = dict(self.split[index])
-        row["_hflip"] = bool(np.random.default_rng(sample_seed(self.seed, self.epoch, index)).random() < 0.5)
+        row["_hflip"] = self.hflip and bool(np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5)
         return row
 
 
-class _Collator:
-    def __init__(self, processor, heatmap_size: int, uses_text: bool, train: bool, hflip: bool):
+class StructureCollator:
+    """Rows of the ``structure`` config -> model inputs (``pixel_values``, prompt tokens for text presets) and
+    targets (``heatmap_labels`` in [0, 1], ``score_labels`` = MOS, NaN when unlabelled). Image and heatmap are
+    flipped when the row says so (``_hflip``, drawn by :class:`StructureTrainDataset`; evaluation rows have
+    none)."""
+
+    def __init__(self, processor, heatmap_size: int, uses_text: bool):
         self.processor = processor
         self.heatmap_size = heatmap_size
         self.uses_text = uses_text
-        self.train = train
-        self.hflip = hflip
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -236,13 +288,12 @@ class _Collator:
         for row in rows:
             image = row["image"].convert("RGB")
             heat = _heatmap_array(row, self.heatmap_size)
-            if self.train and self.hflip and row.get("_hflip", False):  # drawn per sample by _TrainRows
+            if row.get("_hflip", False):
                 image = image.transpose(Image.FLIP_LEFT_RIGHT)
                 heat = heat[:, ::-1]
             images.append(image)
             heatmaps.append(np.ascontiguousarray(heat))
-            mos = row.get("mos")
-            scores.append(float("nan") if mos is None else float(mos))
+            scores.append(float("nan") if row.get("mos") is None else float(row["mos"]))
             prompts.append(row.get("prompt") or "")
         batch = dict(self.processor(images=images, text=prompts if self.uses_text else None, return_tensors="pt"))
         batch["heatmap_labels"] = torch.from_numpy(np.stack(heatmaps)).float() / 255.0
@@ -250,118 +301,407 @@ class _Collator:
         return batch
 
 
-# --------------------------------------------------------------------------------------------
-# evaluation
+# ---------------------------------------------------------------------------------------------- model
 
 
-def predict_split(model, split, processor, batch_size: int, device, show_progress: bool = False, dtype=None):
-    """Run the model over a dataset split: ``(heatmaps uint8 (N, 512, 512), scores (N,), names)``.
-    Heatmaps are kept as 8-bit levels, the resolution the baseline's threshold works on."""
-    import torch
-    from tqdm.auto import tqdm
-
-    collate = _Collator(processor, model.config.heatmap_size, model.config.uses_text, train=False, hflip=False)
-    heatmaps, scores = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in tqdm(range(0, len(split), batch_size), desc="evaluate", disable=not show_progress):
-                rows = [split[i] for i in range(start, min(start + batch_size, len(split)))]
-                batch = collate(rows)
-                inputs = {k: v.to(device) for k, v in batch.items() if k not in ("heatmap_labels", "score_labels")}
-                if dtype is not None:
-                    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-                out = model(**inputs)
-                heatmaps.append(torch.round(out.heatmap.float() * 255).to(torch.uint8).cpu().numpy())
-                scores.append(out.structure_score.float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(heatmaps), np.concatenate(scores), list(split["image_name"])
-
-
-def reference_masks(split, min_votes: int = 1, size: int = 512) -> list[np.ndarray]:
-    """Truth 0/1 masks at ``size`` x ``size`` for the official score, made from each row's ``shapes``
-    and image size by the one truth rule (:func:`evalmuse_models.data.masks.truth_maps`): pixels that
-    at least ``min_votes`` annotators marked (1 = union), bilinear resize, ``> 0``."""
-    from datasets import Image as ImageFeature
-
-    from ..data.masks import binary_mask
-
-    missing = sorted({"shapes", "image"} - set(split.column_names))
-    if missing:
-        raise UserInputError(
-            f"the truth masks are made from the 'shapes' and 'image' columns, and this split has no {missing}; "
-            "evaluate a labelled split of a prepared EvalMuse dataset"
-        )
-    rows = split.select_columns(["shapes", "image"]).cast_column("image", ImageFeature(decode=False))
-    return [binary_mask(row, min_votes=min_votes, size=(size, size)) for row in rows]
-
-
-def score_predictions(heatmaps_u8, scores, split, threshold: float, min_area: int, min_votes: int = 1,
-                      truth: list[np.ndarray] | None = None):
-    """Official structure Final score of predictions on a labelled split (see
-    :func:`~evalmuse_models.models.evalmuse_structure.postprocess.evaluate_structure`); ``truth``: the
-    split's :func:`reference_masks` when already made."""
-    from ..models.evalmuse_structure.postprocess import (
-        evaluate_structure,
-        heatmap_to_mask,
-        remove_small_regions,
-    )
-
-    mos = np.array([np.nan if m is None else float(m) for m in split["mos"]], dtype=np.float64)
-    if not np.all(np.isfinite(mos)):
-        raise UserInputError(f"split has {int((~np.isfinite(mos)).sum())} images without 'mos'; evaluate a labelled split")
-    masks = [remove_small_regions(heatmap_to_mask(h / 255.0, threshold), min_area) for h in heatmaps_u8]
-    return evaluate_structure(scores, mos, masks, reference_masks(split, min_votes) if truth is None else truth)
-
-
-# --------------------------------------------------------------------------------------------
-# training
-
-
-def _build_model(args: TrainStructureArguments):
+def build_model_and_processor(recipe: StructureRecipeArguments):
+    """The model (a saved one, or a preset with random or pretrained backbones) and its processor."""
     from ..models.evalmuse_structure import (
         EvalMuseStructureConfig,
         EvalMuseStructureModel,
         EvalMuseStructureProcessor,
     )
 
-    if args.model_name_or_path:
-        model = EvalMuseStructureModel.from_pretrained(args.model_name_or_path, **dict(args.config_overrides))
+    overrides = recipe.model_overrides()
+    if recipe.model_name_or_path:
+        model = EvalMuseStructureModel.from_pretrained(recipe.model_name_or_path, **overrides)
         try:
-            processor = EvalMuseStructureProcessor.from_pretrained(args.model_name_or_path)
+            processor = EvalMuseStructureProcessor.from_pretrained(recipe.model_name_or_path)
         except (OSError, ValueError):
             processor = EvalMuseStructureProcessor.from_model_config(model.config)
         return model, processor
     try:
-        config = EvalMuseStructureConfig.from_preset(args.preset, **dict(args.config_overrides))
-    except ValueError as exc:
-        raise UserInputError(f"TrainStructureArguments.preset / config_overrides: {exc}") from exc
-    model = EvalMuseStructureModel(config, load_pretrained_backbones=args.pretrained_backbones)
+        config = EvalMuseStructureConfig.from_preset(recipe.preset, **overrides)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"preset {recipe.preset!r} with overrides {overrides}: {error}") from None
+    model = EvalMuseStructureModel(config, load_pretrained_backbones=recipe.pretrained_backbones)
     return model, EvalMuseStructureProcessor.from_model_config(config)
 
 
-def _param_groups(model, lr: float, backbone_lr: float, weight_decay: float):
-    backbone_ids = set()
-    for name in ("vit", "cnn", "text_embeddings"):
-        module = getattr(model, name, None)
-        if module is not None:
-            backbone_ids.update(id(p) for p in module.parameters())
-    groups = {("head", True): [], ("head", False): [], ("backbone", True): [], ("backbone", False): []}
-    for name, p in model.named_parameters():
-        kind = "backbone" if id(p) in backbone_ids else "head"
-        decay = p.ndim > 1 and "norm" not in name.lower()
-        groups[(kind, decay)].append(p)
-    out = []
-    for (kind, decay), params in groups.items():
-        if params:
-            out.append({
-                "params": params,
-                "lr": backbone_lr if kind == "backbone" else lr,
-                "weight_decay": weight_decay if decay else 0.0,
-            })
-    return out
+def _backbones(model) -> list:
+    return [m for m in (getattr(model, name, None) for name in ("vit", "cnn", "text_embeddings")) if m is not None]
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+def _logged(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """An :func:`evaluate_structure` result as Trainer metrics (``eval_final``, ``eval_f1``, ...); undefined
+    values (the foreground IoU of a set without predicted regions) are left out."""
+    return {f"{prefix}_{LOGGED_METRICS[key]}": float(value) for key, value in metrics.items()
+            if key in LOGGED_METRICS and value is not None and math.isfinite(value)}
+
+
+def _predictions(output) -> list[dict[str, Any]]:
+    """The ``(heatmaps, scores)`` gathered by :meth:`StructureTrainer.prediction_step` as one prediction per
+    image (:func:`evaluate_structure`'s input)."""
+    heatmaps, scores = output.predictions
+    return [{"score": float(score), "heatmap": heatmap} for heatmap, score in zip(heatmaps, scores, strict=True)]
+
+
+def _official(entry: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The official metrics of a logged evaluation (the inverse of :func:`_logged`)."""
+    return {key: entry[f"{prefix}_{name}"] for key, name in LOGGED_METRICS.items() if f"{prefix}_{name}" in entry}
+
+
+class StructureTrainer(Trainer):
+    """``Trainer`` with the structure recipe's parameter groups (backbones at their own learning rate) and the
+    official structure score as its evaluation (``eval_final``, ``eval_f1``, ``eval_plcc``, ``eval_srcc``, ...).
+
+    Args:
+        backbone_learning_rate: learning rate of the backbone parameters (the others take ``learning_rate``).
+        min_votes: annotators needed for a truth pixel of the evaluated splits.
+    """
+
+    def __init__(self, *args, backbone_learning_rate: float | None = None, min_votes: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backbone_learning_rate = backbone_learning_rate
+        self.min_votes = min_votes
+        self._truth: dict[str, list[np.ndarray]] = {}
+        # The model's loss is a per-batch mean: the Trainer averages it over accumulation steps itself and must
+        # not rescale it by item counts (its forward takes **kwargs, which the Trainer would read so).
+        self.model_accepts_loss_kwargs = False
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer (``optim``, weight decay off for biases and norms) over parameter groups:
+        the backbones at ``backbone_learning_rate``, the rest at ``learning_rate``."""
+        if self.optimizer is not None:
+            return self.optimizer
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        backbone = {id(p) for module in _backbones(self.accelerator.unwrap_model(opt_model)) for p in module.parameters()}
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((id(param) in backbone, name in decay), []).append(param)
+        backbone_lr = self.backbone_learning_rate or self.args.learning_rate / 10
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(
+            [
+                {"params": params, "lr": backbone_lr if is_backbone else self.args.learning_rate,
+                 "weight_decay": self.args.weight_decay if decays else 0.0}
+                # the head's decayed group first: the Trainer logs the first group's learning rate
+                for (is_backbone, decays), params in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
+            ],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """The checkpoint's weights, read by ``from_pretrained``. ``save_pretrained`` writes them in the
+        original layout of each sub-model (transformers' weight conversions reverted, e.g. DINOv2's
+        ``attention.attention.query`` for ``attention.q_proj``), which only ``from_pretrained`` converts back:
+        the Trainer's own plain ``load_state_dict`` would leave those weights out, with a warning."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = self.model if model is None else model
+        saved = type(model).from_pretrained(resume_from_checkpoint)
+        model.load_state_dict(saved.state_dict())
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Loss, ``(heatmaps as 8-bit levels, scores)`` and the true scores of one evaluation batch."""
+        import torch
+
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**inputs)
+        loss = None if outputs.loss is None else outputs.loss.detach().mean()
+        if prediction_loss_only:
+            return loss, None, None
+        heatmaps = torch.round(outputs.heatmap.float() * 255).to(torch.uint8)
+        return loss, (heatmaps, outputs.structure_score.float()), inputs.get("score_labels")
+
+    def structure_predictions(self, split) -> list[dict[str, Any]]:
+        """The model's score and 8-bit heatmap for every image of ``split``, in order (every process runs
+        its share; every process gets them all)."""
+        return _predictions(self.predict(split, metric_key_prefix="predict"))
+
+    def truth_of(self, split) -> list[np.ndarray]:
+        """The split's truth masks, drawn once per run (every evaluation and the threshold search reuse them)."""
+        key = getattr(split, "_fingerprint", None) or str(id(split))
+        if key not in self._truth:
+            self._truth[key] = truth_masks(split, min_votes=self.min_votes)
+        return self._truth[key]
+
+    def score_split(self, predictions, split, threshold: float | None = None) -> dict[str, Any]:
+        """:func:`evaluate_structure` of ``predictions`` on ``split`` at ``threshold`` (default: the model's)."""
+        config = self.accelerator.unwrap_model(self.model).config
+        return evaluate_structure(predictions, split, threshold=config.threshold if threshold is None else threshold,
+                                  min_area=config.min_region_area, truth=self.truth_of(split))
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The Trainer's loop (predictions gathered from every process, the loss), plus, for ``evaluate``, the
+        official structure score of the evaluated split."""
+        scoring = description == "Evaluation"
+        output = super().evaluation_loop(dataloader, description, False if scoring else prediction_loss_only,
+                                         ignore_keys, metric_key_prefix)
+        if scoring:
+            metrics = self.score_split(_predictions(output), dataloader.dataset)
+            output.metrics.update(_logged(metrics, metric_key_prefix))
+        return output
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+
+
+class EpochCallback(TrainerCallback):
+    """Tell the training dataset which epoch begins (its flips are drawn per epoch)."""
+
+    def __init__(self, dataset: StructureTrainDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.epoch = math.floor(state.epoch or 0)  # a run resumed mid-epoch is still in that epoch
+
+
+class FreezeScheduleCallback(TrainerCallback):
+    """Keep the backbones that the model config freezes frozen for the first ``fraction`` of the optimizer
+    steps, then train them.
+
+    The backbones must be trainable when the Trainer wraps the model (DDP only synchronises the gradients of
+    parameters that require them at that moment) and when it builds the optimizer: this callback freezes them
+    at the start of training (``requires_grad`` off: the model then runs them under ``no_grad`` in eval mode,
+    they get no gradient and the optimizer skips them) and unfreezes them at ``unfreeze_step``; DDP needs
+    ``ddp_find_unused_parameters=True`` while they are frozen.
+    """
+
+    def __init__(self, frozen: tuple[bool, bool, bool], fraction: float):
+        self.frozen = frozen
+        self.fraction = fraction
+        self.unfreeze_step: int | None = None
+        self.waiting = False
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.unfreeze_step = round(self.fraction * state.max_steps)
+        self.waiting = state.global_step < self.unfreeze_step
+        if self.waiting:
+            model.freeze_backbones(*self.frozen)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.waiting and state.global_step >= self.unfreeze_step:
+            logger.info("step %d: the backbones train from now on", state.global_step)
+            model.freeze_backbones(False, False, False)
+            self.waiting = False
+
+
+class LogLastStepCallback(TrainerCallback):
+    """Log the loss of the step a run stops at (``max_steps``, the last epoch or a time budget), whatever
+    ``logging_steps`` says."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop or state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def check_checkpoint(folder: str | os.PathLike) -> None:
+    """Open every file of the checkpoint ``folder`` that a resume may read, with the loader the Trainer uses
+    (JSON, safetensors, ``torch.load(weights_only=True)`` memory-mapped, which never runs pickled code): a
+    missing state or a file that is not what it should be raises a one-line :class:`UserInputError` naming
+    the folder, before the Trainer reads anything. ``training_args.bin`` is never read."""
+    import torch
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
+
+    folder = Path(folder)
+    hint = f"delete {folder} or start over with --resume_from_checkpoint none"
+    if not (folder / "trainer_state.json").is_file():
+        raise UserInputError(f"{folder} has no trainer_state.json (an unfinished checkpoint?); {hint}")
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    list(handle.keys())
+            elif path.suffix in (".pt", ".pth", ".bin") and path.name != "training_args.bin":
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # noqa: BLE001 - every failure is the same verdict: not a usable file
+            reason = " ".join(str(error).split())[:200]
+            raise UserInputError(f"cannot resume from {folder}: {path.name} is not a valid checkpoint file "
+                                 f"({type(error).__name__}: {reason}); {hint}") from None
+
+
+def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from: ``auto`` = the last ``checkpoint-N`` in ``output_dir`` (or none);
+    ``none`` / ``false`` / empty = start over; else that folder."""
+    choice = training_args.resume_from_checkpoint
+    if choice is None or str(choice).strip().lower() in ("", "none", "false", "no"):
+        return None
+    if str(choice).lower() == "auto":
+        output_dir = training_args.output_dir
+        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(choice):
+        raise UserInputError(f"resume_from_checkpoint {choice} is not a folder")
+    return str(choice)
+
+
+# ---------------------------------------------------------------------------------------------- recipe
+
+
+def train_structure(recipe_args: StructureRecipeArguments, training_args: StructureTrainingArguments,
+                    dataset=None, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+    """Train an EvalMuse structure model; returns the metrics (also written to ``output_dir/metrics.json``).
+
+    Args:
+        recipe_args / training_args: the recipe's and the Trainer's arguments.
+        dataset: a ``DatasetDict`` with the ``structure`` columns (default: loaded from ``dataset_dir``).
+        callbacks: extra ``TrainerCallback``s.
+
+    Returns:
+        ``{"initial", "initial_test", "evaluations", "final", "test", "threshold", "threshold_table", "train",
+        "model_dir", "arguments"}``: ``initial`` / ``initial_test`` score the untrained model on the evaluated
+        and the test split (with ``eval_on_start``), ``evaluations`` every evaluation during training
+        (``{"step", "epoch", ...}``), ``final`` the trained model on the evaluated split at the searched
+        threshold and ``test`` on a labelled test split at that threshold (chosen without it). Every metrics
+        dict has the official keys ``precision``, ``recall``, ``f1``, ``giou``, ``plcc``, ``srcc``,
+        ``final_score``. ``train``: ``steps``, ``train_loss``, ``loss_first`` / ``loss_last`` (first and last
+        logged), ``seconds``, ``samples_per_second``, ``learning_rate``, ``backbone_learning_rate``,
+        ``unfrozen_at_step``, ``stopped_by_time_budget``. Processes other than the main one return ``{}``.
+    """
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if recipe_args.num_threads:
+        torch.set_num_threads(recipe_args.num_threads)
+    try:
+        return _train_structure(recipe_args, training_args, dataset, callbacks or [])
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_structure(recipe: StructureRecipeArguments, training_args: StructureTrainingArguments, dataset,
+                     extra_callbacks: list[TrainerCallback]) -> dict[str, Any]:
+    from transformers import set_seed
+
+    output_dir = Path(training_args.output_dir)
+    checkpoint = resolve_checkpoint(training_args)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
+    set_seed(training_args.seed)  # the model's random initial weights
+    train_split, eval_split, test_split = load_structure_splits(recipe, training_args.seed, dataset)
+    model, processor = build_model_and_processor(recipe)
+    config = model.config
+
+    args = copy.copy(training_args)  # the caller's arguments stay as they were
+    if args.learning_rate is None:
+        args.learning_rate = PRESET_LEARNING_RATES.get(config.preset or recipe.preset, 1e-4)
+    if eval_split is None:
+        args.eval_strategy, args.eval_on_start = IntervalStrategy.NO, False
+    if checkpoint is not None:
+        args.eval_on_start = False  # "initial" comes with the checkpoint's history
+
+    frozen = (config.freeze_vit, config.freeze_cnn, config.freeze_text)
+    fraction = config.freeze_schedule_fraction if recipe.freeze_schedule_fraction is None else \
+        recipe.freeze_schedule_fraction
+    train_dataset = StructureTrainDataset(train_split, training_args.seed, recipe.hflip)
+    callbacks: list[TrainerCallback] = [EpochCallback(train_dataset)]
+    schedule = None
+    if fraction < 1.0 and any(frozen):
+        schedule = FreezeScheduleCallback(frozen, fraction)
+        callbacks.append(schedule)
+        model.freeze_backbones(False, False, False)  # trainable while the Trainer wraps the model (see the callback)
+    budget = TimeBudgetCallback(recipe.time_budget_s) if recipe.time_budget_s is not None else None
+    if budget is not None:
+        callbacks.append(budget)
+    callbacks += [LogLastStepCallback(), *extra_callbacks]
+
+    trainer = StructureTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_split,
+        # no processing_class: the Trainer would align the model's special tokens with a tokenizer that the
+        # image-only presets do not have; the processor is saved with the final model
+        data_collator=StructureCollator(processor, config.heatmap_size, config.uses_text),
+        callbacks=callbacks,
+        backbone_learning_rate=recipe.backbone_learning_rate,
+        min_votes=recipe.min_votes,
+    )
+    initial_test = None
+    if checkpoint is None and args.eval_on_start and test_split is not None:
+        initial_test = trainer.score_split(trainer.structure_predictions(test_split), test_split)
+    if checkpoint is not None and trainer.is_world_process_zero():
+        print(f"resumed from {checkpoint}")
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_state()
+
+    # the threshold search and the final scores (every process predicts its share; the main one scores)
+    eval_predictions = trainer.structure_predictions(eval_split) if eval_split is not None else None
+    test_predictions = trainer.structure_predictions(test_split) if test_split is not None else None
+    if schedule is not None:
+        model.freeze_backbones(*frozen)  # as built: the saved model describes its configuration
+    if not trainer.is_world_process_zero():
+        return {}
+
+    result = _run_metrics(trainer.state.log_history)
+    result["initial_test"] = initial_test
+    threshold = float(config.threshold)
+    if eval_predictions is not None:
+        if recipe.threshold_search:
+            threshold, result["threshold_table"] = search_threshold(
+                eval_predictions, eval_split, thresholds=recipe.thresholds or DEFAULT_THRESHOLDS,
+                min_area=config.min_region_area, truth=trainer.truth_of(eval_split),
+            )
+            result["final"] = next(row for row in result["threshold_table"] if row["threshold"] == threshold)
+        else:
+            result["final"] = {"threshold": threshold, **trainer.score_split(eval_predictions, eval_split)}
+    config.threshold = threshold
+    result["threshold"] = threshold
+    if test_predictions is not None:
+        result["test"] = {"threshold": threshold, **trainer.score_split(test_predictions, test_split, threshold)}
+    result["train"] = {
+        "steps": trainer.state.global_step,
+        "train_loss": train_output.training_loss,
+        "loss_first": next((e["loss"] for e in trainer.state.log_history if "loss" in e), None),
+        "loss_last": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+        "seconds": train_output.metrics.get("train_runtime"),
+        "samples_per_second": train_output.metrics.get("train_samples_per_second"),
+        "learning_rate": args.learning_rate,
+        "backbone_learning_rate": recipe.backbone_learning_rate or args.learning_rate / 10,
+        "unfrozen_at_step": schedule.unfreeze_step if schedule is not None else None,
+        "stopped_by_time_budget": bool(budget is not None and budget.stopped),
+        "resumed_from": checkpoint,
+    }
+    result["arguments"] = {"recipe": asdict(recipe), "training": training_args.to_dict()}
+
+    model_dir = output_dir / "model"
+    with atomic_directory(model_dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_model_card(tmp, model, result)
+    result["model_dir"] = str(model_dir)
+    result = _jsonable(result)
+    atomic_write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
+    if not recipe.keep_checkpoints:
+        for folder in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+def _run_metrics(log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """``initial`` and ``evaluations`` from the Trainer's log history (placeholders for the rest)."""
+    evaluations = [{"step": e["step"], "epoch": e.get("epoch"), **_official(e, "eval")}
+                   for e in log_history if "eval_final" in e]
+    initial = next(({k: v for k, v in e.items() if k not in ("step", "epoch")} for e in evaluations
+                    if e["step"] == 0), None)
+    return {"initial": initial, "initial_test": None, "evaluations": [e for e in evaluations if e["step"] > 0],
+            "final": None, "test": None, "threshold": None, "threshold_table": []}
 
 
 def _jsonable(value):
@@ -370,296 +710,15 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
+        return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
     return value
 
 
-def train_structure(args: TrainStructureArguments, dataset=None) -> dict[str, Any]:
-    """Train an EvalMuse structure model; returns the metrics (also written to ``metrics.json``).
-
-    Args:
-        args: a :class:`TrainStructureArguments`.
-        dataset: optional ``DatasetDict`` with the ``structure`` columns (default: loaded from
-            ``args.dataset_dir``).
-
-    Returns:
-        ``{"initial": {...} | None, "initial_test": {...} | None, "epochs": [{...}], "final": {...},
-        "test": {...} | None, "threshold": float, "threshold_table": [...], "train": {"steps", "samples", "seconds", "images_per_second",
-        "loss_first", "loss_last"}, "model_dir": str}``. ``initial*`` score the untrained model (baseline threshold),
-        ``final`` the trained one on ``eval_split`` at the searched threshold and ``test`` on a
-        labelled ``test`` split at that threshold (chosen without it); every metrics dict
-        has the official keys ``precision``, ``recall``, ``f1``, ``giou``, ``plcc``, ``srcc``,
-        ``final_score``. Under multi-process launches only the main process evaluates and saves;
-        the other processes get the dict without ``final``, ``test`` and ``model_dir``.
-    """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    args.validate()
-    if args.num_threads:
-        torch.set_num_threads(int(args.num_threads))
-    output_dir = Path(args.output_dir)
-    mixed = args.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(
-        mixed_precision=mixed,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    check_supported(accelerator)
-    set_seed(args.seed)
-    show = accelerator.is_local_main_process if args.show_progress is None else args.show_progress and accelerator.is_local_main_process
-
-    dataset = _load_dataset(args, dataset)
-    train_split = _subsample(dataset["train"], args.max_train_samples, args.seed)
-    eval_split = None
-    if args.eval_split and args.eval_split not in dataset:
-        raise UserInputError(
-            f"dataset {args.dataset_dir!r} has no split {args.eval_split!r} (splits: {list(dataset)}); "
-            "set eval_split to one of them, or to None to train without evaluation"
-        )
-    if args.eval_split:
-        eval_split = _subsample(dataset[args.eval_split], args.max_eval_samples, args.seed)
-        if any(m is None for m in eval_split["mos"]):
-            eval_split = None
-    test_split = None
-    if (args.evaluate_test and "test" in dataset and len(dataset["test"])
-            and all(m is not None for m in dataset["test"]["mos"])):
-        test_split = _subsample(dataset["test"], args.max_eval_samples, args.seed)
-    if len(train_split) == 0:
-        raise UserInputError(f"dataset {args.dataset_dir!r}: the 'train' split is empty")
-
-    model, processor = _build_model(args)
-    config = model.config
-    lr = args.learning_rate or _PRESET_LR.get(config.preset or args.preset, 1e-4)
-    backbone_lr = args.backbone_learning_rate or lr / 10
-    unfreeze_fraction = config.freeze_schedule_fraction if args.freeze_schedule_fraction is None else args.freeze_schedule_fraction
-    frozen_at_start = config.freeze_vit, config.freeze_cnn, config.freeze_text
-
-    collate = _Collator(processor, config.heatmap_size, config.uses_text, train=True, hflip=args.hflip)
-    generator = torch.Generator().manual_seed(args.seed)
-    train_rows = _TrainRows(train_split, args.seed)
-    loader = DataLoader(
-        train_rows, batch_size=args.per_device_train_batch_size, shuffle=True, collate_fn=collate,
-        num_workers=args.num_workers, generator=generator,
-    )
-    steps_per_epoch = max(1, math.ceil(len(loader) / args.gradient_accumulation_steps / accelerator.num_processes))
-    total_steps = args.max_steps or steps_per_epoch * args.num_epochs
-    unfreeze_step = None
-    if unfreeze_fraction < 1.0 and any(frozen_at_start):
-        unfreeze_step = round(unfreeze_fraction * total_steps)
-
-    optimizer = torch.optim.AdamW(_param_groups(model, lr, backbone_lr, args.weight_decay))
-    scheduler = get_scheduler(
-        args.lr_scheduler_type, optimizer,
-        num_warmup_steps=int(args.warmup_ratio * total_steps), num_training_steps=total_steps,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    truths: dict[str, list[np.ndarray]] = {}
-
-    def truth_of(split) -> list[np.ndarray]:
-        """The split's truth masks, drawn once per run (every evaluation and the threshold search reuse them)."""
-        if split._fingerprint not in truths:
-            truths[split._fingerprint] = reference_masks(split, args.reference_min_votes)
-        return truths[split._fingerprint]
-
-    def evaluate_on(split, threshold: float) -> dict[str, Any]:
-        net = accelerator.unwrap_model(model)
-        heat, scores, _ = predict_split(net, split, processor, args.per_device_eval_batch_size, accelerator.device)
-        out = score_predictions(heat, scores, split, threshold, net.config.min_region_area, truth=truth_of(split))
-        out["threshold"] = threshold
-        return out
-
-    def evaluate(threshold: float | None = None) -> dict[str, Any] | None:
-        if eval_split is None:
-            return None
-        result = None
-        if accelerator.is_main_process:
-            net = accelerator.unwrap_model(model)
-            heat, scores, _ = predict_split(net, eval_split, processor, args.per_device_eval_batch_size,
-                                            accelerator.device, show_progress=False)
-            thr = net.config.threshold if threshold is None else threshold
-            result = score_predictions(heat, scores, eval_split, thr, net.config.min_region_area,
-                                       truth=truth_of(eval_split))
-            result["threshold"] = thr
-        accelerator.wait_for_everyone()
-        return result
-
-    # ---- resume
-    ckpt_dir = output_dir / "checkpoints"
-    last_ckpt = ckpt_dir / "last"
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "initial": None, "initial_test": None, "epochs": [],
-             "losses": [],
-             "unfrozen": False, "seconds": 0.0, "samples": 0}
-    # The loader's generator as the current epoch began: a mid-epoch checkpoint keeps it, so that a resume
-    # draws the same order and skips the batches already seen.
-    epoch_start_state = generator.get_state()
-    if args.resume and (last_ckpt / "trainer_state.json").is_file():
-        hint = "--resume false (resume=False)"
-        state = read_progress(last_ckpt, "trainer_state.json", state, resume_hint=hint)
-        if state["unfrozen"]:
-            accelerator.unwrap_model(model).freeze_backbones(False, False, False)
-        load_training_state(accelerator, last_ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                            generators={"train_loader": generator}, resume_hint=hint)
-        accelerator.print(f"resumed from {last_ckpt} at step {state['step']}")
-    elif args.eval_before_training:
-        state["initial"] = evaluate()
-        if test_split is not None and accelerator.is_main_process:
-            state["initial_test"] = evaluate_on(test_split, accelerator.unwrap_model(model).config.threshold)
-
-    def save_checkpoint() -> None:
-        tmp = ckpt_dir / f".tmp-step-{state['step']}"
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        loader_state = epoch_start_state if state["batches_in_epoch"] else generator.get_state()
-        save_training_state(accelerator, tmp, model=model, optimizer=optimizer, scheduler=scheduler,
-                            generator_states={"train_loader": loader_state})
-        if accelerator.is_main_process:
-            atomic_write_text(tmp / "trainer_state.json", json.dumps(_jsonable(state)))
-            replace_directory(tmp, last_ckpt)
-        accelerator.wait_for_everyone()
-
-    # ---- train
-    model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train structure", disable=not show)
-    started = time.perf_counter()
-    samples_before = state["samples"]
-    stopped_by_budget = False
-    wall_started = time.perf_counter()
-    while state["step"] < total_steps and not stopped_by_budget:
-        epoch_loader = loader
-        if state["batches_in_epoch"]:
-            epoch_loader = accelerator.skip_first_batches(loader, state["batches_in_epoch"])
-        epoch_start_state = generator.get_state()
-        train_rows.epoch = state["epoch"]  # not a set_epoch method: accelerate's loaders call that with their own count
-        for batch in epoch_loader:
-            if unfreeze_step is not None and not state["unfrozen"] and state["step"] >= unfreeze_step:
-                net = accelerator.unwrap_model(model)
-                net.freeze_backbones(False, False, False)
-                if accelerator.num_processes > 1:
-                    model = accelerator.prepare_model(net)
-                state["unfrozen"] = True
-            with accelerator.accumulate(model):
-                out = model(**batch)
-                accelerator.backward(out.loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            state["batches_in_epoch"] += 1
-            state["samples"] += batch["pixel_values"].shape[0] * accelerator.num_processes
-            if accelerator.sync_gradients:
-                state["step"] += 1
-                loss = float(accelerator.gather(out.loss.detach()[None]).mean())
-                state["losses"].append(loss)
-                bar.update(1)
-                if state["step"] % args.log_every == 0:
-                    bar.set_postfix(loss=f"{np.mean(state['losses'][-args.log_every:]):.4f}")
-                if args.save_steps and state["step"] % args.save_steps == 0:
-                    save_checkpoint()
-                if state["step"] >= total_steps:
-                    break
-                if args.time_budget_s:
-                    over = torch.tensor([time.perf_counter() - wall_started > args.time_budget_s], device=accelerator.device)
-                    if bool(accelerator.gather(over).any()):  # every process stops at the same step
-                        stopped_by_budget = True
-                        break
-        else:
-            # a full pass over the loader: end of epoch
-            state["epoch"] += 1
-            state["batches_in_epoch"] = 0
-            state["seconds"] += time.perf_counter() - started
-            metrics = evaluate()
-            state["epochs"].append({"epoch": state["epoch"], "step": state["step"], **(metrics or {})})
-            if metrics:
-                accelerator.print(f"epoch {state['epoch']}: final score {metrics['final_score']:.4f}")
-            if state["step"] < total_steps:
-                save_checkpoint()
-            started = time.perf_counter()  # training throughput excludes evaluation and checkpoints
-            continue
-        break
-    bar.close()
-    state["seconds"] += time.perf_counter() - started
-    accelerator.wait_for_everyone()
-
-    # ---- threshold search, final metrics, save
-    net = accelerator.unwrap_model(model)
-    result: dict[str, Any] = {
-        "initial": state["initial"],
-        "initial_test": state["initial_test"],
-        "epochs": state["epochs"],
-        "final": None,
-        "threshold": float(net.config.threshold),
-        "threshold_table": [],
-        "test": None,
-        "train": {
-            "steps": state["step"],
-            "samples": state["samples"],
-            "seconds": state["seconds"],
-            "images_per_second": (state["samples"] - samples_before) / max(state["seconds"], 1e-9),
-            "loss_first": state["losses"][0] if state["losses"] else None,
-            "loss_last": float(np.mean(state["losses"][-max(1, args.log_every):])) if state["losses"] else None,
-            "learning_rate": lr,
-            "unfrozen_at_step": unfreeze_step,
-            "stopped_by_time_budget": stopped_by_budget,
-        },
-        "args": asdict(args),
-    }
-    if accelerator.is_main_process:
-        if eval_split is not None:
-            heat, scores, _ = predict_split(net, eval_split, processor, args.per_device_eval_batch_size, accelerator.device)
-            threshold = float(net.config.threshold)
-            if args.threshold_search:
-                from ..models.evalmuse_structure.postprocess import (
-                    DEFAULT_THRESHOLDS,
-                    search_threshold,
-                )
-
-                masks = truth_of(eval_split)
-                mos = [float(m) for m in eval_split["mos"]]
-                threshold, table = search_threshold(
-                    [h / 255.0 for h in heat], scores, masks, mos,
-                    thresholds=args.thresholds or DEFAULT_THRESHOLDS, min_area=net.config.min_region_area,
-                )
-                result["threshold_table"] = table
-            net.config.threshold = threshold
-            result["threshold"] = threshold
-            result["final"] = score_predictions(heat, scores, eval_split, threshold, net.config.min_region_area,
-                                                truth=truth_of(eval_split))
-            result["final"]["threshold"] = threshold
-        if test_split is not None:
-            result["test"] = evaluate_on(test_split, float(net.config.threshold))
-        # restore the configured freezing so the saved config describes the model as built
-        net.config.freeze_vit, net.config.freeze_cnn, net.config.freeze_text = frozen_at_start
-        model_dir = output_dir / "model"
-        with atomic_directory(model_dir, overwrite=args.overwrite_output) as tmp:
-            net.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-            write_model_card(tmp, net, result)
-        result["model_dir"] = str(model_dir)
-        result = _jsonable(result)
-        atomic_write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
-        if not args.keep_checkpoints:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return result
-
-
-
-
-
 def write_model_card(folder, model, result: dict[str, Any] | None = None) -> Path:
-    """Render ``model_cards/evalmuse-structure.md`` for a structure model into ``folder/README.md``
-    (metrics of a training run from ``result`` when given)."""
+    """Render ``model_cards/evalmuse-structure.md`` for a structure model into ``folder/README.md`` (metrics
+    of a training run from ``result`` when given)."""
     from huggingface_hub import ModelCardData
 
     from ..cards import render_model_card
@@ -693,102 +752,56 @@ def write_model_card(folder, model, result: dict[str, Any] | None = None) -> Pat
     return path
 
 
-# --------------------------------------------------------------------------------------------
-# command line
+# ---------------------------------------------------------------------------------------------- command line
 
 
-def _field_parser(kind: str):
-    def parse(text: str):
-        if text.lower() in ("none", "null"):
-            return None
-        if kind == "bool":
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"expected true/false, got {text!r}")
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-        if kind == "floats":
-            return [float(v) for v in text.split(",") if v.strip()]
-        if kind == "dict":
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError("expected a JSON object")
-            return value
-        return text
+def parse_args(argv: list[str] | None = None) -> tuple[StructureRecipeArguments, StructureTrainingArguments]:
+    """``--config file.yaml`` (fields of both dataclasses) then ``--field value`` overrides, by TRL's parser."""
+    from trl import TrlParser
 
-    return parse
-
-
-def _field_kind(annotation: str) -> str:
-    for kind in ("bool", "int", "float"):
-        if annotation.startswith(kind):
-            return kind
-    if annotation.startswith("list[float]"):
-        return "floats"
-    if annotation.startswith("dict"):
-        return "dict"
-    return "str"
-
-
-def parse_args(argv: list[str] | None = None) -> TrainStructureArguments:
-    """:class:`TrainStructureArguments` from ``--config file.yaml`` plus ``--field value`` overrides
-    (lists comma-separated, ``config_overrides`` as JSON, ``none`` for None)."""
-    import argparse
-    import dataclasses
-
-    import yaml
-
-    fields = {f.name: f for f in dataclasses.fields(TrainStructureArguments)}
-    parser = argparse.ArgumentParser(
-        prog="train_structure.py",
-        description="Train the EvalMuse structure model (heatmap + score) on a prepared dataset.",
-    )
-    parser.add_argument("--config", help="YAML file with TrainStructureArguments fields")
-    for name, f in fields.items():
-        kind = _field_kind(str(f.type))
-        parser.add_argument(f"--{name}", type=_field_parser(kind), default=argparse.SUPPRESS,
-                            help=f"({kind}) see TrainStructureArguments")
-    ns = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    config_path = ns.pop("config", None)
-    if config_path:
-        try:
-            loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserInputError(f"cannot read the config file {config_path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise UserInputError(f"{config_path}: expected a mapping of TrainStructureArguments fields")
-        unknown = sorted(set(loaded) - set(fields))
-        if unknown:
-            raise UserInputError(f"{config_path}: unknown fields {unknown}; valid fields: {sorted(fields)}")
-        values.update(loaded)
-    values.update(ns)
-    missing = [n for n in ("dataset_dir", "output_dir") if not values.get(n)]
-    if missing:
-        raise UserInputError(f"missing {', '.join('--' + m for m in missing)} (on the command line or in --config)")
-    return TrainStructureArguments(**values)
+    parser = TrlParser((StructureRecipeArguments, StructureTrainingArguments))
+    try:
+        recipe, training = parser.parse_args_and_config(argv)
+    except (OSError, ValueError) as error:  # a missing or unknown-key config, a bad value
+        raise UserInputError(" ".join(str(error).split())) from error
+    return recipe, training
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: parse the arguments, train, print the final metrics as JSON."""
-    result = train_structure(parse_args(argv))
-    if result.get("model_dir"):  # the main process only
-        summary = {k: result.get(k) for k in ("initial", "final", "test", "threshold", "model_dir")}
-        print(json.dumps(summary, indent=2))
+    """Entry point of ``python -m evalmuse_models.training.structure`` and ``train_scripts/train_structure.py``;
+    prints the initial and final scores, the threshold and the model folder as JSON."""
+    result = train_structure(*parse_args(argv))
+    if result:
+        print(json.dumps({key: result.get(key) for key in ("initial", "final", "test", "threshold", "model_dir")},
+                         indent=2))
     return 0
 
 
 __all__ = [
-    "TrainStructureArguments",
+    "EpochCallback",
+    "FreezeScheduleCallback",
+    "LogLastStepCallback",
+    "StructureCollator",
+    "StructureRecipeArguments",
+    "StructureTrainDataset",
+    "StructureTrainer",
+    "StructureTrainingArguments",
+    "build_model_and_processor",
+    "check_checkpoint",
+    "load_structure_splits",
     "main",
     "parse_args",
-    "predict_split",
-    "reference_masks",
-    "score_predictions",
+    "resolve_checkpoint",
     "train_structure",
     "write_model_card",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        sys.exit(main())
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
