@@ -24,7 +24,11 @@ from safetensors.torch import load_file
 from evalmuse_models.training import align as align_training
 from evalmuse_models.training import structure as structure_training
 from evalmuse_models.training.align import TrainAlignArguments, train_align
-from evalmuse_models.training.structure import TrainStructureArguments, train_structure
+from evalmuse_models.training.structure import (
+    StructureRecipeArguments,
+    StructureTrainingArguments,
+    train_structure,
+)
 from evalmuse_models.utils import UserInputError
 
 torch.set_num_threads(1)
@@ -212,73 +216,96 @@ def test_interrupted_align_run_resumes_to_the_same_weights(prepared_dataset, tmp
 # ---------------------------------------------------------------------------------------------- structure
 
 
-def structure_args(dataset, out, **overrides) -> TrainStructureArguments:
-    values = {
-        "dataset_dir": str(dataset), "output_dir": str(out), "preset": "tiny", "max_steps": 2,
-        "max_train_samples": 12, "per_device_train_batch_size": 4, "eval_split": None, "evaluate_test": False,
-        "eval_before_training": False, "threshold_search": False, "show_progress": False, "save_steps": 2,
-        "keep_checkpoints": True, "seed": 0,
-    }
-    values.update(overrides)
-    return TrainStructureArguments(**values)
+def structure_args(dataset, out, **overrides) -> tuple[StructureRecipeArguments, StructureTrainingArguments]:
+    """``(recipe, training)`` arguments of a 2-step tiny structure run on the Trainer, checkpointing every 2
+    steps (``overrides`` go to whichever of the two has the field)."""
+    recipe = {"dataset_dir": str(dataset), "preset": "tiny", "max_train_samples": 12, "eval_split": None,
+              "evaluate_test": False, "threshold_search": False, "keep_checkpoints": True, "num_threads": 1}
+    values = {"output_dir": str(out), "max_steps": 2, "per_device_train_batch_size": 4, "save_strategy": "steps",
+              "save_steps": 2, "logging_steps": 1, "seed": 0, "disable_tqdm": True, "use_cpu": True}
+    for key, value in overrides.items():
+        (recipe if key in StructureRecipeArguments.__dataclass_fields__ else values)[key] = value
+    return StructureRecipeArguments(**recipe), StructureTrainingArguments(**values)
 
 
 @pytest.fixture(scope="module")
 def structure_run(prepared_dataset, tmp_path_factory):
+    """A finished 2-step structure run with its checkpoint ``checkpoint-2`` (copied by each test)."""
     out = tmp_path_factory.mktemp("structure_run") / "run"
-    train_structure(structure_args(prepared_dataset, out))
-    assert (out / "checkpoints" / "last").is_dir()
+    train_structure(*structure_args(prepared_dataset, out))
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     return out
 
 
-def test_structure_resume_ignores_planted_pickles(prepared_dataset, structure_run, tmp_path):
+def test_structure_resume_ignores_planted_pickles_it_never_reads(prepared_dataset, structure_run, tmp_path):
     marker = tmp_path / "pwned"
     clean, planted = tmp_path / "clean", tmp_path / "planted"
     shutil.copytree(structure_run, clean)
     shutil.copytree(structure_run, planted)
-    names = plant_extras(planted / "checkpoints" / "last", marker)
-    assert "custom_checkpoint_0.pkl" in names and "random_states_0.pkl" in names
+    for name in ACCELERATE_NAMES:
+        if name.endswith(".pkl"):  # what accelerate's load_state unpickled
+            plant(planted / "checkpoint-2" / name, marker)
 
-    expected = train_structure(structure_args(prepared_dataset, clean, max_steps=4))
-    try:
-        got = train_structure(structure_args(prepared_dataset, planted, max_steps=4))
-    except UserInputError as error:
-        assert "last" in str(error)
-        got = None
+    expected = train_structure(*structure_args(prepared_dataset, clean, max_steps=4))
+    got = train_structure(*structure_args(prepared_dataset, planted, max_steps=4))
     assert not marker.exists(), "a resume unpickled a planted file"
-    if got is not None:
-        assert got["train"]["steps"] == expected["train"]["steps"] == 4
-        assert got["train"]["loss_last"] == expected["train"]["loss_last"]
-        assert_same_weights(weights(planted / "model"), weights(clean / "model"))
+    assert got["train"]["steps"] == expected["train"]["steps"] == 4
+    assert got["train"]["resumed_from"].endswith("checkpoint-2")
+    assert got["train"]["loss_last"] == expected["train"]["loss_last"]
+    assert_same_weights(weights(planted / "model"), weights(clean / "model"))
+
+
+def test_structure_resume_refuses_planted_torch_files(prepared_dataset, structure_run, tmp_path):
+    """A planted torch file the Trainer might load is opened with ``weights_only`` first, and refused."""
+    marker = tmp_path / "pwned"
+    for name in ("pytorch_model.bin", "optimizer.bin", "rng_state_0.pth", "scaler.pt"):
+        run = tmp_path / name
+        shutil.copytree(structure_run, run)
+        plant(run / "checkpoint-2" / name, marker)
+        with pytest.raises(UserInputError, match="checkpoint-2") as caught:
+            train_structure(*structure_args(prepared_dataset, run, max_steps=4))
+        assert name in str(caught.value) and "\n" not in str(caught.value)
+        assert not marker.exists() and not (run / "checkpoint-4").exists()
 
 
 def test_structure_resume_refuses_a_checkpoint_file_replaced_by_a_pickle(prepared_dataset, structure_run, tmp_path):
+    """Each file of the checkpoint in turn is a hostile pickle: nothing is ever unpickled; the files a resume
+    reads stop it with a one-line error, the others are never read."""
     marker = tmp_path / "pwned"
-    files = sorted(p.name for p in (structure_run / "checkpoints" / "last").iterdir())
-    assert files
+    files = sorted(p.name for p in (structure_run / "checkpoint-2").iterdir())
+    refused = []
     for name in files:
         run = tmp_path / name
         shutil.copytree(structure_run, run)
-        plant(run / "checkpoints" / "last" / name, marker)
-        with pytest.raises(UserInputError, match="last") as caught:
-            train_structure(structure_args(prepared_dataset, run, max_steps=4))
+        plant(run / "checkpoint-2" / name, marker)
+        try:
+            train_structure(*structure_args(prepared_dataset, run, max_steps=4))
+        except UserInputError as error:
+            assert "checkpoint-2" in str(error) and name in str(error) and "\n" not in str(error)
+            assert not (run / "checkpoint-4").exists()
+            refused.append(name)
         assert not marker.exists(), f"resuming with a hostile {name} unpickled it"
-        assert "\n" not in str(caught.value)
+    # never read: the pickled training arguments, the model's remote code (saved, not imported)
+    assert refused == [n for n in files if n != "training_args.bin" and not n.endswith(".py")]
+    assert {"config.json", "model.safetensors", "optimizer.pt", "rng_state.pth", "scheduler.pt",
+            "trainer_state.json"} <= set(refused)
 
 
 def test_interrupted_structure_run_resumes_to_the_same_weights(prepared_dataset, tmp_path, monkeypatch):
-    """Interrupted mid-epoch after a checkpoint: the resumed run equals an uninterrupted one."""
-    args = {"max_steps": 7, "save_steps": 2, "hflip": True, "keep_checkpoints": False}
-    straight = train_structure(structure_args(prepared_dataset, tmp_path / "straight", **args))
-    real = crash_on_call(monkeypatch, structure_training._Collator, 6, only_train=True)
+    """Interrupted mid-epoch after checkpoint-4 (the data order, the per-sample flips, the optimizer and the
+    LR schedule all restored): the resumed run equals an uninterrupted one."""
+    args = {"max_steps": 7, "hflip": True, "keep_checkpoints": False}
+    straight = train_structure(*structure_args(prepared_dataset, tmp_path / "straight", **args))
+    # without evaluation every batch is a training one; the loader reads one batch ahead within an epoch
+    real = crash_on_call(monkeypatch, structure_training.StructureCollator, 6)
     with pytest.raises(Interrupted):
-        train_structure(structure_args(prepared_dataset, tmp_path / "resumed", **args))
-    state = json.loads((tmp_path / "resumed" / "checkpoints" / "last" / "trainer_state.json").read_text())
-    assert state["step"] == 4 and state["batches_in_epoch"] == 1  # 3 batches an epoch: a mid-epoch checkpoint
-    monkeypatch.setattr(structure_training._Collator, "__call__", real)
-    resumed = train_structure(structure_args(prepared_dataset, tmp_path / "resumed", **args))
+        train_structure(*structure_args(prepared_dataset, tmp_path / "resumed", **args))
+    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["epoch"] != int(state["epoch"])  # 3 batches an epoch: mid-epoch
+    monkeypatch.setattr(structure_training.StructureCollator, "__call__", real)
+    resumed = train_structure(*structure_args(prepared_dataset, tmp_path / "resumed", **args))
     assert resumed["train"]["steps"] == straight["train"]["steps"] == 7
-    assert resumed["train"]["loss_last"] == straight["train"]["loss_last"]
+    assert resumed["train"]["loss_last"] == straight["train"]["loss_last"]  # the loss of step 7
     assert_same_weights(weights(tmp_path / "resumed" / "model"), weights(tmp_path / "straight" / "model"))
 
 
