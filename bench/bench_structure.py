@@ -6,11 +6,11 @@ downloaded; ``em-rahf`` tokenises its prompts with a small stand-in tokenizer):
 - inference, measured side by side in one run on the same images (0.25-1 MP, four sizes) and
   batches, ``--repeats`` times alternately (the fastest of each kept: the least disturbed on a
   shared machine): images/s of the bare forward pass on ready tensors and of
-  ``model.predict(images, batch_size=B)`` (pre-processing, forward, threshold, region labelling,
-  masks and regions at the original size), their ratio, and the milliseconds per image of
-  predict's parts timed on their own: the processor (pre-processing) and
-  ``postprocess_heatmaps`` (post-processing) with each labelling backend (OpenCV, SciPy, torch:
-  what remote code without OpenCV or SciPy runs). The threshold is the median heatmap level, so
+  ``model.predict(images, processor=..., batch_size=B)`` (the ``t2i-structure`` pipeline:
+  pre-processing, forward, threshold, region labelling, masks and regions at the original size),
+  their ratio, and the milliseconds per image of predict's parts timed on their own: the processor
+  (pre-processing) and ``processor.post_process_distortion`` (post-processing) with each labelling
+  backend (OpenCV, SciPy, torch: what remote code without OpenCV or SciPy runs). The threshold is the median heatmap level, so
   that the random model's masks hold regions (its heatmap is near 0.5 everywhere);
 - training: images/s of forward + backward + AdamW step with frozen backbones (only fusion,
   decoder and score head train), 512 x 512 heatmap and score targets;
@@ -44,13 +44,13 @@ from PIL import Image
 from evalmuse_models.models.evalmuse_structure import (
     EvalMuseStructureConfig,
     EvalMuseStructureModel,
+    EvalMuseStructureOutput,
     EvalMuseStructureProcessor,
 )
-from evalmuse_models.models.evalmuse_structure.modeling_evalmuse_structure import (
+from evalmuse_models.models.evalmuse_structure.post_processing_evalmuse_structure import (
     LABEL_BACKENDS,
     binarize_heatmap,
     label_backend,
-    postprocess_heatmaps,
 )
 from evalmuse_models.utils import atomic_write_text
 
@@ -117,24 +117,30 @@ def bench_inference(model, processor, images, prompts, batch: int, device: str, 
     with torch.no_grad():  # warm-up, and a threshold at the median heatmap level (see bench_preset)
         levels = torch.round(model(**ready[0]).heatmap.float() * 255).flatten()
     threshold = float(levels[:: max(1, levels.numel() // 100_000)].median()) / 255
-    model.predict(
-        batches[0], prompts=texts[0], batch_size=batch, processor=processor, threshold=threshold, show_progress=False
-    )
+    model.predict(batches[0], prompts=texts[0], batch_size=batch, processor=processor, threshold=threshold)
     n = len(images)
+
+    def post_process(outputs, group, backend: str = "auto"):
+        return processor.post_process_distortion(
+            outputs, threshold, target_sizes=[im.size[::-1] for im in group], min_area=config.min_region_area,
+            backend=backend,
+        )
+
     forward_s, predict_s, pre_s, post_s = [], [], [], []
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            outputs = [model(**inputs).heatmap for inputs in ready]
+            outputs = [model(**inputs) for inputs in ready]
         _sync(device)
         forward_s.append(time.perf_counter() - t0)
-        heatmaps = [h.float() for h in outputs]
+        outputs = [
+            EvalMuseStructureOutput(heatmap=out.heatmap.float(), structure_score=out.structure_score.float())
+            for out in outputs
+        ]
 
         t0 = time.perf_counter()
-        model.predict(
-            images, prompts=prompts, batch_size=batch, processor=processor, threshold=threshold, show_progress=False
-        )
+        model.predict(images, prompts=prompts, batch_size=batch, processor=processor, threshold=threshold)
         _sync(device)
         predict_s.append(time.perf_counter() - t0)
 
@@ -145,8 +151,8 @@ def bench_inference(model, processor, images, prompts, batch: int, device: str, 
         pre_s.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
-        for heat, group in zip(heatmaps, batches, strict=True):
-            postprocess_heatmaps(heat, threshold, config.min_region_area, sizes=[im.size for im in group])
+        for out, group in zip(outputs, batches, strict=True):
+            post_process(out, group)
         post_s.append(time.perf_counter() - t0)
 
     by_backend = {}
@@ -156,16 +162,13 @@ def bench_inference(model, processor, images, prompts, batch: int, device: str, 
         except ImportError:
             continue
         t0 = time.perf_counter()
-        for heat, group in zip(heatmaps, batches, strict=True):
-            postprocess_heatmaps(
-                heat, threshold, config.min_region_area, sizes=[im.size for im in group], backend=backend
-            )
+        for out, group in zip(outputs, batches, strict=True):
+            post_process(out, group, backend)
         by_backend[backend] = 1000 * (time.perf_counter() - t0) / n
     forward, predict = _best(forward_s), _best(predict_s)
     pre, post = _best(pre_s), _best(post_s)
-    masks = [binarize_heatmap(h, threshold) for h in heatmaps]
-    regions = [r["regions"] for h, g in zip(heatmaps, batches, strict=True) for r in postprocess_heatmaps(
-        h, threshold, config.min_region_area, sizes=[im.size for im in g])]
+    masks = [binarize_heatmap(out.heatmap, threshold) for out in outputs]
+    regions = [r.regions for out, group in zip(outputs, batches, strict=True) for r in post_process(out, group)]
     return {
         "forward": {"images": n, "batch_size": batch, "seconds": forward, "images_per_second": n / forward},
         "predict": {"images": n, "batch_size": batch, "seconds": predict, "images_per_second": n / predict},

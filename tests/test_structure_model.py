@@ -1,6 +1,7 @@
-"""EvalMuse structure model: presets, forward / losses, composition with the backbones, predict()
-contract, post-processing (torch and OpenCV), save / load through the Auto classes, pretrained
-backbones from local folders."""
+"""EvalMuse structure model: presets, forward / losses, composition with the backbones, the
+``t2i-structure`` pipeline's contract, post-processing (torch and OpenCV), save / load through the
+Auto classes and as remote code (model, processor and pipeline), pretrained backbones from local
+folders."""
 
 from __future__ import annotations
 
@@ -8,16 +9,24 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import pipeline
 
 from evalmuse_models.models.evalmuse_structure import (
     EvalMuseStructureConfig,
     EvalMuseStructureModel,
+    EvalMuseStructureOutput,
+    EvalMuseStructurePipeline,
     EvalMuseStructureProcessor,
-    binarize_heatmap,
-    label_regions,
-    regions_from_labels,
+    StructureResult,
 )
 from evalmuse_models.models.evalmuse_structure import postprocess as pp
+from evalmuse_models.models.evalmuse_structure.post_processing_evalmuse_structure import (
+    binarize_heatmap,
+    label_regions,
+    mask_to_regions,
+    remove_small_regions,
+    resize_mask,
+)
 from evalmuse_models.utils import UserInputError
 
 torch.set_num_threads(1)  # small ops: one thread is faster on a shared 2-core machine
@@ -46,7 +55,7 @@ def tiny_em_rahf(**overrides) -> EvalMuseStructureConfig:
 
 
 def tiny_tokenizer():
-    from evalmuse_models.models.evalmuse_align import build_tiny_tokenizer
+    from evalmuse_models.testing.align import build_tiny_tokenizer
 
     return build_tiny_tokenizer(["human", "artifact", "hand", "face"])
 
@@ -55,6 +64,12 @@ def tiny_tokenizer():
 def tiny_model():
     torch.manual_seed(0)
     return EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_model):
+    processor = EvalMuseStructureProcessor.from_model_config(tiny_model.config)
+    return pipeline("t2i-structure", model=tiny_model, processor=processor, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -98,8 +113,10 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
     assert loaded.cnn_kwargs == {"channels": [16, 32, 64, 128], "stem_width": 8} and loaded.preset == "tiny"
     with pytest.raises(ValueError, match="unknown EvalMuse structure preset 'huge'"):
         EvalMuseStructureConfig.from_preset("huge")
-    with pytest.raises(ValueError, match="heatmap_loss"):
+    with pytest.raises(ValueError, match="heatmap_loss='l1' is invalid: expected 'bce' or 'mse'"):
         EvalMuseStructureConfig.from_preset("tiny", heatmap_loss="l1")
+    with pytest.raises(ValueError, match="decoder_upsample='nearest' is invalid: expected 'bilinear' or 'transposed'"):
+        EvalMuseStructureConfig.from_preset("tiny", decoder_upsample="nearest")
     with pytest.raises(ValueError, match="fusion_layers"):
         EvalMuseStructureConfig.from_preset("tiny", fusion_layers=[9])
     with pytest.raises(ValueError, match="threshold"):
@@ -264,59 +281,118 @@ def test_processor_sizes_normalises_and_tokenises(tmp_path):
         EvalMuseStructureProcessor.from_model_config(config)
 
 
-# ------------------------------------------------------------------------------------------ predict
+# ------------------------------------------------------------------------------------------ pipeline
 
 
-def test_predict_contract(tiny_model, tmp_path):
+def test_pipeline_contract(tiny_pipe, tmp_path):
     path = tmp_path / "img.jpg"
     Image.new("RGB", (120, 90), (10, 200, 30)).save(path)
     images = [Image.new("RGB", (300, 200)), str(path), Image.new("L", (64, 64))]
-    results = tiny_model.predict(images, batch_size=2)
+    results = tiny_pipe(images, batch_size=2)
     assert len(results) == 3
     for result, size in zip(results, [(300, 200), (120, 90), (64, 64)], strict=True):
-        assert set(result) == {"score", "heatmap", "mask", "mask_512", "regions"}
+        assert set(result) == {"score", "heatmap", "mask", "mask_512", "regions", "threshold"}
         assert isinstance(result["score"], float) and 1 <= result["score"] <= 5
         assert result["heatmap"].dtype == np.float32 and result["heatmap"].shape == (512, 512)
         assert 0 <= result["heatmap"].min() and result["heatmap"].max() <= 1
         assert result["mask_512"].dtype == np.uint8 and result["mask_512"].shape == (512, 512)
         assert result["mask"].dtype == np.uint8 and result["mask"].shape == (size[1], size[0])
         assert set(np.unique(result["mask"])) <= {0, 1}
+        assert result["threshold"] == tiny_pipe.model.config.threshold
+    one = tiny_pipe(images[0])  # one image: one dict
+    assert one["score"] == pytest.approx(results[0]["score"], abs=1e-5) and one["regions"] == results[0]["regions"]
     # threshold 0 keeps every pixel, threshold 1 none
-    full = tiny_model.predict(images[:1], threshold=0.0)[0]
+    full = tiny_pipe(images[0], threshold=0.0)
     assert full["mask"].all() and full["regions"] == [{"bbox": [0, 0, 300, 200], "area": 60000}]
-    assert tiny_model.predict(images[:1], threshold=1.0)[0]["regions"] == []
+    assert tiny_pipe(images[:1], threshold=1.0)[0]["regions"] == []
     # the mask follows the heatmap and the threshold
     r = results[0]
     expected = (np.round(r["heatmap"] * 255) > 40).astype(np.uint8)
-    labels, _ = label_regions(torch.from_numpy(expected), min_area=tiny_model.config.min_region_area)
+    labels, _ = label_regions(torch.from_numpy(expected), min_area=tiny_pipe.model.config.min_region_area)
     assert np.array_equal(r["mask_512"], (labels.numpy() > 0).astype(np.uint8))
 
 
-def test_predict_errors(tiny_model, tmp_path):
+def test_pipeline_is_processor_model_and_post_processing(tiny_model, tiny_pipe):
+    """Batched, one by one, or by hand (processor -> model -> post_process_distortion): the same results."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(90, 70), (64, 64), (40, 120)]]
+    processor = tiny_pipe.processor
+    with torch.no_grad():
+        outputs = tiny_model(**processor(images=images, return_tensors="pt"))
+    # an untrained heatmap sits near 0.5: threshold at its median level so the masks hold regions
+    threshold = float(np.median(np.round(outputs.heatmap[0].numpy() * 255))) / 255
+    by_hand = processor.post_process_distortion(
+        outputs, threshold=threshold, target_sizes=[image.size[::-1] for image in images], min_area=20
+    )
+    assert all(isinstance(r, StructureResult) for r in by_hand) and any(r.regions for r in by_hand)
+    batched = tiny_pipe(images, batch_size=3, threshold=threshold, min_area=20)
+    single = [tiny_pipe(image, threshold=threshold, min_area=20) for image in images]
+    for want, got_batched, got_single in zip(by_hand, batched, single, strict=True):
+        for got in (got_batched, got_single):
+            assert got["score"] == pytest.approx(want.score, abs=1e-5)
+            assert np.allclose(got["heatmap"], want.heatmap, atol=1e-5)
+            assert np.array_equal(got["mask_512"], want.mask_512) and np.array_equal(got["mask"], want.mask)
+            assert got["regions"] == want.regions and got["threshold"] == threshold
+    assert by_hand[0].to_dict().keys() == batched[0].keys()
+
+
+def test_predict_is_the_pipeline_with_typed_results(tiny_model, tiny_pipe):
+    images = [Image.new("RGB", (50, 40), (90, 20, 200)), Image.new("RGB", (20, 60))]
+    results = tiny_model.predict(images, processor=tiny_pipe.processor, batch_size=2, threshold=0.5, min_area=1)
+    expected = tiny_pipe(images, batch_size=2, threshold=0.5, min_area=1)
+    assert all(isinstance(r, StructureResult) for r in results) and not tiny_model.training
+    for result, want in zip(results, expected, strict=True):
+        assert result.score == want["score"] and result.regions == want["regions"] and result.threshold == 0.5
+        assert np.array_equal(result.mask, want["mask"]) and np.array_equal(result.heatmap, want["heatmap"])
+    with pytest.raises(TypeError, match="processor"):
+        tiny_model.predict(images)  # models do not build their own processor
+
+
+def test_pipeline_errors(tiny_pipe, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.jpg"):
-        tiny_model.predict([str(tmp_path / "missing.jpg")])
-    with pytest.raises(TypeError, match="PIL images or paths"):
-        tiny_model.predict([np.zeros((4, 4, 3))])
+        tiny_pipe([str(tmp_path / "missing.jpg")])
+    with pytest.raises(TypeError, match="PIL images, paths or URLs"):
+        tiny_pipe([np.zeros((4, 4, 3))])
     with pytest.raises(ValueError, match="one prompt per image"):
-        tiny_model.predict([Image.new("RGB", (8, 8))], prompts=["a", "b"])
+        tiny_pipe([Image.new("RGB", (8, 8))], prompts=["a", "b"])
     with pytest.raises(ValueError, match="threshold"):
-        tiny_model.predict([Image.new("RGB", (8, 8))], threshold=3)
+        tiny_pipe([Image.new("RGB", (8, 8))], threshold=3)
+    with pytest.raises(ValueError, match="needs the model's processor"):
+        EvalMuseStructurePipeline(model=tiny_pipe.model)
+    with pytest.raises(ValueError, match="threshold"):
+        tiny_pipe.processor.post_process_distortion(
+            EvalMuseStructureOutput(heatmap=torch.zeros(1, 8, 8), structure_score=torch.ones(1)), threshold=-0.5
+        )
 
 
-def test_predict_with_prompts_for_text_presets(tmp_path):
+def test_pipeline_reads_images_by_the_official_rule(tiny_pipe, tmp_path):
+    """RGB with the alpha channel dropped (the colours under it kept), the EXIF orientation only when asked."""
+    rgba = Image.new("RGBA", (40, 30), (200, 10, 10, 0))
+    assert tiny_pipe(rgba)["score"] == pytest.approx(tiny_pipe(Image.new("RGB", (40, 30), (200, 10, 10)))["score"])
+    rotated = Image.new("RGB", (40, 30), (10, 200, 30))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    rotated.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert tiny_pipe(str(tmp_path / "rotated.jpg"))["mask"].shape == (30, 40)
+    assert tiny_pipe(str(tmp_path / "rotated.jpg"), exif_transpose=True)["mask"].shape == (40, 30)
+
+
+def test_pipeline_with_prompts_for_text_presets(tmp_path):
     model = EvalMuseStructureModel(tiny_em_rahf()).eval()
     processor = EvalMuseStructureProcessor.from_model_config(model.config, tokenizer=tiny_tokenizer())
+    pipe = pipeline("t2i-structure", model=model, processor=processor, device="cpu")
     images = [Image.new("RGB", (100, 80)), Image.new("RGB", (50, 70), (200, 10, 10))]
-    results = model.predict(images, prompts=["a hand", "a face"], processor=processor)
+    prompts = ["a hand", "a face with many fingers"]
+    results = pipe(images, prompts=prompts, batch_size=2)  # prompts of different lengths: padded
     assert [r["mask"].shape for r in results] == [(80, 100), (70, 50)]
+    singles = [pipe({"image": image, "prompt": prompt}) for image, prompt in zip(images, prompts, strict=True)]
+    assert [r["score"] for r in singles] == pytest.approx([r["score"] for r in results], abs=1e-5)
     with pytest.raises(ValueError, match="prompts"):
-        model.predict(images, processor=processor)
-    # a saved checkpoint brings its processor (tokenizer included): no network, no processor argument
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    loaded = EvalMuseStructureModel.from_pretrained(tmp_path).eval()
-    again = loaded.predict(images, prompts=["a hand", "a face"])
-    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in results], abs=1e-5)
+        pipe(images)
+    # a saved checkpoint brings its processor (tokenizer included) and the pipeline: no network
+    pipe.save_pretrained(tmp_path)
+    again = pipeline("t2i-structure", model=str(tmp_path), trust_remote_code=True, device="cpu")
+    assert [r["score"] for r in again(images, prompts=prompts)] == pytest.approx([r["score"] for r in results], abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ post-processing
@@ -345,8 +421,8 @@ def test_torch_components_match_opencv():
         cv_areas = sorted(int(a) for a in stats[1:, cv2.CC_STAT_AREA] if a >= 5)
         assert sorted(areas.tolist()) == cv_areas
         assert np.array_equal(labels.numpy() > 0, pp.remove_small_regions(mask, 5) > 0)
-        torch_regions = sorted(map(str, regions_from_labels(labels.numpy())))
-        cv_regions = sorted(map(str, pp.mask_to_regions(pp.remove_small_regions(mask, 5))))
+        torch_regions = mask_to_regions((labels.numpy() > 0).astype(np.uint8), backend="torch")
+        cv_regions = mask_to_regions(remove_small_regions(mask, 5, backend="cv2"), backend="cv2")
         assert torch_regions == cv_regions
     # a batch gives the same labels as one by one
     batch = torch.from_numpy(np.stack([mask, 1 - mask]))
@@ -357,49 +433,17 @@ def test_torch_components_match_opencv():
     assert not empty.any() and len(empty_areas) == 0
 
 
-def test_postprocess_heatmap_regions_and_resize():
-    heat = np.zeros((512, 512), np.float32)
-    heat[100:200, 50:150] = 0.9
-    heat[300:305, 300:305] = 0.9  # 25 px: below the minimum area
-    out = pp.postprocess_heatmap(heat, min_area=158, original_size=(1024, 256))
-    assert out["mask_512"].sum() == 100 * 100
-    assert out["mask"].shape == (256, 1024)
-    assert out["regions"] == [{"bbox": [100, 50, 300, 100], "area": 200 * 50}]
-    assert pp.mask_to_regions(np.zeros((4, 4))) == []
-    assert pp.resize_mask(np.eye(2), (4, 4)).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
-
-
-def _blob(y, x, r=40):
-    mask = np.zeros((512, 512), np.uint8)
-    mask[y - r : y + r, x - r : x + r] = 1
-    return mask
-
-
-def test_threshold_search_and_total_evaluation():
-    truth = [_blob(100, 100), _blob(300, 300), _blob(200, 400), np.zeros((512, 512), np.uint8)]
-    heatmaps = []
-    for t in truth:
-        h = np.full((512, 512), 0.3, np.float32)  # a uniform 0.3 floor: thresholds below it flood the image
-        h[t > 0] = 0.8
-        heatmaps.append(h)
-    mos = [2.0, 3.0, 1.5, 4.7]
-    scores = [2.1, 3.2, 1.4, 4.0]
-    best, table = pp.search_threshold(heatmaps, scores, truth, mos, thresholds=[0.1, 0.5, 0.9])
-    assert best == 0.5
-    rows = {round(r["threshold"], 6): r for r in table}
-    assert rows[0.5]["f1"] == pytest.approx(1.0, abs=1e-6)
-    assert rows[0.9]["no_predicted_regions"] and rows[0.9]["f1"] == 0.0
-    assert rows[0.9]["final_score"] == pytest.approx(0.15 * (rows[0.9]["plcc"] + rows[0.9]["srcc"]))
-    assert round(40 / 255, 6) in rows  # the baseline threshold is always tried
-    constant = pp.evaluate_structure([3.0] * 4, mos, [pp.heatmap_to_mask(h, 0.5) for h in heatmaps], truth)
-    assert constant["constant_scores"] and constant["plcc"] == 0.0
-    assert constant["final_score"] == pytest.approx(0.7 * constant["f1"])
-    # an untrained model: one huge constant score and empty masks still gets a number, not an error
-    empty = [np.zeros((512, 512), np.uint8)] * 4
-    untrained = pp.evaluate_structure([1e12] * 4, mos, empty, truth)
-    assert untrained["constant_scores"] and untrained["no_predicted_regions"] and untrained["final_score"] == 0.0
-    with pytest.raises(UserInputError, match="differ in length"):
-        pp.evaluate_structure(scores[:3], mos, heatmaps, truth)
+def test_post_process_distortion_regions_and_resize(tiny_pipe):
+    heat = torch.zeros(1, 512, 512)
+    heat[0, 100:200, 50:150] = 0.9
+    heat[0, 300:305, 300:305] = 0.9  # 25 px: below the minimum area
+    outputs = EvalMuseStructureOutput(heatmap=heat, structure_score=torch.tensor([3.5]))
+    out = tiny_pipe.processor.post_process_distortion(outputs, min_area=158, target_sizes=[(256, 1024)])[0]
+    assert out.mask_512.sum() == 100 * 100 and out.score == 3.5 and out.threshold == pytest.approx(40 / 255)
+    assert out.mask.shape == (256, 1024)
+    assert out.regions == [{"bbox": [100, 50, 300, 100], "area": 200 * 50}]
+    assert mask_to_regions(np.zeros((4, 4))) == []
+    assert resize_mask(np.eye(2), (4, 4)).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
 
 
 # ------------------------------------------------------------------------------------------ save / load
@@ -414,11 +458,12 @@ def test_save_and_load_through_auto_classes(tiny_model, tmp_path):
         EvalMuseStructureProcessor.from_model_config(tiny_model.config).save_pretrained(tmp_path)
     finally:
         tiny_model.config.threshold = 40 / 255
-    assert (tmp_path / "modeling_evalmuse_structure.py").is_file()
-    assert (tmp_path / "configuration_evalmuse_structure.py").is_file()
-    assert (tmp_path / "processing_evalmuse_structure.py").is_file()
+    for role in ("modeling", "configuration", "processing", "post_processing", "pipeline"):
+        assert (tmp_path / f"{role}_evalmuse_structure.py").is_file(), role
     config = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(config, EvalMuseStructureConfig) and config.threshold == 0.3
+    assert config.custom_pipelines == {"t2i-structure": {
+        "impl": "pipeline_evalmuse_structure.EvalMuseStructurePipeline", "pt": ["AutoModel"], "type": "multimodal"}}
     model = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(model, EvalMuseStructureModel)
     processor = AutoProcessor.from_pretrained(tmp_path)
@@ -444,7 +489,7 @@ for name in ("cv2", "scipy", "scipy.ndimage"):
     sys.modules[name] = None  # as if not installed: imports fail, find_spec answers None
 import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoProcessor, pipeline
 
 folder = sys.argv[1]
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
@@ -454,26 +499,29 @@ assert type(model).__module__.startswith("transformers_modules"), type(model).__
 pixel_values = torch.load(folder + "/pixels.pt")
 with torch.no_grad():
     out = model(pixel_values=pixel_values)
-result = model.predict([Image.new("RGB", (40, 30))], processor=processor)[0]
+pipe = pipeline("t2i-structure", model=folder, trust_remote_code=True, device="cpu")
+assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
+result = pipe(Image.new("RGB", (40, 30)))
 # without OpenCV and SciPy the regions are labelled in torch: same masks and regions
 threshold = float(sys.argv[2])
-images = [Image.open(folder + "/image.png"), Image.open(folder + "/image.png").resize((700, 600))]
-regions = model.predict(images, processor=processor, threshold=threshold)
-assert sys.modules["cv2"] is None and sys.modules["scipy"] is None
+images = [folder + "/image.png", Image.open(folder + "/image.png").resize((700, 600))]
+regions = pipe(images, threshold=threshold, batch_size=2)
+assert sys.modules["cv2"] is None and sys.modules["scipy"] is None and "evalmuse_models" not in sys.modules
 print(json.dumps({"score": out.structure_score.tolist(), "heat": float(out.heatmap.mean()),
-                  "mask_shape": list(result["mask"].shape), "processor": type(processor).__name__,
+                  "mask_shape": list(result["mask"].shape), "processor": type(pipe.processor).__name__,
                   "regions": [r["regions"] for r in regions], "mask_sums": [int(r["mask"].sum()) for r in regions]}))
 """
 
 
 @pytest.mark.slow
-def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
+def test_remote_code_loads_without_the_package(tiny_pipe, tmp_path):
+    """Model, processor and the t2i-structure pipeline from a saved folder, with the package blocked."""
     import json
     import subprocess
     import sys
 
-    tiny_model.save_pretrained(tmp_path)
-    EvalMuseStructureProcessor.from_model_config(tiny_model.config).save_pretrained(tmp_path)
+    tiny_model = tiny_pipe.model
+    tiny_pipe.save_pretrained(tmp_path)
     pixels = tiny_model.dummy_inputs["pixel_values"]
     torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
@@ -482,9 +530,9 @@ def test_remote_code_loads_without_the_package(tiny_model, tmp_path):
     image = Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8))
     image.save(tmp_path / "image.png")
     images = [image, image.resize((700, 600))]
-    heat = tiny_model.predict(images[:1])[0]["heatmap"]
+    heat = tiny_pipe(images[0])["heatmap"]
     threshold = float(np.median(np.round(heat * 255))) / 255  # masks with regions (see the postprocess tests)
-    regions = tiny_model.predict(images, threshold=threshold)  # labelled by OpenCV here
+    regions = tiny_pipe(images, threshold=threshold, batch_size=2)  # labelled by OpenCV here
     env = {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
         "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path),
@@ -558,9 +606,13 @@ def test_docstring_examples_run():
     from evalmuse_models.models.evalmuse_structure import (
         configuration_evalmuse_structure,
         modeling_evalmuse_structure,
+        pipeline_evalmuse_structure,
         processing_evalmuse_structure,
     )
 
-    for module in (configuration_evalmuse_structure, modeling_evalmuse_structure, processing_evalmuse_structure):
+    for module in (
+        configuration_evalmuse_structure, modeling_evalmuse_structure, pipeline_evalmuse_structure,
+        processing_evalmuse_structure,
+    ):
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, module.__name__

@@ -4,13 +4,18 @@ heatmap and a structure score (EvalMuse-Structure, NTIRE 2025 track 2).
 This file imports only ``transformers`` so that it ships as remote code with saved checkpoints.
 """
 
-from __future__ import annotations
-
 import copy
-from typing import Any
+import dataclasses
+import typing
+from typing import Any, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+#: The EvalMuse-Structure baseline's heatmap threshold (``> 40`` on 8-bit levels) and the smallest
+#: region kept (the official score ignores regions under 0.0006 * 512**2 ~ 157.3 pixels).
+BASELINE_THRESHOLD = 40 / 255
+MIN_REGION_AREA = 158
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -222,14 +227,14 @@ class EvalMuseStructureConfig(PreTrainedConfig):
     fusion_hidden_size: int = 256
 
     decoder_channels: list[int] | None = None
-    decoder_upsample: str = "bilinear"
+    decoder_upsample: Literal["bilinear", "transposed"] = "bilinear"
     decoder_use_skips: bool = True
     heatmap_size: int = 512
 
-    score_head_type: str = "mlp"
+    score_head_type: Literal["mlp", "conv"] = "mlp"
     score_hidden_size: int = 256
 
-    heatmap_loss: str = "bce"
+    heatmap_loss: Literal["bce", "mse"] = "bce"
     heatmap_loss_weight: float = 1.0
     dice_loss_weight: float = 1.0
     score_loss_weight: float = 1.0
@@ -242,8 +247,8 @@ class EvalMuseStructureConfig(PreTrainedConfig):
     freeze_text: bool = True
     freeze_schedule_fraction: float = 1.0
 
-    threshold: float = 40 / 255
-    min_region_area: int = 158
+    threshold: float = BASELINE_THRESHOLD
+    min_region_area: int = MIN_REGION_AREA
     text_prefix: str = "human artifact "
     max_text_length: int = 77
     initializer_range: float = 0.02
@@ -270,12 +275,10 @@ class EvalMuseStructureConfig(PreTrainedConfig):
         def bad(field: str, value: Any, expected: str) -> ValueError:
             return ValueError(f"EvalMuseStructureConfig.{field}={value!r} is invalid: expected {expected}")
 
-        if self.decoder_upsample not in ("bilinear", "transposed"):
-            raise bad("decoder_upsample", self.decoder_upsample, "'bilinear' or 'transposed'")
-        if self.heatmap_loss not in ("bce", "mse"):
-            raise bad("heatmap_loss", self.heatmap_loss, "'bce' or 'mse'")
-        if self.score_head_type not in ("mlp", "conv"):
-            raise bad("score_head_type", self.score_head_type, "'mlp' or 'conv'")
+        for field in dataclasses.fields(self):  # the fields typed Literal[...] take one of their values
+            choices = typing.get_args(field.type) if typing.get_origin(field.type) is Literal else None
+            if choices and getattr(self, field.name) not in choices:
+                raise bad(field.name, getattr(self, field.name), " or ".join(map(repr, choices)))
         if not self.decoder_channels:
             raise bad("decoder_channels", self.decoder_channels, "a non-empty list of channel widths")
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -304,7 +307,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
         return sorted(PRESETS)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> EvalMuseStructureConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> "EvalMuseStructureConfig":
         """Build a named preset (``tiny``, ``hnu-vpai``, ``em-rahf``); keyword overrides win, and a dict
         given for a sub-config (``vit_config``, ...) is merged into the preset's, not put in its place.
 

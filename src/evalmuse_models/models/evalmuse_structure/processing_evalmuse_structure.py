@@ -1,17 +1,90 @@
 """Processor of the EvalMuse structure model: images resized (no crop) to the preset's square
 size and normalised; for presets that embed the prompt (EM-RAHF), ``text_prefix + prompt``
-tokenised with the AltCLIP (XLM-R) tokenizer.
+tokenised with the AltCLIP (XLM-R) tokenizer; and the model's outputs turned into typed results
+(:class:`StructureResult`: score, heatmap, masks, regions) by ``post_process_distortion``.
 
-This file imports only transformers and its siblings, so it ships as remote code.
+Images are read as the official evaluation reads them (:func:`load_rgb_image`):
+``Image.open(path).convert("RGB")``, the alpha channel dropped and the EXIF orientation NOT applied
+unless asked.
+
+This file imports only transformers, torch, numpy, PIL and its siblings, so it ships as remote code.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image, ImageOps
 from transformers import CLIPImageProcessor, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+
+from .configuration_evalmuse_structure import BASELINE_THRESHOLD, MIN_REGION_AREA
+from .post_processing_evalmuse_structure import masks_and_regions
+
+
+@dataclass
+class StructureResult:
+    """The structure assessment of one image.
+
+    Args:
+        score: structure score on the MOS scale, 1 (badly broken) to 5 (intact).
+        heatmap: float32 ``(512, 512)`` distortion probability in [0, 1] (None when not kept).
+        mask_512: uint8 0/1 ``(512, 512)`` mask: ``round(heatmap * 255) > threshold * 255`` without
+            its 8-connected regions under the minimum area (what the official score compares).
+        mask: uint8 0/1 ``mask_512`` at the image's own size (nearest resize, pixel centres aligned).
+        regions: the 8-connected components of ``mask``, ``[{"bbox": [x0, y0, x1, y1], "area": int}]``
+            in original pixels (``x1``, ``y1`` exclusive), in raster order of their first pixel.
+        threshold: the heatmap level the masks were cut at.
+    """
+
+    score: float
+    heatmap: np.ndarray | None
+    mask_512: np.ndarray
+    mask: np.ndarray
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    threshold: float = BASELINE_THRESHOLD
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (arrays kept as arrays, not copied)."""
+        return {
+            "score": self.score,
+            "heatmap": self.heatmap,
+            "mask_512": self.mask_512,
+            "mask": self.mask,
+            "regions": self.regions,
+            "threshold": self.threshold,
+        }
+
+
+def load_rgb_image(image: Any, exif_transpose: bool = False, timeout: float | None = None) -> Image.Image:
+    """An RGB PIL image from a PIL image, a local path or an ``http(s)://`` URL, read as the official
+    evaluation reads it: ``Image.open(path).convert("RGB")`` (an alpha channel dropped, the colours
+    stored under it kept) with the EXIF orientation applied only when ``exif_transpose=True``
+    (transformers' ``load_image`` always applies it)."""
+    if isinstance(image, (str, os.PathLike)):
+        source = os.fspath(image)
+        if source.startswith(("http://", "https://")):
+            from huggingface_hub import get_session
+
+            response = get_session().get(source, timeout=timeout, follow_redirects=True)
+            response.raise_for_status()
+            image = Image.open(io.BytesIO(response.content))
+        elif os.path.isfile(source):
+            with Image.open(source) as opened:
+                image = opened.copy()  # read, and detached from the file
+        else:
+            raise FileNotFoundError(f"image file not found: {source}")
+    elif not isinstance(image, Image.Image):
+        raise TypeError(f"images must be PIL images, paths or URLs, got {type(image).__name__}")
+    if exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class _Attributes:
@@ -117,6 +190,62 @@ class EvalMuseStructureProcessor(ProcessorMixin):
             max_text_length=config.max_text_length,
         )
 
+    def post_process_distortion(
+        self,
+        outputs,
+        threshold: float = BASELINE_THRESHOLD,
+        target_sizes: Sequence[tuple[int, int] | None] | torch.Tensor | None = None,
+        min_area: int = MIN_REGION_AREA,
+        backend: str = "auto",
+    ) -> list[StructureResult]:
+        """The model's outputs as one [`StructureResult`] per image: score, heatmap, masks and regions.
+
+        Args:
+            outputs: an [`EvalMuseStructureOutput`] (``heatmap`` ``(batch, H, W)`` in [0, 1] and
+                ``structure_score`` ``(batch,)``).
+            threshold: heatmap level in [0, 1]: mask = ``round(heatmap * 255) > threshold * 255``
+                (default: the baseline's 40/255; a trained model's is ``model.config.threshold``,
+                which the ``t2i-structure`` pipeline uses).
+            target_sizes: per image, ``(height, width)`` of the original image (a list of pairs or a
+                ``(batch, 2)`` tensor); None: the heatmap's size.
+            min_area: 8-connected regions of the 512 x 512 mask with fewer pixels are removed
+                (a model's own is ``model.config.min_region_area``).
+            backend: region labelling: ``"auto"`` (OpenCV when importable, else SciPy, else torch on
+                the heatmaps' device) or one of them; all give the same result.
+
+        Example:
+
+        ```python
+        >>> import torch
+        >>> from evalmuse_models.models.evalmuse_structure import EvalMuseStructureConfig, EvalMuseStructureOutput
+        >>> processor = EvalMuseStructureProcessor.from_model_config(EvalMuseStructureConfig.from_preset("tiny"))
+        >>> heatmap = torch.zeros(1, 512, 512)
+        >>> heatmap[0, 100:200, 50:150] = 0.9
+        >>> outputs = EvalMuseStructureOutput(heatmap=heatmap, structure_score=torch.tensor([2.5]))
+        >>> result = processor.post_process_distortion(outputs, target_sizes=[(256, 1024)])[0]
+        >>> result.score, result.mask.shape, result.regions
+        (2.5, (256, 1024), [{'bbox': [100, 50, 300, 100], 'area': 10000}])
+
+        ```
+        """
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be a heatmap level in [0, 1], got {threshold}")
+        heatmaps = torch.as_tensor(outputs.heatmap).detach().float()
+        scores = torch.as_tensor(outputs.structure_score).detach().float().reshape(-1).cpu().tolist()
+        if heatmaps.dim() != 3 or heatmaps.shape[0] != len(scores):
+            raise ValueError(
+                f"outputs must hold heatmaps (batch, H, W) and one score per heatmap, got heatmaps of shape "
+                f"{tuple(heatmaps.shape)} and {len(scores)} scores"
+            )
+        if isinstance(target_sizes, torch.Tensor):
+            target_sizes = target_sizes.tolist()
+        parts = masks_and_regions(heatmaps, float(threshold), int(min_area), target_sizes, backend)
+        heatmaps = heatmaps.cpu().numpy()
+        return [
+            StructureResult(score=score, heatmap=heatmap.copy(), threshold=float(threshold), **part)
+            for score, heatmap, part in zip(scores, heatmaps, parts, strict=True)
+        ]
+
     def __call__(
         self,
         images=None,
@@ -156,4 +285,4 @@ class EvalMuseStructureProcessor(ProcessorMixin):
         return names
 
 
-__all__ = ["EvalMuseStructureProcessor"]
+__all__ = ["BASELINE_THRESHOLD", "MIN_REGION_AREA", "EvalMuseStructureProcessor", "StructureResult", "load_rgb_image"]
