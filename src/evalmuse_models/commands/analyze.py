@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "for each (at least 2)")
     weights.add_argument("--track", choices=("alignment", "structure"),
                          help="default: from the truth file (.json: alignment, .pkl: structure)")
-    weights.add_argument("--step", type=float, default=0.05, help="grid step over the simplex (0.05: 231 weightings)")
+    weights.add_argument("--step", type=float, default=0.05, help="grid step over the simplex; 0.05 gives 231 weightings")
     weights.add_argument("--n-resamples", type=int, default=1000,
                          help="bootstrap resamples for the rank probabilities (0: none)")
     weights.add_argument("--seed", type=int, default=0, help="bootstrap seed")
