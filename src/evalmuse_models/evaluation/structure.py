@@ -6,8 +6,9 @@ structure predictions here, against the truth of the one rule
 (:func:`evalmuse_models.data.truth_maps`), with the arithmetic of
 :func:`evalmuse_models.metrics.structure_final_score`.
 
-A prediction is one image's structure score with either a heatmap or a mask: a mapping
-(``{"score": 2.7, "heatmap": h}``, a row of ``model.predict``) or an object with those attributes.
+A prediction is one image's structure score with either a heatmap or a mask: an object with those
+attributes (a ``StructureResult``, what ``EvalMuseStructureProcessor.post_process_distortion`` and the
+``t2i-structure`` pipeline return) or a mapping with those keys (``{"score": 2.7, "heatmap": h}``).
 ``predictions`` is a sequence in the split's order or a mapping from image name to prediction.
 
 - ``heatmap``: 2-D distortion probabilities in [0, 1] (float), or their 8-bit levels (``uint8``,
@@ -22,10 +23,10 @@ Example::
     from evalmuse_models.evaluation import evaluate_structure, search_threshold
 
     split = load_dataset("data/evalmuse", "structure", split="validation")
-    predictions = model.predict(list(split["image"]))           # score, heatmap, mask, ...
-    evaluate_structure(predictions, split)["final_score"]        # the masks predict made
-    best, table = search_threshold(predictions, split)           # the heatmap threshold to keep
-    evaluate_structure(predictions, split, threshold=best)
+    results = pipe(list(split["image"]))                 # a t2i-structure pipeline: StructureResults
+    evaluate_structure(results, split)["final_score"]    # the masks the pipeline made
+    best, table = search_threshold(results, split)       # the heatmap threshold to keep
+    evaluate_structure(results, split, threshold=best)
 """
 
 from __future__ import annotations
