@@ -36,23 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from ..models.evalmuse_structure.postprocess import (
-    BASELINE_THRESHOLD,
-    heatmap_to_mask,
-    remove_small_regions,
-)
+from ..models.evalmuse_structure.configuration_evalmuse_structure import BASELINE_THRESHOLD, MIN_REGION_AREA
+from ..models.evalmuse_structure.postprocess import heatmap_to_mask, remove_small_regions
 from ..utils import UserInputError
 
 #: The threshold search's default candidates: 10/255, 20/255, ... 240/255 (the baseline's 40/255 among them).
 DEFAULT_THRESHOLDS = tuple(round(v / 255, 6) for v in range(10, 250, 10))
-#: The model's default small-region filter (``EvalMuseStructureConfig.min_region_area``): connected
-#: regions of the 512 x 512 mask with fewer pixels are dropped.
-DEFAULT_MIN_AREA = 158
-
 __all__ = [
     "BASELINE_THRESHOLD",
-    "DEFAULT_MIN_AREA",
     "DEFAULT_THRESHOLDS",
+    "MIN_REGION_AREA",
     "evaluate_structure",
     "search_threshold",
     "truth_masks",
@@ -223,7 +216,7 @@ def evaluate_structure(
     *,
     min_votes: int = 1,
     threshold: float | None = None,
-    min_area: int = DEFAULT_MIN_AREA,
+    min_area: int = MIN_REGION_AREA,
     truth: Sequence[np.ndarray] | None = None,
     weights: tuple[float, float, float] = (0.7, 0.15, 0.15),
     **metric_kwargs: Any,
@@ -269,7 +262,7 @@ def search_threshold(
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     min_votes: int = 1,
-    min_area: int = DEFAULT_MIN_AREA,
+    min_area: int = MIN_REGION_AREA,
     truth: Sequence[np.ndarray] | None = None,
     **metric_kwargs: Any,
 ) -> tuple[float, list[dict[str, Any]]]:
