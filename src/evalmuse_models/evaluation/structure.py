@@ -42,6 +42,7 @@ from ..utils import UserInputError
 
 #: The threshold search's default candidates: 10/255, 20/255, ... 240/255 (the baseline's 40/255 among them).
 DEFAULT_THRESHOLDS = tuple(round(v / 255, 6) for v in range(10, 250, 10))
+
 __all__ = [
     "BASELINE_THRESHOLD",
     "DEFAULT_THRESHOLDS",
