@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,7 +147,8 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], s
     if not path.is_file():
         raise UserInputError(f"checkpoint {path} does not exist; pass a .pth saved by the official EM-RAHF training")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        # memory-mapped when the file allows it (torch's zip format): a real-size checkpoint is ~6 GB
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as error:
         raise UserInputError(
             f"could not read {path} as a torch checkpoint with weights_only=True ({' '.join(str(error).split())[:300]}); "
