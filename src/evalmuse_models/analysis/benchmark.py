@@ -424,8 +424,6 @@ def benchmark_section(data: dict[str, Any], uid: str) -> str:
     head = "<th>Generator</th><th>Images</th>" + "".join(f"<th>mean {_esc(v)}</th>" for v in variants)
     if data["labelled"]:
         head += "<th>mean human</th>" + "".join(f"<th>{METRIC_LABELS[m]} (os)</th>" for m in METRICS)
-    categories = list(data["categories"])
-    head += "".join(f"<th>{_esc(c)}</th>" for c in categories)
     body = []
     for name, entry in zip(names, generators.values()):
         cells = (f'<td class="name" data-value="{_esc(name)}">{_esc(name)}</td>'
@@ -433,12 +431,18 @@ def benchmark_section(data: dict[str, Any], uid: str) -> str:
                  + "".join(number(entry["means"].get(v)) for v in variants))
         if data["labelled"]:
             cells += number(entry["human"]) + "".join(number(entry["correlations"]["os"][m]) for m in METRICS)
-        cells += "".join(number(entry["categories"].get(c)) for c in categories)
         body.append(f"<tr>{cells}</tr>")
     parts.append(f'<h3>Per generator</h3><table class="leaderboard numeric-rows" id="{_esc(uid)}-generators"><thead><tr>'
                  f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    categories = list(data["categories"])
     if categories:
-        parts.append('<p class="note">Category columns: the mean element score (probability that the element is in the '
-                     "image) of the generator's elements of that category.</p>")
+        rows = "".join(f'<tr><td class="name" data-value="{_esc(name)}">{_esc(name)}</td>'
+                       + "".join(number(entry["categories"].get(c)) for c in categories) + "</tr>"
+                       for name, entry in zip(names, generators.values()))
+        parts.append(f'<h3>Mean element score per category</h3><table class="leaderboard numeric-rows" '
+                     f'id="{_esc(uid)}-categories"><thead><tr><th>Generator</th>'
+                     + "".join(f"<th>{_esc(c)}</th>" for c in categories) + f"</tr></thead><tbody>{rows}</tbody></table>"
+                     '<p class="note">The mean probability that an element of the category is in the image, over the '
+                     "generator's images (the EvalMuse leaderboard's per-skill columns).</p>")
     parts.append("</section>")
     return "".join(parts)
