@@ -474,17 +474,20 @@ def test_post_processing_is_the_structure_familys(processor):
     assert results[0].regions == [{"bbox": [40, 20, 120, 60], "area": 3200}] and results[1].mask.sum() == 9
 
 
-def test_the_structure_pipeline_runs_em_rahf(tiny_model, processor):
+def test_the_structure_pipeline_runs_em_rahf(tiny_model, processor, tmp_path):
     from transformers import pipeline
 
-    pipe = pipeline("t2i-structure", model=tiny_model, processor=processor, device="cpu")
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8))
-    result = pipe(image, prompts="a hand holding a cup")
     with torch.no_grad():
         direct = tiny_model(**processor(images=[image], text=["a hand holding a cup"]))
-    assert result["mask"].shape == (40, 60) and result["threshold"] == 40 / 255
-    assert result["score"] == pytest.approx(float(direct.structure_score[0]), abs=1e-5)
-    assert np.allclose(result["heatmap"], direct.heatmap[0].numpy(), atol=1e-6)
+    tiny_model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    for model in (tiny_model, str(tmp_path)):  # a model and its processor, or a saved folder (the model card's usage)
+        pipe = pipeline("t2i-structure", model=model, processor=processor if model is tiny_model else None, device="cpu")
+        result = pipe(image, prompts="a hand holding a cup")
+        assert result["mask"].shape == (40, 60) and result["threshold"] == 40 / 255
+        assert result["score"] == pytest.approx(float(direct.structure_score[0]), abs=1e-5)
+        assert np.allclose(result["heatmap"], direct.heatmap[0].numpy(), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ conversion
