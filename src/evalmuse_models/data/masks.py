@@ -7,7 +7,10 @@ Every function takes the annotations in any of these forms:
 - a row of the prepared ``structure`` dataset (a dict with ``shapes`` and ``image`` or ``mask``;
   the image size is read from the image, decoded or not),
 - a list (one entry per annotator) of lists of :class:`Shape` or ``{"type", "points"}`` dicts,
-  together with ``width`` and ``height``.
+  together with ``width`` and ``height``;
+- the annotators' 0/1 masks already drawn, an ``(annotators, height, width)`` array (what
+  :func:`rasterize_annotators` returns, or masks refined from it, as ``evalmuse refine-masks`` does):
+  the votes, levels and truth rules below then apply to them unchanged.
 
 The official rule (``data_process.py`` of DYEvaLab/EvalMuse-Structure), per annotator a 0/1 mask
 at the original image size:
@@ -163,9 +166,24 @@ def rasterize_annotators(shapes, width: int | None = None, height: int | None = 
     return masks
 
 
+def _annotator_masks(masks: np.ndarray, width: int | None, height: int | None) -> np.ndarray:
+    """Check drawn per-annotator masks: ``(annotators, height, width)``, 0/1, of the size given (if any)."""
+    if masks.ndim != 3:
+        raise ValueError(f"per-annotator masks must be an (annotators, height, width) array, got shape {masks.shape}")
+    if (width is not None and int(width) != masks.shape[2]) or (height is not None and int(height) != masks.shape[1]):
+        raise ValueError(f"per-annotator masks are {masks.shape[2]}x{masks.shape[1]}, not the {width}x{height} given")
+    if masks.dtype != np.bool_ and not np.isin(masks, (0, 1)).all():
+        raise ValueError("per-annotator masks must hold only 0 and 1")
+    return masks.astype(np.uint8, copy=False)
+
+
 def vote_map(shapes, width: int | None = None, height: int | None = None) -> np.ndarray:
-    """How many annotators marked each pixel (``uint8``, ``(height, width)``, original size)."""
-    masks = rasterize_annotators(shapes, width, height)
+    """How many annotators marked each pixel (``uint8``, ``(height, width)``, original size). ``shapes``
+    may also be the annotators' drawn masks, an ``(annotators, height, width)`` 0/1 array."""
+    if isinstance(shapes, np.ndarray):
+        masks = _annotator_masks(shapes, width, height)
+    else:
+        masks = rasterize_annotators(shapes, width, height)
     return np.minimum(masks.sum(axis=0, dtype=np.int64), 255).astype(np.uint8)
 
 
