@@ -39,13 +39,20 @@ def test_dataset_split_with_both_models_matches_direct_calls(prepared_dataset, m
     direct = model.score(images, split["prompt"][:2], elements=[rows[i]["elements"] for i in range(2)],
                          processor=processor)
     for row, expected in zip(rows, direct):
-        assert row["alignment"]["overall"] == pytest.approx(expected["overall"], abs=1e-5)
-        assert row["alignment"]["elements"] == pytest.approx(expected["elements"], abs=1e-5)
+        assert row["alignment"].keys() == expected.to_dict().keys()  # the row holds AlignmentResult.to_dict()
+        assert row["alignment"]["overall"] == pytest.approx(expected.overall, abs=1e-5)
+        assert row["alignment"]["elements"] == pytest.approx(expected.elements, abs=1e-5)
+        assert row["alignment"]["token_scores"] == pytest.approx(expected.token_scores, abs=1e-5)
+        assert row["alignment"]["unmatched_elements"] == expected.unmatched_elements
+    from evalmuse_models.models.evalmuse_structure import EvalMuseStructureProcessor
+
     structure = AutoModel.from_pretrained(structure_dir).eval()
-    predicted = structure.predict(images, prompts=split["prompt"][:2])
+    structure_processor = EvalMuseStructureProcessor.from_model_config(structure.config)  # what the scorer builds
+    predicted = structure.predict(images, prompts=split["prompt"][:2], processor=structure_processor)
     for row, expected in zip(rows, predicted):
-        assert row["structure"]["score"] == pytest.approx(expected["score"], abs=1e-5)
-        np.testing.assert_array_equal(rle_to_mask(row["structure"]["mask"]), expected["mask"])
+        assert row["structure"]["score"] == pytest.approx(expected.score, abs=1e-5)
+        np.testing.assert_array_equal(rle_to_mask(row["structure"]["mask"]), expected.mask)
+        assert row["structure"]["threshold"] == pytest.approx(expected.threshold)
         assert 1 <= row["structure"]["score"] <= 5 and 1 <= row["alignment"]["overall"] <= 5
 
 
@@ -81,6 +88,12 @@ def test_wrong_model_kind_and_missing_folder(model_dirs, tmp_path):
         score(folder, out=tmp_path / "o.jsonl", align=str(tmp_path), progress=False)
     with pytest.raises(UserInputError, match="does not exist locally"):
         score(folder, out=tmp_path / "o.jsonl", align="no/such/model", progress=False)
+    weights_only = tmp_path / "weights-only"  # an alignment model saved without its processor
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (weights_only / name).write_bytes((model_dirs[0] / name).read_bytes())
+    with pytest.raises(UserInputError, match="no processor"):
+        score(folder, out=tmp_path / "o.jsonl", align=str(weights_only), progress=False)
 
 
 def test_mllm_judge_spec(tmp_path):

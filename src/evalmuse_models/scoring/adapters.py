@@ -117,7 +117,13 @@ def _load_pretrained(spec: str, device, dtype, expected: str):
 
 
 class AlignScorer:
-    """Alignment: overall score (1-5) and per-element probabilities (``EvalMuseAlignModel.score``)."""
+    """Alignment: overall score (1-5) and per-element probabilities of each image.
+
+    The model's ``score(images, prompts, elements=..., batch_size=...)`` (``EvalMuseAlignModel.score``, given
+    the processor saved with it, or an MLLM judge's) returns one
+    :class:`~evalmuse_models.results.AlignmentResult` per image; its ``to_dict()`` is the row's ``alignment``
+    object (``docs/results.md``). A factory's scorer may return plain dicts with the same keys.
+    """
 
     kind = "align"
     method = "score"
@@ -138,13 +144,9 @@ class AlignScorer:
             model = _load_factory(spec, device, dtype)
             return cls(model, getattr(model, "processor", None), spec)
         model, processor = _load_pretrained(spec, device, dtype, cls.model_type)
+        if processor is None:
+            raise UserInputError(f"{spec} has no processor (processor_config.json): save the model's processor with it")
         return cls(model, processor, spec)
-
-    def _run(self, images, prompts, elements):
-        kwargs = {"batch_size": len(images)}
-        if self.processor is not None:
-            kwargs["processor"] = self.processor
-        return self.model.score(images, prompts, elements=elements, **kwargs)
 
     def __call__(self, batch: list[dict]) -> list[dict]:
         import torch
@@ -152,24 +154,31 @@ class AlignScorer:
         images = [item["image"] for item in batch]
         prompts = [item["prompt"] for item in batch]
         elements = [item.get("elements") or [] for item in batch]
+        kwargs = {"batch_size": len(images)}
+        if self.processor is not None:
+            kwargs["processor"] = self.processor
         with torch.inference_mode():
-            outputs = self._run(images, prompts, elements if any(elements) else None)
-        results = []
-        for out in outputs:
-            results.append(
-                {
-                    "alignment": {
-                        "overall": _finite(out["overall"]),
-                        "elements": {str(k): _finite(v) for k, v in (out.get("elements") or {}).items()},
-                        "unmatched_elements": list(out.get("unmatched_elements") or []),
-                    }
-                }
-            )
-        return results
+            outputs = self.model.score(images, prompts, elements=elements if any(elements) else None, **kwargs)
+        return [{"alignment": _alignment_row(out)} for out in outputs]
+
+
+def _alignment_row(result: Any) -> dict:
+    """A scorer's result (an ``AlignmentResult``, or a dict with its keys) as a results row's ``alignment``
+    object: ``AlignmentResult.to_dict()`` with non-finite numbers written as null."""
+    data = dict(result.to_dict() if hasattr(result, "to_dict") else result)
+    row = {
+        "overall": _finite(data["overall"]),
+        "elements": {str(k): _finite(v) for k, v in (data.get("elements") or {}).items()},
+        "unmatched_elements": list(data.get("unmatched_elements") or []),
+    }
+    for name in ("token_scores", "level_probs"):
+        if data.get(name) is not None:
+            row[name] = [_finite(v) for v in data[name]]
+    return row
 
 
 class MLLMScorer(AlignScorer):
-    """An MLLM judge (``mllm:<model>``) with the alignment model's output shape."""
+    """An MLLM judge (``mllm:<model>``): the same ``score()`` and results as the alignment model."""
 
     kind = "mllm"
 
@@ -186,7 +195,14 @@ class MLLMScorer(AlignScorer):
 
 
 class StructureScorer:
-    """Structure: score, distortion mask (RLE), regions and a small heatmap (``predict``)."""
+    """Structure: score, distortion mask (RLE), regions and a small heatmap of each image.
+
+    The model's ``predict(images, prompts=..., processor=..., batch_size=..., threshold=...)``
+    (``EvalMuseStructureModel.predict``: the ``t2i-structure`` pipeline) returns one
+    :class:`~evalmuse_models.results.StructureResult` per image. A structure model saved without its
+    processor gets the one its config describes; a factory's object may return plain dicts with the
+    same keys.
+    """
 
     kind = "structure"
     model_type = "evalmuse_structure"
@@ -194,6 +210,8 @@ class StructureScorer:
     def __init__(self, model, processor=None, name: str = "", threshold: float | None = None, heatmap_size: int = 64):
         if not callable(getattr(model, "predict", None)):
             raise UserInputError(f"{name or type(model).__name__} has no predict() method; not a structure model")
+        if processor is None and getattr(getattr(model, "config", None), "model_type", None) == self.model_type:
+            processor = _structure_processor(model.config, name or type(model).__name__)
         self.model = model
         self.processor = processor
         self.name = name
@@ -224,10 +242,12 @@ class StructureScorer:
         with torch.inference_mode():
             outputs = self.model.predict(images, prompts=prompts, **kwargs)
         # The heatmap level the masks were cut at (shown on the report's heatmap legend).
-        threshold = self.threshold if self.threshold is not None else getattr(
+        default_threshold = self.threshold if self.threshold is not None else getattr(
             getattr(self.model, "config", None), "threshold", None)
         results = []
         for out in outputs:
+            out = out.to_dict() if hasattr(out, "to_dict") else out
+            threshold = out.get("threshold", default_threshold)
             mask = np.asarray(out["mask"])
             entry = {
                 "score": _finite(out["score"]),
@@ -245,6 +265,19 @@ class StructureScorer:
                 entry["heatmap_png"] = encode_heatmap(out["heatmap"], self.heatmap_size)
             results.append({"structure": entry})
         return results
+
+
+def _structure_processor(config, name: str):
+    """The processor a structure model's config describes (for a folder saved without one)."""
+    from ..models.evalmuse_structure import EvalMuseStructureProcessor
+
+    try:
+        return EvalMuseStructureProcessor.from_model_config(config)
+    except (OSError, ValueError) as err:
+        raise UserInputError(
+            f"{name} has no processor (processor_config.json) and its config cannot build one: {err}; save the "
+            "model's processor with it"
+        ) from None
 
 
 def encode_heatmap(heatmap: Any, size: int = 64) -> str:
