@@ -2,12 +2,16 @@
 
 A checkpoint folder is input like any other: whoever can write into ``output_dir`` (a shared run
 folder, a downloaded run, an old demo folder) must not be able to run code in the next resume. Each
-test plants a pickle whose unpickling touches a marker file under every name a resume might read
-(accelerate's ``custom_checkpoint_*.pkl``, ``random_states_*.pkl``, ``optimizer.bin``, ... and the
-files of a checkpoint proper) and checks that the marker never appears: a planted extra file is
-ignored (the resume gives what a clean resume gives) and a checkpoint file replaced by a pickle is
-refused with a one-line error. A genuine interrupted run still resumes at the right step to the same
-weights as an uninterrupted one.
+test plants a pickle whose unpickling touches a marker file under names a resume might read
+(accelerate's ``custom_checkpoint_*.pkl``, ``random_states_*.pkl``, ``optimizer.bin``, ..., the
+Trainer's ``rng_state*.pth``, ``optimizer.pt``, ... and the files of a checkpoint proper) and checks that
+the marker never appears: a planted file that is never read is ignored (the resume gives what a clean
+resume gives), and one the resume would read is refused with a one-line error. A genuine interrupted
+run still resumes at the right step to the same weights as an uninterrupted one.
+
+The alignment recipe runs on transformers' ``Trainer``, which loads torch files with
+``weights_only=True``; ``evalmuse_models.training.align.check_checkpoint`` opens each of them that way
+before the Trainer does, so that a bad file stops the run with one line naming the folder.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from safetensors.torch import load_file
 
 from evalmuse_models.training import align as align_training
 from evalmuse_models.training import structure as structure_training
-from evalmuse_models.training.align import TrainAlignArguments, train_align
+from evalmuse_models.training.align import AlignRecipeArguments, AlignTrainingArguments, train_align
 from evalmuse_models.training.structure import (
     StructureRecipeArguments,
     StructureTrainingArguments,
@@ -95,81 +99,103 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- alignment
 
+#: Names a Trainer resume may read (besides the checkpoint's own files): torch files it loads with
+#: ``weights_only=True`` when present.
+TRAINER_TORCH_NAMES = ("pytorch_model.bin", "rng_state_0.pth", "rng_state_1.pth", "scaler.pt")
 
-def align_args(dataset, out, **overrides) -> TrainAlignArguments:
+
+def align_args(dataset, out, **overrides):
+    """``(recipe, training)`` arguments of a 2-step tiny alignment run checkpointing every 2 steps."""
+    recipe = {"dataset_dir": str(dataset), "preset": "tiny", "freeze_vision": overrides.pop("freeze_vision", True),
+              "augment": overrides.pop("augment", True), "torch_num_threads": 1}
     values = {
-        "dataset_dir": str(dataset), "output_dir": str(out), "preset": "tiny", "learning_rate": 1e-3, "warmup_steps": 2,
-        "per_device_train_batch_size": 48, "per_device_eval_batch_size": 16, "freeze_vision": True, "augment": True,
-        "num_epochs": 50, "seed": 0, "show_progress": False, "torch_num_threads": 1, "eval_on_start": False,
-        "eval_every": 10**6, "save_every": 2, "max_steps": 2,
+        "output_dir": str(out), "learning_rate": 1e-3, "warmup_steps": 2, "per_device_train_batch_size": 48,
+        "per_device_eval_batch_size": 16, "num_train_epochs": 50, "seed": 0, "disable_tqdm": True,
+        "eval_on_start": False, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 2, "max_steps": 2,
+        "logging_steps": 1, "use_cpu": True,
     }
     values.update(overrides)
-    return TrainAlignArguments(**values)
+    return AlignRecipeArguments(**recipe), AlignTrainingArguments(**values)
 
 
 @pytest.fixture(scope="module")
 def align_run(prepared_dataset, tmp_path_factory):
-    """A finished 2-step alignment run with its checkpoint ``step-2`` (copied by each test)."""
+    """A finished 2-step alignment run with its checkpoint ``checkpoint-2`` (copied by each test)."""
     out = tmp_path_factory.mktemp("align_run") / "run"
-    train_align(align_args(prepared_dataset, out))
-    assert (out / "checkpoints" / "step-2").is_dir()
+    train_align(*align_args(prepared_dataset, out))
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     return out
 
 
-def test_align_resume_ignores_planted_pickles(prepared_dataset, align_run, tmp_path):
+def test_align_resume_ignores_planted_pickles_it_never_reads(prepared_dataset, align_run, tmp_path):
     marker = tmp_path / "pwned"
     clean, planted = tmp_path / "clean", tmp_path / "planted"
     shutil.copytree(align_run, clean)
     shutil.copytree(align_run, planted)
-    names = plant_extras(planted / "checkpoints" / "step-2", marker)
-    assert "custom_checkpoint_0.pkl" in names and "random_states_0.pkl" in names
+    names = [n for n in ACCELERATE_NAMES if n.endswith(".pkl")]  # what accelerate's load_state unpickled
+    for name in names:
+        plant(planted / "checkpoint-2" / name, marker)
 
-    expected = train_align(align_args(prepared_dataset, clean, max_steps=4))
-    try:
-        got = train_align(align_args(prepared_dataset, planted, max_steps=4))
-    except UserInputError as error:  # refusing is fine too, as long as nothing was unpickled
-        assert "step-2" in str(error)
-        got = None
+    expected = train_align(*align_args(prepared_dataset, clean, max_steps=4))
+    got = train_align(*align_args(prepared_dataset, planted, max_steps=4))
     assert not marker.exists(), "a resume unpickled a planted file"
-    if got is not None:
-        assert got["steps"] == expected["steps"] == 4
-        assert got["train_loss"] == expected["train_loss"]
-        assert_same_weights(weights(planted / "model"), weights(clean / "model"))
+    assert got["steps"] == expected["steps"] == 4 and got["resumed_from"].endswith("checkpoint-2")
+    assert got["train_loss"] == expected["train_loss"]
+    assert_same_weights(weights(planted / "model"), weights(clean / "model"))
+
+
+@pytest.mark.parametrize("name", TRAINER_TORCH_NAMES + ("optimizer.bin", "scheduler.bin"))
+def test_align_resume_refuses_a_planted_torch_file(prepared_dataset, align_run, tmp_path, name):
+    """A planted torch file the Trainer might load is opened with ``weights_only`` first, and refused."""
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    shutil.copytree(align_run, run)
+    plant(run / "checkpoint-2" / name, marker)
+    with pytest.raises(UserInputError, match="checkpoint-2") as caught:
+        train_align(*align_args(prepared_dataset, run, max_steps=4))
+    assert name in str(caught.value) and "\n" not in str(caught.value)
+    assert not marker.exists() and not (run / "checkpoint-4").exists()
 
 
 def test_align_resume_refuses_a_checkpoint_file_replaced_by_a_pickle(prepared_dataset, align_run, tmp_path):
-    """Each file of the checkpoint in turn is a hostile pickle: the resume stops with a clear error."""
+    """Each file of the checkpoint in turn is a hostile pickle: nothing is ever unpickled; the files a
+    resume reads (weights, optimizer, scheduler, RNG states, trainer state, JSON) stop it with a clear
+    error, the others (the pickled ``training_args.bin`` the Trainer writes, remote code) are never read."""
     marker = tmp_path / "pwned"
-    files = sorted(p.name for p in (align_run / "checkpoints" / "step-2").iterdir())
-    assert files
+    files = sorted(p.name for p in (align_run / "checkpoint-2").iterdir())
+    refused = []
     for name in files:
         run = tmp_path / name
         shutil.copytree(align_run, run)
-        plant(run / "checkpoints" / "step-2" / name, marker)
-        with pytest.raises(UserInputError, match="step-2") as caught:
-            train_align(align_args(prepared_dataset, run, max_steps=4))
+        plant(run / "checkpoint-2" / name, marker)
+        try:
+            train_align(*align_args(prepared_dataset, run, max_steps=4))
+        except UserInputError as error:
+            assert "checkpoint-2" in str(error) and name in str(error) and "\n" not in str(error)
+            assert not (run / "checkpoint-4").exists()
+            refused.append(name)
         assert not marker.exists(), f"resuming with a hostile {name} unpickled it"
-        assert "\n" not in str(caught.value)
-        assert not (run / "checkpoints" / "step-4").exists()
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= set(refused)
+    assert "training_args.bin" not in refused
 
 
-def test_align_resume_refuses_a_checkpoint_without_its_state_file(prepared_dataset, align_run, tmp_path):
-    """A folder in accelerate's pickle layout (as written before) is not read at all."""
+def test_align_resume_refuses_an_unfinished_checkpoint(prepared_dataset, align_run, tmp_path):
+    """A folder without the Trainer's state (cut short, or in accelerate's pickle layout) is not read at all."""
     marker = tmp_path / "pwned"
     run = tmp_path / "old"
     shutil.copytree(align_run, run)
-    checkpoint = run / "checkpoints" / "step-2"
+    checkpoint = run / "checkpoint-2"
     for path in checkpoint.iterdir():
-        if path.name not in ("progress.json", "model.safetensors"):
+        if path.name != "model.safetensors":
             path.unlink()
-    for name in ACCELERATE_NAMES:
+    for name in ACCELERATE_NAMES + TRAINER_TORCH_NAMES:
         plant(checkpoint / name, marker)
-    with pytest.raises(UserInputError, match="resume") as caught:
-        train_align(align_args(prepared_dataset, run, max_steps=4))
+    with pytest.raises(UserInputError, match="resume_from_checkpoint none") as caught:
+        train_align(*align_args(prepared_dataset, run, max_steps=4))
     assert str(checkpoint) in str(caught.value)
     assert not marker.exists()
     # Without resuming, the run starts over and never looks at the folder.
-    metrics = train_align(align_args(prepared_dataset, run, max_steps=2, resume=False))
+    metrics = train_align(*align_args(prepared_dataset, run, max_steps=2, resume_from_checkpoint="none"))
     assert metrics["steps"] == 2 and not marker.exists()
 
 
@@ -194,19 +220,18 @@ def crash_on_call(monkeypatch, cls, when, only_train=False):
 
 
 def test_interrupted_align_run_resumes_to_the_same_weights(prepared_dataset, tmp_path, monkeypatch):
-    """Interrupted mid-epoch after the step-4 checkpoint (the data order, the augmentation and dropout
-    RNGs, the optimizer and the LR schedule all restored), the resumed run equals an uninterrupted one."""
-    args = {"max_steps": 7, "save_every": 2, "augment": True, "freeze_vision": False}
-    straight = train_align(align_args(prepared_dataset, tmp_path / "straight", **args))
+    """Interrupted mid-epoch after the checkpoint-4 (the data order, the augmentation and dropout RNGs, the
+    optimizer and the LR schedule all restored by the Trainer), the resumed run equals an uninterrupted one."""
+    args = {"max_steps": 7, "save_steps": 2, "augment": True, "freeze_vision": False}
+    straight = train_align(*align_args(prepared_dataset, tmp_path / "straight", **args))
     real = crash_on_call(monkeypatch, align_training.AlignCollator, 6)
     with pytest.raises(Interrupted):
-        train_align(align_args(prepared_dataset, tmp_path / "resumed", **args))
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir() if not p.name.startswith(".")) == [
-        "step-2", "step-4"]
-    progress = json.loads((tmp_path / "resumed" / "checkpoints" / "step-4" / "progress.json").read_text())
-    assert progress["step"] == 4 and progress["batches_in_epoch"] > 0  # a mid-epoch checkpoint
+        train_align(*align_args(prepared_dataset, tmp_path / "resumed", **args))
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    state = json.loads((tmp_path / "resumed" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["epoch"] != int(state["epoch"])  # a mid-epoch checkpoint
     monkeypatch.setattr(align_training.AlignCollator, "__call__", real)
-    resumed = train_align(align_args(prepared_dataset, tmp_path / "resumed", **args))
+    resumed = train_align(*align_args(prepared_dataset, tmp_path / "resumed", **args))
     assert resumed["steps"] == straight["steps"] == 7
     assert resumed["train_loss"] == straight["train_loss"]
     assert_same_weights(weights(tmp_path / "resumed" / "model"), weights(tmp_path / "straight" / "model"))
@@ -318,7 +343,7 @@ class StopAfterAlign(Exception):
 
 @pytest.mark.slow
 def test_demo_resume_never_unpickles_a_planted_checkpoint_file(tmp_path, monkeypatch, capsys):
-    """``evalmuse demo`` resumes its alignment run from ``runs/align/checkpoints``: a pickle planted
+    """``evalmuse demo`` resumes its alignment run from ``runs/align/checkpoint-N``: a pickle planted
     there is never unpickled."""
     from evalmuse_models.cli import main
 
@@ -331,7 +356,7 @@ def test_demo_resume_never_unpickles_a_planted_checkpoint_file(tmp_path, monkeyp
             "--num-structure-images", "60", "--align-steps", "3", "--structure-epochs", "1", "--no-progress"]
     with pytest.raises(StopAfterAlign):
         main(argv)
-    checkpoint = out / "runs" / "align" / "checkpoints" / "step-3"
+    checkpoint = out / "runs" / "align" / "checkpoint-3"
     assert checkpoint.is_dir()
     (out / ".steps" / "align").unlink()  # the rerun resumes the alignment run from its checkpoint
     marker = tmp_path / "pwned"

@@ -1,53 +1,65 @@
-"""Training of the EvalMuse alignment model (FGA-BLIP2) with accelerate: CPU, one GPU or several.
+"""Training of the EvalMuse alignment model (FGA-BLIP2) on transformers' ``Trainer``: CPU, one GPU or several.
 
-The recipe is FGA-BLIP2's (SPEC §4; LAVIS ``fga_blip2.yaml``):
+The recipe is FGA-BLIP2's (SPEC §4; LAVIS ``fga_blip2.yaml``), as the defaults of
+:class:`AlignTrainingArguments` (the Trainer's own names) and :class:`AlignRecipeArguments`:
 
-* loss: ``|overall - target| + 0.1 * mean|P(match)_text * mask - token_target| + 0.1 * mean|mask_pred - mask|``,
-  where ``mask`` marks the element tokens (and CLS) and ``token_target`` carries each element's mean vote on
-  its span (overlapping spans averaged) and ``(target - 1) / 4`` at CLS. Targets are built like the official
-  ``element2mask.py``: spans are located on the full prompt ids, then cut to ``max_text_length`` (32); a
-  training sample with an element that cannot be located is skipped (``skip_unmatched_elements``).
-  Optional per-sample weighting of the score term by the prompt variance (``loss_weighting``).
-* AdamW, lr 1e-5, weight decay 0.05 (not on biases / norms / 1-D tensors), 100 linear warm-up steps (at
-  most a tenth of a short run) then a cosine decay over the run's optimizer steps, stepped per optimizer
-  step (LAVIS ``linear_warmup_cosine_lr``), 5 epochs, batch 14, frozen ViT (its
-  post-LayerNorm, LAVIS's ``ln_vision``, stays trainable) when starting from pretrained weights (a preset
-  built from random weights trains its ViT unless ``freeze_vision=True``), mixed precision on CUDA.
-* training images: random resized crop (scale 0.5-1, bicubic) + horizontal flip (``blip2_image_train``);
-  evaluation images: plain bicubic resize.
+* loss: the model's own (``|overall - target| + 0.1 * mean|P(match)_text * mask - token_target| + 0.1 *
+  mean|mask_pred - mask|``), where ``mask`` marks the element tokens (and CLS) and ``token_target`` carries
+  each element's mean vote on its span (overlapping spans averaged) and ``(target - 1) / 4`` at CLS. Targets
+  are built like the official ``element2mask.py`` (:func:`build_token_targets`): spans are located on the
+  full prompt ids, then cut to ``max_text_length`` (32); a training sample with an element that cannot be
+  located is skipped (``skip_unmatched_elements``). Optional per-sample weighting of the score term by the
+  prompt variance (``loss_weighting``).
+* AdamW, lr 1e-5, weight decay 0.05 (not on biases / norms / 1-D tensors / the query tokens), 100 linear
+  warm-up steps (at most a tenth of a short run) then a cosine decay to ``min_lr`` (0) over the run's
+  optimizer steps (``cosine_with_min_lr``: LAVIS ``linear_warmup_cosine_lr`` sampled per step), 5 epochs,
+  batch 14, no gradient clipping, frozen ViT (its post-LayerNorm, LAVIS's ``ln_vision``, stays trainable)
+  when starting from pretrained weights (a preset built from random weights trains its ViT unless
+  ``freeze_vision=True``); ``bf16`` / ``fp16`` autocast on GPUs (the official YAML turns bf16 on).
+* training images: random resized crop (scale 0.5-1, bicubic) + horizontal flip (``blip2_image_train``),
+  each sample's drawn from its own seed (seed, epoch, index); evaluation images: plain bicubic resize.
 
-Every epoch (or every ``eval_every`` steps) the validation split is scored with the NTIRE 2025 Main Score.
-Checkpoints (weights, optimizer, scheduler and RNG states, progress: safetensors and JSON, see
-:mod:`evalmuse_models.training.checkpoint`; nothing in them is unpickled) are written atomically under
-``output_dir/checkpoints`` and a rerun resumes from the latest one. The end result is ``output_dir/model`` (``save_pretrained`` folder with
-processor and model card) and ``output_dir/metrics.json``.
+Every evaluation (``eval_strategy``; ``eval_on_start`` scores the untrained model) is the NTIRE 2025 Main
+Score of the validation split (:func:`evalmuse_models.evaluation.alignment.evaluate_alignment`), logged as
+``eval_main_score``, ``eval_srcc``, ``eval_plcc``, ``eval_acc`` (usable as ``metric_for_best_model``). The
+step a run stops at (``max_steps``, the last epoch or ``time_budget_s``) is always evaluated and, unless
+``save_strategy="no"``, checkpointed. Checkpoints are the Trainer's (``output_dir/checkpoint-N``); a rerun
+resumes from the last one (``resume_from_checkpoint="auto"``) after its files have been opened with the
+loaders the Trainer uses (``weights_only`` for torch files): a file that is not what it should be stops
+the run with one line naming the folder. The end result is ``output_dir/model`` (``save_pretrained`` folder
+with processor and model card) and ``output_dir/metrics.json``.
 
 Example::
 
-    from evalmuse_models.training.align import TrainAlignArguments, train_align
+    from evalmuse_models.training.align import AlignRecipeArguments, AlignTrainingArguments, train_align
 
-    metrics = train_align(TrainAlignArguments(dataset_dir="data/evalmuse", output_dir="runs/tiny",
-                                              preset="tiny", learning_rate=1e-3, max_steps=300))
+    metrics = train_align(AlignRecipeArguments(dataset_dir="data/evalmuse", preset="tiny"),
+                          AlignTrainingArguments(output_dir="runs/tiny", learning_rate=1e-3, max_steps=300))
     print(metrics["final"]["main_score"])
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import logging
 import math
 import os
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+
 from ..data.alignment import element_record_key
-from ..utils import UserInputError, atomic_directory, atomic_write_text, replace_directory
-from .checkpoint import check_supported, load_training_state, read_progress, sample_seed, save_training_state
+from ..evaluation.alignment import evaluate_alignment
+from ..utils import UserInputError, atomic_directory, atomic_write_text
+from .callbacks import TimeBudgetCallback
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +67,10 @@ ALIGNMENT_COLUMNS = ("image", "prompt", "total_score", "elements")
 
 
 @dataclass
-class TrainAlignArguments:
-    """Arguments of :func:`train_align` (defaults: the official FGA-BLIP2 hyper-parameters)."""
+class AlignRecipeArguments:
+    """What the recipe needs besides the Trainer's arguments (:class:`AlignTrainingArguments`)."""
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder or Hub id (config 'alignment')"})
-    output_dir: str = field(metadata={"help": "run folder: checkpoints/, model/, metrics.json"})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "start from this model folder / Hub id (e.g. a converted FGA-BLIP2)"}
     )
@@ -67,28 +78,11 @@ class TrainAlignArguments:
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "tokenizer (default: bert-base-uncased; the offline tiny one for 'tiny')"}
     )
-    learning_rate: float = 1e-5
-    warmup_learning_rate: float = 1e-8
-    min_learning_rate: float = 0.0
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    num_epochs: int = 5
-    max_steps: int | None = field(
-        default=None,
-        metadata={"help": "train for this many optimizer steps, over as many epochs as it takes (overrides "
-                  "num_epochs, like transformers' Trainer); the LR schedule spans them"},
-    )
-    per_device_train_batch_size: int = 14
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = None
     freeze_vision: bool | None = field(
         default=None,
         metadata={"help": "freeze the ViT (its post-LayerNorm stays trainable); default: frozen (official) when "
                   "starting from pretrained weights, trainable for a preset built from random weights"},
     )
-    gradient_checkpointing: bool = False
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16/fp16 on CUDA, none on CPU), no, fp16, bf16"})
     loss_weighting: str = field(default="none", metadata={"help": "none, var, exp_var (per-prompt variance weights)"})
     max_text_length: int = 32
     augment: bool = field(default=True, metadata={"help": "random resized crop + flip on training images"})
@@ -100,33 +94,65 @@ class TrainAlignArguments:
     validation_fraction: float = field(
         default=0.1, metadata={"help": "share of train prompts held out when the dataset has no validation split"}
     )
-    eval_every: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: each epoch)"})
-    eval_on_start: bool = field(default=True, metadata={"help": "score the untrained model first (reported as 'initial')"})
-    save_every: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: each epoch)"})
-    save_total_limit: int = 2
-    resume: bool = field(default=True, metadata={"help": "resume from the latest checkpoint in output_dir"})
+    plcc_direction: str = field(default="official", metadata={"help": "official or standard (see the metric)"})
     time_budget_s: float | None = field(default=None, metadata={"help": "stop training after this many seconds"})
-    plcc_direction: str = "official"
-    logging_steps: int = 10
-    num_workers: int = 0
     torch_num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads for CPU runs"})
-    use_cpu: bool = field(default=False, metadata={"help": "train on CPU even when a GPU is present"})
-    seed: int = 42
-    show_progress: bool = True
-    overwrite_output_model: bool = True
 
     def __post_init__(self):
-        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise UserInputError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.loss_weighting not in ("none", "var", "exp_var"):
             raise UserInputError(f"loss_weighting must be none, var or exp_var, got {self.loss_weighting!r}")
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "num_epochs"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserInputError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.plcc_direction not in ("official", "standard"):
+            raise UserInputError(f"plcc_direction must be official or standard, got {self.plcc_direction!r}")
         if not 0 < self.validation_fraction < 1:
             raise UserInputError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise UserInputError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s}")
+
+
+@dataclass
+class AlignTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the official FGA-BLIP2 defaults (every other field is the Trainer's)."""
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "run folder: checkpoint-N/, model/, metrics.json (required)"}
+    )
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_steps: float = field(
+        default=100,
+        metadata={"help": "linear warm-up steps (< 1: a fraction of the run), at most a tenth of the run's steps"},
+    )
+    num_train_epochs: float = 5.0
+    per_device_train_batch_size: int = 14
+    per_device_eval_batch_size: int = 16
+    lr_scheduler_type: SchedulerType | str = "cosine_with_min_lr"
+    lr_scheduler_kwargs: dict | str | None = field(default_factory=lambda: {"min_lr": 0.0})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0: none, as LAVIS)"})
+    eval_strategy: IntervalStrategy | str = "epoch"
+    eval_on_start: bool = True
+    save_strategy: SaveStrategy | str = "epoch"
+    save_total_limit: int | None = 2
+    logging_steps: float = 10
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "drop the last partial batch (kept when the data is smaller than one batch)"}
+    )
+    remove_unused_columns: bool = False
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "every trainable parameter gets a gradient (the ITC projections are frozen)"}
+    )
+    resume_from_checkpoint: str | None = field(
+        default="auto", metadata={"help": "auto: the last checkpoint-N in output_dir; none: start over; or a folder"}
+    )
+
+    def __post_init__(self):
+        if not self.output_dir:
+            raise UserInputError("output_dir is required (the run folder)")
+        super().__post_init__()
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """``warmup_steps``, at most a tenth of the run: the official 100 steps are a sliver of FGA-BLIP2's
+        ~14,000; a 300-step run warms up for 30."""
+        return max(0, min(super().get_warmup_steps(num_training_steps), num_training_steps // 10))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -163,12 +189,19 @@ def build_token_targets(processor, prompt: str, elements: list[dict], total_scor
     return mask, score, unmatched
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one training sample's augmentation in one epoch: independent of the loading order,
+    of prefetching, of ``dataloader_num_workers`` and of where a run was interrupted."""
+    mask = (1 << 64) - 1
+    sequence = np.random.SeedSequence([int(seed) & mask, int(epoch) & mask, int(index) & mask])
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
 class AlignTrainDataset:
     """Map-style torch dataset over the prepared ``alignment`` split with official targets.
 
-    A sample's augmentation is drawn from its own seed (``seed``, the ``epoch`` attribute the loop sets, its
-    index), not from the global RNG, so that it does not depend on loading order and a resumed run
-    augments exactly as an uninterrupted one."""
+    A sample's augmentation is drawn from its own seed (``seed``, the ``epoch`` attribute that
+    :class:`EpochCallback` sets, its index), not from the global RNG."""
 
     def __init__(self, split, processor, max_text_length: int, augment: bool, image_size: int, skip_unmatched: bool,
                  seed: int = 0):
@@ -275,118 +308,70 @@ def hold_out_prompts(split, fraction: float, seed: int):
     )
 
 
-def load_alignment_splits(args: TrainAlignArguments):
+def load_alignment_splits(recipe: AlignRecipeArguments, seed: int):
     """``(train, validation)`` of the prepared dataset; holds out a seeded fraction of train PROMPTS
     when there is no validation split (all images of a prompt stay on one side)."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(args.dataset_dir, "alignment")
+        dataset = datasets.load_dataset(recipe.dataset_dir, "alignment")
     except (FileNotFoundError, ValueError) as error:
         raise UserInputError(
-            f"could not load the 'alignment' config of {args.dataset_dir} ({error}); prepare it with "
+            f"could not load the 'alignment' config of {recipe.dataset_dir} ({error}); prepare it with "
             "`evalmuse prepare-data` or pass a prepared dataset folder"
         ) from error
     if "train" not in dataset:
-        raise UserInputError(f"{args.dataset_dir}: the alignment config has no 'train' split (found {list(dataset)})")
+        raise UserInputError(f"{recipe.dataset_dir}: the alignment config has no 'train' split (found {list(dataset)})")
     train = dataset["train"]
     missing = [c for c in ALIGNMENT_COLUMNS if c not in train.column_names]
     if missing:
-        raise UserInputError(f"{args.dataset_dir}: alignment split 'train' lacks columns {missing}")
+        raise UserInputError(f"{recipe.dataset_dir}: alignment split 'train' lacks columns {missing}")
     if "validation" in dataset:
         validation = dataset["validation"]
     else:
-        train, validation = hold_out_prompts(train, args.validation_fraction, args.seed)
+        train, validation = hold_out_prompts(train, recipe.validation_fraction, seed)
         logger.info("no validation split: held out %d images of train as validation", len(validation))
-    if args.max_train_samples is not None:
-        train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples is not None:
-        validation = validation.select(range(min(args.max_eval_samples, len(validation))))
+    if recipe.max_train_samples is not None:
+        train = train.shuffle(seed=seed).select(range(min(recipe.max_train_samples, len(train))))
+    if recipe.max_eval_samples is not None:
+        validation = validation.select(range(min(recipe.max_eval_samples, len(validation))))
     return train, validation
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-
-
-class _LazyImages:
-    """Decode a split's images one slice at a time (``model.score`` reads them batch by batch)."""
-
-    def __init__(self, split):
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [image.convert("RGB") for image in self.split[index]["image"]]
-        return self.split[index]["image"].convert("RGB")
-
-
-def evaluate_alignment(model, processor, split, batch_size: int = 16, plcc_direction: str = "official",
-                       show_progress: bool = False) -> dict:
-    """Score a labelled split with ``model.score`` and return the official Main Score (``srcc``, ``plcc``,
-    ``acc``, ``main_score``) plus ``num_images``."""
-    from ..metrics import alignment_main_score
-
-    rows = split.select_columns(["prompt", "total_score", "elements"])
-    keep = [i for i, row in enumerate(rows) if row["total_score"] is not None]
-    if len(keep) < 3:
-        raise UserInputError(f"the evaluation split has {len(keep)} labelled images; at least 3 are needed")
-    labelled = split.select(keep)
-    prompts = labelled["prompt"]
-    references = [float(s) for s in labelled["total_score"]]
-    element_lists = labelled["elements"]
-    keys = [[element_record_key(e) for e in elements if e.get("score") is not None] for elements in element_lists]
-    truth_elements = [
-        {element_record_key(e): float(e["score"]) for e in elements if e.get("score") is not None} for elements in element_lists
-    ]
-    results = model.score(_LazyImages(labelled), prompts, elements=keys, batch_size=batch_size, processor=processor,
-                          show_progress=show_progress)
-    predictions = [r["overall"] for r in results]
-    predicted_elements = [r["elements"] for r in results]
-    metrics = alignment_main_score(
-        predictions, references, predicted_elements, truth_elements, plcc_direction=plcc_direction
-    )
-    out = {k: float(metrics[k]) for k in ("srcc", "plcc", "acc", "main_score")}
-    out["num_images"] = len(predictions)
-    out["unmatched_elements"] = sum(len(r["unmatched_elements"]) for r in results)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- model
 
 
-def build_model_and_processor(args: TrainAlignArguments):
+def build_model_and_processor(recipe: AlignRecipeArguments):
     """The model (pretrained folder, or a preset with random weights) and its processor."""
     from ..models.evalmuse_align import (
         EvalMuseAlignConfig,
         EvalMuseAlignModel,
         EvalMuseAlignProcessor,
-        build_tiny_processor,
     )
+    from ..testing.align import build_tiny_processor
 
-    if args.model_name_or_path:
-        model = EvalMuseAlignModel.from_pretrained(args.model_name_or_path)
-        source = args.tokenizer_name_or_path or args.model_name_or_path
+    if recipe.model_name_or_path:
+        model = EvalMuseAlignModel.from_pretrained(recipe.model_name_or_path)
+        source = recipe.tokenizer_name_or_path or recipe.model_name_or_path
         try:
             processor = EvalMuseAlignProcessor.from_pretrained(source)
         except (OSError, ValueError):
             processor = EvalMuseAlignProcessor.from_config(model.config, tokenizer_name_or_path=source)
     else:
-        config = EvalMuseAlignConfig.from_preset(args.preset)
-        if args.preset != "tiny":
-            logger.warning("training the %r preset from random weights; pass model_name_or_path to fine-tune", args.preset)
+        config = EvalMuseAlignConfig.from_preset(recipe.preset)
+        if recipe.preset != "tiny":
+            logger.warning("training the %r preset from random weights; pass model_name_or_path to fine-tune",
+                           recipe.preset)
         model = EvalMuseAlignModel(config)
-        if args.tokenizer_name_or_path is None and args.preset == "tiny":
+        if recipe.tokenizer_name_or_path is None and recipe.preset == "tiny":
             processor = build_tiny_processor(config)
         else:
             from ..models.evalmuse_align import DEFAULT_TOKENIZER
 
             processor = EvalMuseAlignProcessor.from_config(
-                config, tokenizer_name_or_path=args.tokenizer_name_or_path or DEFAULT_TOKENIZER
+                config, tokenizer_name_or_path=recipe.tokenizer_name_or_path or DEFAULT_TOKENIZER
             )
-    model.config.loss_weighting = args.loss_weighting
+    model.config.loss_weighting = recipe.loss_weighting
     if len(processor.tokenizer) > model.config.qformer_config.vocab_size:
         raise UserInputError(
             f"the tokenizer has {len(processor.tokenizer)} ids but the model's vocabulary only "
@@ -395,129 +380,179 @@ def build_model_and_processor(args: TrainAlignArguments):
     return model, processor
 
 
-def _parameter_groups(model, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim < 2 or "bias" in name or "norm" in name.lower() or name.endswith("query_tokens"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+# ---------------------------------------------------------------------------------------------- trainer
 
 
-def effective_warmup_steps(warmup_steps: int, total_steps: int) -> int:
-    """Warm-up length actually used: ``warmup_steps``, capped at a tenth of the run for short runs (the
-    official 100 steps are a sliver of FGA-BLIP2's ~14,000; a 300-step run warms up for 30)."""
-    return max(0, min(warmup_steps, total_steps // 10))
+class AlignTrainer(Trainer):
+    """``Trainer`` with the FGA-BLIP2 parameter groups, the frozen ViT kept in eval mode, and the official
+    Main Score as its evaluation (``eval_main_score``, ``eval_srcc``, ``eval_plcc``, ``eval_acc``)."""
+
+    def __init__(self, *args, freeze_vision: bool = False, plcc_direction: str = "official", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.freeze_vision = freeze_vision
+        self.plcc_direction = plcc_direction
+        # The model's loss is a per-batch mean: the Trainer averages it over accumulation steps itself and
+        # must not rescale it by token counts (its forward takes **kwargs, which the Trainer would read so).
+        self.model_accepts_loss_kwargs = False
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """Weight decay on matrices only: not on biases, norms, 1-D tensors or the query tokens (LAVIS)."""
+        return [
+            name for name, param in model.named_parameters()
+            if not (param.ndim < 2 or "bias" in name or "norm" in name.lower() or name.endswith("query_tokens"))
+        ]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.freeze_vision and model.training:
+            self.accelerator.unwrap_model(model).vision_model.eval()  # frozen: no dropout either
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The Main Score of ``eval_dataset`` (default: the validation split), computed by the main process
+        and shared with the others, logged and handed to the callbacks like the Trainer's own."""
+        split = self.eval_dataset if eval_dataset is None else eval_dataset
+        started = time.time()
+        metrics = None
+        if self.args.process_index == 0:
+            model = self.accelerator.unwrap_model(self.model)
+            scorer = SimpleNamespace(score=partial(model.score, processor=self.processing_class))
+            with self.accelerator.autocast():
+                scores = evaluate_alignment(scorer, split, batch_size=self.args.per_device_eval_batch_size,
+                                            plcc_direction=self.plcc_direction)
+            metrics = {f"{metric_key_prefix}_{key}": value for key, value in scores.items()}
+        if self.args.world_size > 1:
+            from accelerate.utils import broadcast_object_list
+
+            metrics = broadcast_object_list([metrics])[0]
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
-def warmup_cosine_lr_lambda(args: TrainAlignArguments, total_steps: int):
-    """The learning-rate multiplier of optimizer step ``step`` (LAVIS ``linear_warmup_cosine_lr``, per step):
-    a linear warm-up from ``warmup_learning_rate`` to ``learning_rate`` over
-    :func:`effective_warmup_steps`, then a cosine decay to ``min_learning_rate`` over the remaining
-    optimizer steps of the run (``total_steps``: epochs x steps per epoch, or ``max_steps``).
+class EpochCallback(TrainerCallback):
+    """Tell the training dataset which epoch begins (its augmentations are seeded per epoch)."""
 
-    LAVIS steps the cosine once per epoch; stepping it per optimizer step gives the same curve sampled
-    finely, and it also decays when a run is bounded by ``max_steps`` rather than by epochs.
-    """
-    base = args.learning_rate
-    total_steps = max(1, total_steps)
-    warmup = effective_warmup_steps(args.warmup_steps, total_steps)
+    def __init__(self, dataset: AlignTrainDataset):
+        self.dataset = dataset
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            lr = args.warmup_learning_rate + (base - args.warmup_learning_rate) * step / warmup
-        else:
-            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            lr = args.min_learning_rate + (base - args.min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * progress))
-        return lr / base
-
-    return factor
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.epoch = math.floor(state.epoch or 0)  # a run resumed mid-epoch is still in that epoch
 
 
-def _has_accelerator() -> bool:
+class StopCallback(TrainerCallback):
+    """Evaluate the step a run stops at (``max_steps``, the last epoch or a time budget) and checkpoint it
+    (unless ``save_strategy`` is ``no`` or ``best``), once, whichever strategy would or would not have."""
+
+    def __init__(self):
+        self.evaluated = self.saved = -1
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.evaluated = state.global_step
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_training_stop:
+            control.should_evaluate = True
+            control.should_save = control.should_save or args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # The epoch's end after a stop: the Trainer asks again for what was just done.
+        control.should_evaluate = control.should_evaluate and self.evaluated != state.global_step
+        control.should_save = control.should_save and self.saved != state.global_step
+        return control
+
+
+def check_checkpoint(folder: str | os.PathLike) -> None:
+    """Open every file of the checkpoint ``folder`` that a resume may read, with the loader the Trainer
+    uses (JSON, safetensors, ``torch.load(weights_only=True)`` memory-mapped, which never runs pickled
+    code): a missing state or a file that is not what it should be raises a one-line :class:`UserInputError`
+    naming the folder, before the Trainer reads anything. ``training_args.bin`` is never read."""
     import torch
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
 
-    if torch.cuda.is_available():
-        return True
-    if hasattr(torch, "xpu") and torch.xpu.is_available():
-        return True
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    folder = Path(folder)
+    hint = f"delete {folder} or start over with --resume_from_checkpoint none"
+    if not (folder / "trainer_state.json").is_file():
+        raise UserInputError(f"{folder} has no trainer_state.json (an unfinished checkpoint?); {hint}")
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as handle:
+                    list(handle.keys())
+            elif path.suffix in (".pt", ".pth", ".bin") and path.name != "training_args.bin":
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # noqa: BLE001 - every failure is the same verdict: not a usable file
+            reason = " ".join(str(error).split())[:200]
+            raise UserInputError(f"cannot resume from {folder}: {path.name} is not a valid checkpoint file "
+                                 f"({type(error).__name__}: {reason}); {hint}") from None
 
 
-def _resolve_mixed_precision(choice: str) -> str:
-    import torch
-
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-# ---------------------------------------------------------------------------------------------- loop
-
-
-_CHECKPOINT = re.compile(r"^step-(\d+)$")
-
-
-def _latest_checkpoint(folder: Path) -> Path | None:
-    if not folder.is_dir():
+def resolve_checkpoint(training_args: AlignTrainingArguments) -> str | None:
+    """The checkpoint to resume from: ``auto`` = the last ``checkpoint-N`` in ``output_dir`` (or none);
+    ``none`` / ``false`` / empty = start over; else that folder."""
+    choice = training_args.resume_from_checkpoint
+    if choice is None or str(choice).strip().lower() in ("", "none", "false", "no"):
         return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)) and (p / "progress.json").is_file()]
-    return max(found)[1] if found else None
+    if str(choice).lower() == "auto":
+        output_dir = training_args.output_dir
+        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(choice):
+        raise UserInputError(f"resume_from_checkpoint {choice} is not a folder")
+    return str(choice)
 
 
-def train_align(args: TrainAlignArguments) -> dict:
-    """Train (or fine-tune) the alignment model; returns the final metrics (also written to
-    ``output_dir/metrics.json``): ``initial`` (untrained model, when ``eval_on_start``), ``history``
-    (each evaluation), ``final`` (last evaluation), ``steps``, ``epochs``, ``train_loss``, ``runtime_s``."""
+# ---------------------------------------------------------------------------------------------- recipe
+
+
+def train_align(recipe_args: AlignRecipeArguments, training_args: AlignTrainingArguments) -> dict:
+    """Train (or fine-tune) the alignment model; returns the metrics (also written to
+    ``output_dir/metrics.json``; empty on processes other than the main one): ``initial`` (the untrained
+    model, with ``eval_on_start``), ``history`` (each evaluation), ``final`` (the last), ``steps``,
+    ``epochs_completed``, ``train_loss`` (``[step, mean loss]`` per logging step), ``stopped_by_time_budget``,
+    ``runtime_s``, ``arguments``."""
     import torch
 
     previous_threads = torch.get_num_threads()
-    if args.torch_num_threads:
-        torch.set_num_threads(args.torch_num_threads)
+    if recipe_args.torch_num_threads:
+        torch.set_num_threads(recipe_args.torch_num_threads)
     try:
-        return _train_align(args)
+        return _train_align(recipe_args, training_args)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train_align(args: TrainAlignArguments) -> dict:
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+def _train_align(recipe: AlignRecipeArguments, training_args: AlignTrainingArguments) -> dict:
+    from transformers import set_seed
 
     started = time.monotonic()
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(
-        mixed_precision=_resolve_mixed_precision(args.mixed_precision),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        # without an accelerator, `cpu=True` lets accelerate use torch.distributed (gloo) when launched
-        # with several processes (`torchrun --nproc_per_node N`)
-        cpu=args.use_cpu or not _has_accelerator(),
-    )
-    check_supported(accelerator)
-    set_seed(args.seed)
+    output_dir = Path(training_args.output_dir)
+    checkpoint = resolve_checkpoint(training_args)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
+    set_seed(training_args.seed)  # the model's random initial weights
 
-    model, processor = build_model_and_processor(args)
-    train_split, validation_split = load_alignment_splits(args)
+    model, processor = build_model_and_processor(recipe)
+    train_split, validation_split = load_alignment_splits(recipe, training_args.seed)
     image_size = model.config.vision_config.image_size
     image_size = image_size if isinstance(image_size, int) else image_size[0]
     train_dataset = AlignTrainDataset(
-        train_split, processor, args.max_text_length, args.augment, image_size, args.skip_unmatched_elements,
-        seed=args.seed,
+        train_split, processor, recipe.max_text_length, recipe.augment, image_size, recipe.skip_unmatched_elements,
+        seed=training_args.seed,
     )
     if len(train_dataset) == 0:
-        raise UserInputError(f"{args.dataset_dir}: no labelled training sample left (skipped {train_dataset.skipped})")
+        raise UserInputError(f"{recipe.dataset_dir}: no labelled training sample left (skipped {train_dataset.skipped})")
     if train_dataset.skipped:
         logger.warning("skipped %d training samples with an element not found in the prompt", train_dataset.skipped)
 
-    freeze_vision = args.freeze_vision if args.freeze_vision is not None else bool(args.model_name_or_path)
+    freeze_vision = recipe.freeze_vision if recipe.freeze_vision is not None else bool(recipe.model_name_or_path)
     if freeze_vision:
         model.vision_model.requires_grad_(False)
         model.vision_model.post_layernorm.requires_grad_(True)
@@ -525,239 +560,146 @@ def _train_align(args: TrainAlignArguments) -> dict:
     # every trainable parameter to receive a gradient).
     model.vision_projection.requires_grad_(False)
     model.text_projection.requires_grad_(False)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
 
-    generator = torch.Generator().manual_seed(args.seed)
-    loader = torch.utils.data.DataLoader(
-        train_dataset,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=len(train_dataset) > args.per_device_train_batch_size,
-        collate_fn=AlignCollator(processor, args.max_text_length),
-        num_workers=args.num_workers,
-        generator=generator,
+    args = copy.copy(training_args)  # the caller's arguments stay as they were
+    if checkpoint is not None:
+        args.eval_on_start = False  # "initial" comes with the checkpoint's history
+    if args.dataloader_drop_last and len(train_dataset) < args.per_device_train_batch_size * args.world_size:
+        args.dataloader_drop_last = False  # smaller than one batch: train on what there is
+
+    callbacks: list[TrainerCallback] = [EpochCallback(train_dataset)]
+    budget = TimeBudgetCallback(recipe.time_budget_s) if recipe.time_budget_s is not None else None
+    if budget is not None:
+        callbacks.append(budget)
+    callbacks.append(StopCallback())
+    trainer = AlignTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=validation_split,
+        data_collator=AlignCollator(processor, recipe.max_text_length),
+        processing_class=processor,
+        callbacks=callbacks,
+        freeze_vision=freeze_vision,
+        plcc_direction=recipe.plcc_direction,
     )
-    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.learning_rate, betas=(0.9, 0.999))
-    base_optimizer = optimizer
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    # Counted on the prepared (per-process) loader: the optimizer steps this process really takes.
-    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * args.num_epochs if args.max_steps is None else args.max_steps
-    # Stepped by hand once per optimizer step (not handed to accelerate, which would step it once per
-    # process); its state is saved with the checkpoints.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(base_optimizer, warmup_cosine_lr_lambda(args, total_steps))
+    if checkpoint is not None and trainer.is_world_process_zero():
+        print(f"resumed from {checkpoint}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    if not any(e.get("step") == trainer.state.global_step and "eval_main_score" in e for e in trainer.state.log_history):
+        trainer.evaluate()  # a resumed run that had nothing left to train, from a checkpoint without it
 
-    checkpoints = output_dir / "checkpoints"
-    # "running": the losses since the last logged mean (kept in checkpoints so a resumed run logs the same means)
-    progress = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": [], "initial": None, "losses": [],
-                "running": []}
-    # The loader's generator as the current epoch began: a mid-epoch checkpoint keeps it, so that a resume
-    # draws the same order and skips the batches already seen.
-    epoch_start_state = generator.get_state()
-    latest = _latest_checkpoint(checkpoints) if args.resume else None
-    if latest is not None:
-        hint = "--resume false (resume=False)"
-        progress = read_progress(latest, "progress.json", progress, resume_hint=hint)
-        load_training_state(accelerator, latest, model=model, optimizer=optimizer, scheduler=scheduler,
-                            generators={"train_loader": generator}, resume_hint=hint)
-        accelerator.print(f"resumed from {latest} (step {progress['step']})")
-
-    def evaluate() -> dict:
-        unwrapped = accelerator.unwrap_model(model)
-        with accelerator.autocast():
-            return evaluate_alignment(
-                unwrapped, processor, validation_split, args.per_device_eval_batch_size, args.plcc_direction
-            )
-
-    def save_checkpoint() -> None:
-        # Every process calls save_training_state (each writes its own RNG states); the folder is built
-        # under a partial name and renamed into place by the main process, so a crash never leaves a
-        # half-written checkpoint that a resume would pick up.
-        target = checkpoints / f"step-{progress['step']}"
-        partial = checkpoints / f".step-{progress['step']}.partial"
-        if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        loader_state = epoch_start_state if progress["batches_in_epoch"] else generator.get_state()
-        save_training_state(accelerator, partial, model=model, optimizer=optimizer, scheduler=scheduler,
-                            generator_states={"train_loader": loader_state})
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            atomic_write_text(partial / "progress.json", json.dumps(progress, indent=2))
-            replace_directory(partial, target)
-            kept = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if (m := _CHECKPOINT.match(p.name)))
-            for _, old in kept[: -args.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-    if args.eval_on_start and progress["initial"] is None and accelerator.is_main_process:
-        progress["initial"] = evaluate()
-        accelerator.print(f"initial validation: {progress['initial']}")
-
-    bar = tqdm(total=total_steps, initial=progress["step"], desc="train_align",
-               disable=not (args.show_progress and accelerator.is_local_main_process))
-    stop = progress["step"] >= total_steps
-    out_of_time = False
-    while not stop and (args.max_steps is not None or progress["epoch"] < args.num_epochs):
-        model.train()
-        if freeze_vision:
-            accelerator.unwrap_model(model).vision_model.eval()
-        epoch_loader = loader
-        if progress["batches_in_epoch"]:
-            epoch_loader = accelerator.skip_first_batches(loader, progress["batches_in_epoch"])
-        epoch_start_state = generator.get_state()
-        train_dataset.epoch = progress["epoch"]  # not a set_epoch method: accelerate's loaders call that with their own count
-        running = progress["running"]
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                outputs = model(**batch, predict_element_mask=True)
-                loss = outputs.loss
-                accelerator.backward(loss)
-                if args.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            progress["batches_in_epoch"] += 1
-            running.append(float(loss.detach()))
-            if not accelerator.sync_gradients:
-                continue
-            progress["step"] += 1
-            bar.update(1)
-            if progress["step"] % max(1, args.logging_steps) == 0:
-                mean_loss = sum(running) / len(running)
-                progress["losses"].append([progress["step"], mean_loss])
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                running.clear()
-            if args.eval_every and progress["step"] % args.eval_every == 0 and accelerator.is_main_process:
-                progress["history"].append({"step": progress["step"], **evaluate()})
-                model.train()
-            if args.save_every and progress["step"] % args.save_every == 0:
-                save_checkpoint()
-            if args.time_budget_s is not None:
-                over = torch.tensor([time.monotonic() - started > args.time_budget_s], device=accelerator.device)
-                out_of_time = bool(accelerator.gather(over).any())  # every process stops at the same step
-            if progress["step"] >= total_steps or out_of_time:
-                stop = True
-                break
-        if running:
-            progress["losses"].append([progress["step"], sum(running) / len(running)])
-            running.clear()
-        if not stop:
-            progress["epoch"] += 1
-            progress["batches_in_epoch"] = 0
-            if not args.eval_every and accelerator.is_main_process:
-                progress["history"].append({"step": progress["step"], "epoch": progress["epoch"], **evaluate()})
-            if not args.save_every:
-                save_checkpoint()
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    metrics: dict[str, Any] = {}
-    if accelerator.is_main_process and (not progress["history"] or progress["history"][-1]["step"] != progress["step"]):
-        progress["history"].append({"step": progress["step"], **evaluate()})
-    save_checkpoint()
-    if accelerator.is_main_process:
-        final = {k: v for k, v in progress["history"][-1].items() if k not in ("step", "epoch")}
-        metrics = {
-            "initial": progress["initial"],
-            "final": final,
-            "history": progress["history"],
-            "steps": progress["step"],
-            "epochs_completed": progress["epoch"],
-            "train_loss": progress["losses"],
-            "train_samples": len(train_dataset),
-            "skipped_train_samples": train_dataset.skipped,
-            "validation_images": final.get("num_images"),
-            "stopped_by_time_budget": out_of_time,
-            "runtime_s": round(time.monotonic() - started, 2),
-            "freeze_vision": freeze_vision,
-            "arguments": asdict(args),
-        }
-        _save_final_model(accelerator.unwrap_model(model), processor, output_dir / "model", metrics, args)
-        atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
-    accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return {}
+    metrics = _run_metrics(trainer.state.log_history)
+    metrics.update({
+        "steps": trainer.state.global_step,
+        "epochs_completed": math.floor(trainer.state.epoch or 0),
+        "train_samples": len(train_dataset),
+        "skipped_train_samples": train_dataset.skipped,
+        "validation_images": metrics["final"].get("num_images"),
+        "stopped_by_time_budget": bool(budget is not None and budget.stopped),
+        "resumed_from": checkpoint,
+        "runtime_s": round(time.monotonic() - started, 2),
+        "freeze_vision": freeze_vision,
+        "arguments": {"recipe": asdict(recipe), "training": training_args.to_dict()},
+    })
+    _save_final_model(trainer.accelerator.unwrap_model(trainer.model), processor, output_dir / "model", metrics, recipe)
+    atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, default=str))
     return metrics
 
 
-def _save_final_model(model, processor, folder: Path, metrics: dict, args: TrainAlignArguments) -> None:
+def _run_metrics(log_history: list[dict]) -> dict[str, Any]:
+    """``initial``, ``history``, ``final`` and ``train_loss`` from the Trainer's log history."""
+    evaluations = []
+    for entry in log_history:
+        if "eval_main_score" in entry:
+            scores = {key[5:]: value for key, value in entry.items()
+                      if key.startswith("eval_") and key not in ("eval_runtime",)}
+            evaluations.append({"step": entry["step"], "epoch": entry.get("epoch"), **scores})
+    initial = next(({k: v for k, v in e.items() if k not in ("step", "epoch")} for e in evaluations
+                    if e["step"] == 0), None)
+    history = [e for e in evaluations if e["step"] > 0]
+    final = {k: v for k, v in (history or evaluations)[-1].items() if k not in ("step", "epoch")}
+    return {
+        "initial": initial,
+        "final": final,
+        "history": history,
+        "train_loss": [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry],
+    }
+
+
+def _save_final_model(model, processor, folder: Path, metrics: dict, recipe: AlignRecipeArguments) -> None:
     from huggingface_hub import ModelCardData
 
     from ..cards import render_model_card
 
     model.vision_model.requires_grad_(True)
-    with atomic_directory(folder, overwrite=args.overwrite_output_model) as tmp:
+    with atomic_directory(folder, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        final = metrics["final"]
         card = render_model_card(
             "evalmuse-align",
             ModelCardData(library_name="transformers", tags=["evalmuse", "text-to-image-evaluation", "fga-blip2"]),
-            preset=args.preset if not args.model_name_or_path else None,
-            source=f"trained with train_scripts/train_align.py on {os.path.basename(str(args.dataset_dir).rstrip('/'))}",
+            preset=recipe.preset if not recipe.model_name_or_path else None,
+            source=f"trained with train_scripts/train_align.py on {os.path.basename(str(recipe.dataset_dir).rstrip('/'))}",
             num_parameters=sum(int(p.numel()) for p in model.parameters()),
-            metrics={k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()},
+            metrics={k: round(v, 4) if isinstance(v, float) else v for k, v in metrics["final"].items()},
         )
         card.save(str(tmp / "README.md"))
 
 
-def parse_args(argv: list[str] | None = None) -> TrainAlignArguments:
-    """Command-line arguments: every field of :class:`TrainAlignArguments` as ``--field value``, plus
-    ``--config file.yaml`` whose keys become defaults (the command line wins)."""
-    import argparse
-    import sys
+# ---------------------------------------------------------------------------------------------- CLI
 
-    import yaml
-    from transformers import HfArgumentParser
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(TrainAlignArguments, description="Train the EvalMuse alignment model (FGA-BLIP2).")
-    parser.add_argument("--config", default=None, help="YAML file of TrainAlignArguments fields")
-    if known.config:
-        path = Path(known.config)
-        if not path.is_file():
-            raise UserInputError(f"--config {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise UserInputError(f"{path}: expected a mapping of TrainAlignArguments fields")
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainAlignArguments)})
-        if unknown:
-            raise UserInputError(f"{path}: unknown fields {unknown}")
-        parser.set_defaults(**values)
-        for action in parser._actions:
-            if action.dest in values:
-                action.required = False
-    (arguments, _extra) = parser.parse_args_into_dataclasses(args=rest + (["--config", known.config] if known.config else []))
-    return arguments
+def parse_args(argv: list[str] | None = None) -> tuple[AlignRecipeArguments, AlignTrainingArguments]:
+    """``--config file.yaml`` (keys of both dataclasses) then ``--field value`` overrides, by TRL's parser."""
+    from trl import TrlParser
+
+    parser = TrlParser((AlignRecipeArguments, AlignTrainingArguments))
+    try:
+        recipe, training = parser.parse_args_and_config(argv)
+    except (OSError, ValueError) as error:  # a missing or unknown-key config, a bad value
+        raise UserInputError(" ".join(str(error).split())) from error
+    return recipe, training
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``train_scripts/train_align.py``; prints the final metrics as JSON."""
-    arguments = parse_args(argv)
-    metrics = train_align(arguments)
+    """Entry point of ``python -m evalmuse_models.training.align`` and ``train_scripts/train_align.py``;
+    prints the initial and final scores as JSON."""
+    metrics = train_align(*parse_args(argv))
     if metrics:
-        print(json.dumps({"initial": metrics["initial"], "final": metrics["final"], "steps": metrics["steps"]}, indent=2))
+        print(json.dumps({"initial": metrics["initial"], "final": metrics["final"], "steps": metrics["steps"]},
+                         indent=2))
     return 0
 
 
 __all__ = [
     "AlignCollator",
+    "AlignRecipeArguments",
     "AlignTrainDataset",
-    "TrainAlignArguments",
+    "AlignTrainer",
+    "AlignTrainingArguments",
+    "EpochCallback",
+    "StopCallback",
     "build_model_and_processor",
     "build_token_targets",
-    "effective_warmup_steps",
-    "evaluate_alignment",
+    "check_checkpoint",
     "hold_out_prompts",
     "load_alignment_splits",
     "main",
     "parse_args",
+    "resolve_checkpoint",
+    "sample_seed",
     "train_align",
-    "warmup_cosine_lr_lambda",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        sys.exit(main())
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
