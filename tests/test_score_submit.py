@@ -67,3 +67,21 @@ def test_a_file_mixing_two_scoring_runs_is_explained(results, tmp_path):
         writer.write([{**r, "id": "s_" + r["id"]} for r in read_results(structure_only) if r["status"] == "ok"])
     with pytest.raises(UserInputError, match=r"row\(s\) were scored without --align .* mixes several scoring runs"):
         write_submission(combined, tmp_path / "sub")
+
+
+def test_rescale_minmax_maps_each_tracks_scores_onto_1_to_5(results, tmp_path):
+    written = write_submission(results, tmp_path / "sub", allow_missing=True, rescale="minmax")
+    rows = {r["id"]: r for r in read_results(results) if r["status"] == "ok"}
+    overall = {key: row["alignment"]["overall"] for key, row in rows.items()}
+    low, high = min(overall.values()), max(overall.values())
+    submitted = {rec["img_path"]: rec for rec in read_alignment_file(written["alignment"]["output"])}
+    for key, rec in submitted.items():
+        assert rec["total_score"] == pytest.approx(1 + 4 * (overall[key] - low) / (high - low))
+        assert rec["element_score"] == pytest.approx(rows[key]["alignment"]["elements"])  # probabilities: kept
+    assert sorted(rec["total_score"] for rec in submitted.values())[::len(submitted) - 1] == pytest.approx([1, 5])
+    structure = {key[: -len(".png")]: row["structure"]["score"] for key, row in rows.items()}
+    low, high = min(structure.values()), max(structure.values())
+    for key, rec in read_structure_pickle(written["structure"]["output"]).items():
+        assert rec["score"] == pytest.approx(1 + 4 * (structure[key] - low) / (high - low))
+    with pytest.raises(UserInputError, match="unknown rescaling 'zscore'"):
+        write_submission(results, tmp_path / "sub2", allow_missing=True, rescale="zscore")

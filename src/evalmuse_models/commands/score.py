@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         help="score images for prompt alignment and structural distortion (resumable JSONL output)",
         description=(
             "Score every image of INPUT with an alignment model (--align) and/or a structure model "
-            "(--structure). INPUT is a folder of images with a prompts file (prompts.jsonl / prompts.csv: "
+            "(--structure), whose masks can come from an instance-segmentation model's results (--masks-from). INPUT is a folder of images with a prompts file (prompts.jsonl / prompts.csv: "
             "image, prompt, optional elements and generator) or a prepared dataset folder / Hub id "
             "(choose --config and --split). Rows are appended to --out as they are scored; rerunning "
             "the same command resumes. Several GPUs or nodes: `accelerate launch --multi_gpu --num_processes N -m evalmuse_models score ...`."
@@ -38,7 +38,42 @@ def register(subparsers) -> None:
     parser.add_argument("--retry-errors", action="store_true",
                         help="when resuming, score again the images whose rows are errors")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_mask_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_mask_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--masks-from`` and its options (``evalmuse score`` and ``evalmuse submit``). The defaults are
+    ``load_detection_masks``'s (written out: registering the commands imports no library code)."""
+    group = parser.add_argument_group(
+        "structure masks from an instance-segmentation model",
+        "COCO-format results (mmdetection's *.segm.json): each image's mask is the union of its instances of "
+        "the chosen categories with at least the minimum score",
+    )
+    group.add_argument("--masks-from", metavar="RESULTS.json",
+                       help="the detector's results: [{image_id, category_id, score, segmentation}, ...]")
+    group.add_argument("--mask-annotations", metavar="ANN.json",
+                       help="the COCO annotation file the detector ran on (maps image ids to file names and sizes; "
+                            "without it every result needs a file_name)")
+    group.add_argument("--mask-categories", metavar="ID", type=int, nargs="+", default=[2],
+                       help="category ids whose instances make the mask")
+    group.add_argument("--mask-score", metavar="S", type=float, default=0.3,
+                       help="minimum instance score")
+
+
+def detection_masks(args: argparse.Namespace):
+    """The :class:`~evalmuse_models.scoring.detections.DetectionMasks` the options ask for (None without
+    ``--masks-from``)."""
+    if args.masks_from is None:
+        if args.mask_annotations is not None:
+            from ..utils import UserInputError
+
+            raise UserInputError("--mask-annotations is for --masks-from RESULTS.json, which is missing")
+        return None
+    from ..scoring.detections import load_detection_masks
+
+    return load_detection_masks(args.masks_from, annotations=args.mask_annotations,
+                                categories=args.mask_categories, min_score=args.mask_score)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         retry_errors=args.retry_errors,
         limit=args.limit,
         progress=not args.no_progress,
+        masks=detection_masks(args),
     )
     if summary["rows"] is not None:
         print(json.dumps(summary))

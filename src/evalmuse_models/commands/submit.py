@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .score import add_mask_arguments, detection_masks
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,7 +15,8 @@ def register(subparsers) -> None:
             "Write <OUT>/alignment/{output.json,readme.txt,submission.zip} and/or "
             "<OUT>/structure/{output.pkl,readme.txt,submission.zip} from the results file of one `evalmuse "
             "score` run (a run with --align for the alignment track, with --structure for the structure track; "
-            "the demo's combined results.jsonl mixes two runs and is for the report)."
+            "the demo's combined results.jsonl mixes two runs and is for the report). --masks-from replaces the "
+            "structure masks with an instance-segmentation model's; --rescale minmax rescales the scores."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -32,6 +35,10 @@ def register(subparsers) -> None:
                      help="readme: uses no LLM (default: from the scoring run's alignment model)")
     parser.add_argument("--description", default="", help="readme: method description")
     parser.add_argument("--allow-missing", action="store_true", help="leave out images whose scoring failed")
+    parser.add_argument("--rescale", default="none", choices=["none", "minmax"],
+                        help="minmax: each track's image scores mapped linearly onto [1, 5] over the submitted set, "
+                             "1 + 4 * (s - min) / (max - min) (element scores are left as they are)")
+    add_mask_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -42,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     written = write_submission(
         args.results, args.out, track=args.track, runtime_per_image=args.runtime_per_image, gpu=args.gpu,
         extra_data=args.extra_data, llm=args.llm, description=args.description, allow_missing=args.allow_missing,
+        masks=detection_masks(args), rescale=None if args.rescale == "none" else args.rescale,
     )
     for track, paths in written.items():
         print(f"{track}: {paths['zip']}")

@@ -26,7 +26,9 @@ from .. import __version__
 from ..utils import UserInputError
 from . import results as results_io
 from .adapters import StructureScorer, describe_spec, load_align
+from .detections import DetectionMasks, DetectionMaskScorer, load_detection_masks
 from .inputs import ScoringSource, keep_items, open_source
+from .submission import structure_key
 
 #: A run stops when the model fails on this many readable images in a row (a broken model, not bad data).
 MAX_MODEL_FAILURES_IN_A_ROW = 16
@@ -122,12 +124,12 @@ def _run_scorers(scorers: list, items: list[dict]) -> tuple[list[dict], list[str
 
 
 def _check_compatible(out: Path, meta: dict) -> None:
-    """Refuse to resume a results file written with other models."""
+    """Refuse to resume a results file written with other models (or other detection masks)."""
     for path in [out, *results_io.existing_shards(out)]:
         rows = results_io.read_results(path, missing_ok=True)
         if rows:
             old = rows[0].get("meta") or {}
-            for key in ("align_model", "structure_model"):
+            for key in ("align_model", "structure_model", "masks_from"):
                 if old.get(key) != meta.get(key):
                     raise UserInputError(
                         f"{path} was written with {key}={old.get(key)!r}, this run uses {meta.get(key)!r}; "
@@ -155,6 +157,7 @@ def score(
     retry_errors: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    masks: Any = None,
 ) -> dict:
     """Score every image of ``input`` and write one JSON row per image to ``out`` (resumable).
 
@@ -175,6 +178,10 @@ def score(
         retry_errors: when resuming, score again the images whose rows are errors (a fixed
             image file, a model that failed on it).
         limit: score only the first ``limit`` images of the input.
+        masks: structure masks from an instance-segmentation model, a
+            :class:`~evalmuse_models.scoring.detections.DetectionMasks` (or the path of its COCO results, read
+            with the default categories and score threshold): each structure row's ``mask``, ``mask_512`` and
+            ``regions`` come from it, its ``score`` from ``structure`` (``None`` without a structure model).
 
     Returns:
         a summary dict: ``rows`` (total in ``out``), ``scored`` (this run, all ranks),
@@ -183,8 +190,10 @@ def score(
     import torch
     from tqdm.auto import tqdm
 
-    if align is None and structure is None:
+    if align is None and structure is None and masks is None:
         raise UserInputError("nothing to score: pass --align MODEL and/or --structure MODEL")
+    if masks is not None and not isinstance(masks, DetectionMasks):
+        masks = load_detection_masks(masks)
     if batch_size < 1:
         raise UserInputError(f"batch size must be >= 1, got {batch_size}")
     out = Path(out)
@@ -201,9 +210,12 @@ def score(
     )
     if limit is not None:
         source.records = source.records[:limit]
+    if masks is not None:
+        masks.check_keys((structure_key(record.id) for record in source.records), "the input's images")
     meta = {
         "align_model": None if align is None else describe_spec(align),
         "structure_model": None if structure is None else describe_spec(structure),
+        **({} if masks is None else {"masks_from": masks.describe()}),
         "evalmuse_models": __version__,
         "device": torch_device.type,
         "dtype": str(torch_dtype).replace("torch.", ""),
@@ -230,8 +242,13 @@ def score(
     scorers = []
     if align is not None:
         scorers.append(load_align(align, torch_device, torch_dtype))
+    structure_scorer = None
     if structure is not None:
-        scorers.append(StructureScorer.load(structure, torch_device, torch_dtype, threshold, heatmap_size))
+        structure_scorer = StructureScorer.load(structure, torch_device, torch_dtype, threshold, heatmap_size)
+    if masks is not None:
+        structure_scorer = DetectionMaskScorer(masks, structure_scorer)
+    if structure_scorer is not None:
+        scorers.append(structure_scorer)
 
     if num_workers is None:
         num_workers = 0 if torch_device.type == "cpu" else min(4, (os.cpu_count() or 2) // 2)
