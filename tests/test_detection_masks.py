@@ -132,6 +132,15 @@ def test_kept_instances_are_united_into_each_images_mask(tmp_path):
     assert hands.instances("b") == 0
 
 
+@pytest.mark.parametrize("command", ["score", "submit"])
+def test_cli_defaults_are_the_library_defaults(command):
+    from evalmuse_models.cli import build_parser
+
+    args = build_parser().parse_args([command, "input", "--out", "out", "--masks-from", "dets.json"])
+    assert (tuple(args.mask_categories), args.mask_score) == (DEFAULT_CATEGORIES, DEFAULT_MIN_SCORE)
+    assert args.mask_annotations is None
+
+
 def test_file_name_variant_without_an_annotation_file(tmp_path):
     records = [
         {**det(0, DISTORTION, 0.8, rle_str(A1)), "file_name": "a.jpg"},
