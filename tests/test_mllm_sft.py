@@ -188,7 +188,7 @@ def test_sft_lora_steps_save_reload_score_resume(prepared_dataset, tmp_path):
     summary = run_sft(recipe, training, model_args)
     assert math.isfinite(summary["train"]["train_loss"]) and summary["train"]["train_loss"] > 0
     metrics = summary["metrics"]
-    assert set(metrics) == {"srcc", "plcc", "acc", "main_score"}
+    assert {"srcc", "plcc", "acc", "main_score"} <= set(metrics) and metrics["num_images"] == 6
     assert metrics["main_score"] == pytest.approx(0.25 * metrics["srcc"] + 0.25 * metrics["plcc"] + 0.5 * metrics["acc"])
     adapter = out / "adapter"
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()

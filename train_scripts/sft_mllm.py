@@ -22,14 +22,22 @@ start over), then writes ``adapter/`` (PEFT LoRA + processor + model card), ``me
 and ``summary.json`` with the Main Score on the validation split. ``evalmuse train mllm`` runs the same.
 """
 
-import sys
+import json
 
-from evalmuse_models.mllm.train import main
+import yaml
+
+from evalmuse_models.mllm.train import make_parser, run_sft
 from evalmuse_models.utils import UserInputError
 
 if __name__ == "__main__":
+    parser = make_parser()  # trl.TrlParser((MLLMRecipeArguments, MLLMSFTConfig, trl.ModelConfig))
     try:
-        sys.exit(main())
-    except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        recipe_args, training_args, model_args = parser.parse_args_and_config()
+    except (OSError, ValueError, yaml.YAMLError) as error:  # a missing config file, an unknown key, a bad value
+        parser.error(" ".join(str(error).split()))
+    try:
+        summary = run_sft(recipe_args, training_args, model_args)
+    except UserInputError as error:
+        parser.error(str(error))
+    if summary["paths"]:  # the main process
+        print(json.dumps({"metrics": summary["metrics"], "paths": summary["paths"]}, indent=2))

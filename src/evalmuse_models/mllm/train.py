@@ -41,6 +41,7 @@ from typing import Any
 from transformers.trainer_utils import SchedulerType
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from ..evaluation import evaluate_alignment
 from ..utils import UserInputError, atomic_directory, atomic_write_text
 from . import SCORER_SETTINGS
 from .data import ConversationOptions
@@ -273,27 +274,6 @@ def _load_splits(recipe: MLLMRecipeArguments):
     return train, evaluation
 
 
-def evaluate_main_score(scorer, dataset, batch_size: int = 8, cache_path: str | None = None) -> dict[str, Any]:
-    """Score a labelled split with ``scorer`` (chunked, resumable with ``cache_path``) and compute the Main Score."""
-    from ..metrics import alignment_main_score
-    from .data import dataset_element_keys, score_dataset
-
-    preds = score_dataset(scorer, dataset, batch_size=batch_size, cache_path=cache_path)
-    keys = dataset_element_keys(dataset)
-    ref_elements = [
-        {k: float(e["score"]) for k, e in zip(ks, els or []) if e.get("score") is not None}
-        for ks, els in zip(keys, dataset["elements"])
-    ]
-    result = alignment_main_score(
-        [p["overall"] for p in preds],
-        [float(s) for s in dataset["total_score"]],
-        [p["elements"] for p in preds],
-        ref_elements,
-    )
-    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in result.items()
-            if k in {"srcc", "plcc", "acc", "main_score"}}
-
-
 def _write_card(folder: Path, recipe: MLLMRecipeArguments, training_args: MLLMSFTConfig, model_args: ModelConfig,
                 metrics: dict | None, kind: str) -> None:
     from huggingface_hub import ModelCardData
@@ -408,7 +388,7 @@ def run_sft(recipe: MLLMRecipeArguments, training_args: MLLMSFTConfig, model_arg
     if eval_raw is not None and len(eval_raw) and eval_raw.select_columns(["total_score"])[0]["total_score"] is not None:
         scorer = MLLMAlignmentScorer(model, processor, levels=level_scale(recipe.levels),
                                      prompt_type_hint=recipe.prompt_type_hint, overall_mode=overall_mode)
-        summary["metrics"] = evaluate_main_score(scorer, eval_raw, batch_size=recipe.eval_batch_size)
+        summary["metrics"] = evaluate_alignment(scorer, eval_raw, batch_size=recipe.eval_batch_size)
         logger.info("Main Score on %s: %s", recipe.eval_split, summary["metrics"])
     settings = json.dumps({"levels": recipe.levels, "prompt_type_hint": recipe.prompt_type_hint,
                            "overall_mode": overall_mode}, indent=2)
@@ -424,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``train_scripts/sft_mllm.py`` and ``evalmuse train mllm``; prints the metrics and paths as JSON."""
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"))
     summary = run_sft(*parse_arguments(argv))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if summary["paths"]:  # the main process
         print(json.dumps({"metrics": summary["metrics"], "paths": summary["paths"]}, indent=2))
     return 0
 
@@ -432,7 +412,6 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = [
     "MLLMRecipeArguments",
     "MLLMSFTConfig",
-    "evaluate_main_score",
     "load_model_and_processor",
     "lora_config",
     "main",
