@@ -32,7 +32,7 @@ SAMPLES = Path(__file__).resolve().parent / "data" / "benchmarks"
 
 #: The images each sample folder's files name (drawn by the test: the repository keeps no binary files).
 SAMPLE_IMAGES = {
-    "genai-bench": [f"{model}/{i:05d}.jpeg" for model in ("DALLE_3", "SDXL_Turbo") for i in range(3)],
+    "genai-bench": [f"{model}/{i:05d}.jpeg" for model in ("DALLE_3", "SDXL_Turbo") for i in (1, 2, 3)],
     "tifa": [f"images/{name}.jpg" for name in (
         "coco_100001_mini_dalle", "coco_100001_stable_diffusion_v1_5", "coco_100001_vq_diffusion",
         "drawbench_7_mini_dalle", "drawbench_7_stable_diffusion_v1_5", "drawbench_7_vq_diffusion")],
@@ -91,16 +91,17 @@ def test_command_lists_the_benchmarks_the_loader_reads():
 def test_genai_bench_rows_ratings_and_skills(tmp_path):
     folder = sample(tmp_path, "genai-bench")
     ds = load_benchmark("genai-bench", folder)
-    assert len(ds) == 6  # prompt 00003 has no ratings, hence no images
-    assert ds["img_path"] == ["DALLE_3/00000.jpeg", "SDXL_Turbo/00000.jpeg", "DALLE_3/00001.jpeg",
-                              "SDXL_Turbo/00001.jpeg", "DALLE_3/00002.jpeg", "SDXL_Turbo/00002.jpeg"]
+    assert len(ds) == 6  # prompt 00004 has no ratings, hence no images
+    assert ds["img_path"] == ["DALLE_3/00001.jpeg", "SDXL_Turbo/00001.jpeg", "DALLE_3/00002.jpeg",
+                              "SDXL_Turbo/00002.jpeg", "DALLE_3/00003.jpeg", "SDXL_Turbo/00003.jpeg"]
     row = ds[3]
-    assert row["generator"] == "SDXL_Turbo" and row["prompt_id"] == "00001"
+    assert row["generator"] == "SDXL_Turbo" and row["prompt_id"] == "00002"
     assert row["prompt"] == "three cats sitting on a blue sofa"
     assert row["total_score_votes"] == [1, 2, 1] and row["total_score"] == pytest.approx(4 / 3, abs=1e-6)
     assert row["skills"] == ["attribute", "spatial relation", "counting", "advanced"]
     assert row["elements"] == [] and row["benchmark"] == "genai-bench"
     assert row["image"].size == (40, 32)
+    assert ds[5]["prompt_id"] == "00003"  # the release's "id": "3" (no leading zeros) names the same prompt
 
 
 def test_genai_bench_version_folder_and_prompt_count(tmp_path):
@@ -116,7 +117,7 @@ def test_genai_bench_version_folder_and_prompt_count(tmp_path):
 
 def test_genai_bench_elements_file_and_generator_filter(tmp_path):
     folder = sample(tmp_path, "genai-bench")
-    (tmp_path / "elements.json").write_text(json.dumps({"00000": ["red apple (object)", "wooden table (object)",
+    (tmp_path / "elements.json").write_text(json.dumps({"00001": ["red apple (object)", "wooden table (object)",
                                                                   "red (Color) "]}))
     ds = load_benchmark("genai-bench", folder, elements=tmp_path / "elements.json", generators=["DALLE_3"])
     assert ds["generator"] == ["DALLE_3"] * 3
@@ -134,19 +135,24 @@ def test_genai_bench_elements_file_and_generator_filter(tmp_path):
 def test_genai_bench_errors_name_file_record_and_field(tmp_path):
     folder = sample(tmp_path, "genai-bench")
     data = json.loads((folder / "genai_image.json").read_text())
-    data["00001"]["models"]["DALLE_3"] = [4, 6, 3]
+    data["00002"]["models"]["DALLE_3"] = [4, 6, 3]
     (folder / "genai_image.json").write_text(json.dumps(data))
-    with pytest.raises(RecordError, match=r"genai_image.json: record '00001': field 'models.DALLE_3'.*\[1, 5\]"):
+    with pytest.raises(RecordError, match=r"genai_image.json: record '00002': field 'models.DALLE_3'.*\[1, 5\]"):
         load_benchmark("genai-bench", folder)
-    data["00001"]["models"]["DALLE_3"] = [4, 4, 3]
-    del data["00002"]["prompt"]
+    data["00002"]["models"]["DALLE_3"] = [4, 4, 3]
+    data["00003"]["id"] = "00004"
     (folder / "genai_image.json").write_text(json.dumps(data))
-    with pytest.raises(RecordError, match="record '00002': field 'prompt': missing"):
+    with pytest.raises(RecordError, match="record '00003': field 'id': '00004' differs from the record's key"):
         load_benchmark("genai-bench", folder)
-    del data["00002"]
+    data["00003"]["id"] = "3"
+    del data["00003"]["prompt"]
     (folder / "genai_image.json").write_text(json.dumps(data))
-    (folder / "SDXL_Turbo" / "00001.jpeg").unlink()
-    with pytest.raises(UserInputError, match=r"1 of 4 images are missing \(.*SDXL_Turbo/00001.jpeg\)"):
+    with pytest.raises(RecordError, match="record '00003': field 'prompt': missing"):
+        load_benchmark("genai-bench", folder)
+    del data["00003"]
+    (folder / "genai_image.json").write_text(json.dumps(data))
+    (folder / "SDXL_Turbo" / "00002.jpeg").unlink()
+    with pytest.raises(UserInputError, match=r"1 of 4 images are missing \(.*SDXL_Turbo/00002.jpeg\)"):
         load_benchmark("genai-bench", folder)
     with pytest.raises(UserInputError, match="has no genai_image.json"):
         load_benchmark("genai-bench", tmp_path)

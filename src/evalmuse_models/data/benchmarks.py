@@ -25,11 +25,12 @@ The benchmarks and the files each reads (``root`` is the folder holding them; th
 is accepted too):
 
 ``genai-bench`` (GenAI-Bench, ``version`` 527 or 1600)
-    ``genai_image.json``: ``{"00000": {"id": "00000", "prompt": "...", "models": {"DALLE_3": [5, 4, 5],
+    ``genai_image.json``: ``{"00001": {"id": "00001", "prompt": "...", "models": {"DALLE_3": [5, 4, 5],
     ...}}, ...}``, three 1-5 ratings per model; images ``<MODEL>/<id>.jpeg``; optional
     ``genai_skills.json`` ``{skill: [prompt index, ...]}``. With ``version``, a ``GenAI-Image-<version>``
     sub-folder of ``root`` is used when ``root`` itself has no ``genai_image.json``. Prompts without
-    ratings (no ``models``) have no images here.
+    ratings (no ``models``) have no images here. The record's key is its id (and names its images): the
+    release writes some ``id`` fields without the leading zeros (``"00527": {"id": "527", ...}``).
 ``tifa`` (TIFA v1.0 human judgements)
     ``human_annotations_with_scores.json`` (or ``human_annotations.json``): ``{key: {"text_id",
     "image_path", "text", "human_scores": [1-5, ...], "human_avg", ...}}``; the images are found under
@@ -309,9 +310,9 @@ def _genai_bench_rows(root: Path, version: str | int | None) -> list[dict]:
         record = f"{key!r}"
         if not isinstance(raw, dict):
             raise RecordError(path, record, "<record>", f"expected a JSON object, got {type(raw).__name__}", _HINT)
-        prompt_id = _string(raw, "id", path, record, required=False) or key
-        if prompt_id != key:
-            raise RecordError(path, record, "id", f"{prompt_id!r} differs from the record's key {key!r}", _HINT)
+        stated = _string(raw, "id", path, record, required=False) or key
+        if stated != key and not (stated.isdigit() and key.isdigit() and int(stated) == int(key)):
+            raise RecordError(path, record, "id", f"{stated!r} differs from the record's key {key!r}", _HINT)
         prompt = _string(raw, "prompt", path, record)
         models = raw.get("models") or {}
         if not isinstance(models, dict):

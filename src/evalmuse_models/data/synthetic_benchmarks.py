@@ -49,7 +49,7 @@ def write_genai_bench(out_dir: str | os.PathLike, num_prompts: int = 24, seed: i
                       generators: dict[str, tuple] | None = None, jpeg_quality: int = 95) -> dict:
     """Write a synthetic GenAI-Bench folder into ``out_dir``.
 
-    Files: ``genai_image.json`` (``{"00000": {"id", "prompt", "models": {generator: [3 ratings]}}}``),
+    Files: ``genai_image.json`` (``{"00001": {"id", "prompt", "models": {generator: [3 ratings]}}}``),
     ``genai_skills.json`` (``{skill: [prompt index, ...]}``: ``attribute``, ``scene``, ``spatial relation``,
     ``action relation``, ``counting``, ``basic`` / ``advanced``, from the prompts' element categories),
     ``<generator>/<id>.jpeg`` (one image per prompt and generator) and ``elements.json``
@@ -85,8 +85,8 @@ def write_genai_bench(out_dir: str | os.PathLike, num_prompts: int = 24, seed: i
                 labelled.setdefault(record["prompt_id"], []).append(record)
         prompts, elements, skills = {}, {}, {}
         images = 0
-        for index, old_id in enumerate(sorted(labelled)[:num_prompts]):
-            prompt_id = f"{index:05d}"
+        for index, old_id in enumerate(sorted(labelled)[:num_prompts], start=1):
+            prompt_id = f"{index:05d}"  # GenAI-Bench numbers its prompts from 00001
             records = labelled[old_id]
             models = {}
             for record in records:
