@@ -79,3 +79,29 @@ def test_the_alignment_model_scores_through_a_wrapper(validation):
     scores = evaluate_alignment(scorer, validation, batch_size=16)
     assert set(scores) == {"srcc", "plcc", "acc", "main_score", "num_images", "unmatched_elements"}
     assert 0 <= scores["main_score"] <= 1 and scores["num_images"] == len(validation)
+
+
+def test_given_predictions_by_image_in_order_or_against_a_truth_file(validation, tmp_path):
+    """Results already computed (e.g. `evalmuse score` rows) score like the scorer that made them, keyed by
+    img_path, in split order, or against an official eval.json truth file; a missing image is named."""
+    import json
+
+    oracle = Oracle(validation)
+    from_scorer = evaluate_alignment(oracle, validation)
+    answers = oracle.score(list(validation["image"]), validation["prompt"],
+                           elements=[[element_record_key(e) for e in row] for row in validation["elements"]])
+    by_path = dict(zip(validation["img_path"], answers))
+    by_path["not-in-the-split.png"] = {"overall": 1.0, "elements": {}}  # ignored
+    for given in (by_path, answers):
+        assert evaluate_alignment(given, validation) == pytest.approx(from_scorer)
+
+    truth = tmp_path / "eval.json"
+    truth.write_text(json.dumps([
+        {"prompt": row["prompt"], "img_path": row["img_path"], "total_score": row["total_score"],
+         "element_score": {element_record_key(e): e["score"] for e in row["elements"] if e["score"] is not None}}
+        for row in validation.select_columns(["prompt", "img_path", "total_score", "elements"])
+    ]))
+    assert evaluate_alignment(by_path, truth) == pytest.approx(from_scorer)
+    del by_path[validation["img_path"][1]]
+    with pytest.raises(UserInputError, match=validation["img_path"][1]):
+        evaluate_alignment(by_path, truth)

@@ -205,47 +205,40 @@ def chance_structure(references: list[float], reference_masks: list[np.ndarray],
                                                                       "final_score")}
 
 
-def evaluate_alignment(results: Path, truth_file: Path) -> tuple[dict, list[float], list[dict]]:
-    """Official Main Score of the ``alignment`` rows of ``results`` against an ``eval.json`` truth file."""
-    from .metrics import alignment_main_score, read_alignment_file
+def _ok_rows(results: Path, track: str) -> dict[str, dict]:
+    """The ``track`` objects of the successful rows of an ``evalmuse score`` results file, by image id."""
     from .scoring import read_results
 
-    truth = {rec["img_path"]: rec for rec in read_alignment_file(truth_file)}
-    rows = {row["id"]: row for row in read_results(results) if row.get("status") == "ok" and "alignment" in row}
-    missing = sorted(set(truth) - set(rows))
-    if missing:
-        raise UserInputError(f"{results}: no alignment result for {len(missing)} test image(s), e.g. {missing[0]}")
-    keys = sorted(truth)
-    references = [float(truth[k]["total_score"]) for k in keys]
-    reference_elements = [dict(truth[k]["element_score"]) for k in keys]
-    scores = alignment_main_score(
-        [rows[k]["alignment"]["overall"] for k in keys], references,
-        [rows[k]["alignment"]["elements"] for k in keys], reference_elements, image_ids=keys,
-    )
-    return scores, references, reference_elements
+    return {row["id"]: row[track] for row in read_results(results) if row.get("status") == "ok" and track in row}
+
+
+def evaluate_alignment(results: Path, truth_file: Path) -> tuple[dict, list[float], list[dict]]:
+    """Official Main Score of the ``alignment`` rows of ``results`` against the hidden test labels (an
+    ``eval.json`` truth file), through :func:`evalmuse_models.evaluation.evaluate_alignment`; with the true
+    overall and element scores."""
+    from .evaluation import evaluate_alignment as main_score
+    from .metrics import read_alignment_file
+
+    scores = main_score(_ok_rows(results, "alignment"), truth_file)
+    truth = read_alignment_file(truth_file)
+    return scores, [float(r["total_score"]) for r in truth], [dict(r["element_score"]) for r in truth]
 
 
 def evaluate_structure(results: Path, dataset_dir: Path, min_votes: int = 1) -> tuple[dict, list[float], list]:
-    """Official Final Score of the ``structure`` rows of ``results`` against the labelled test split."""
+    """Official Final Score of the ``structure`` rows of ``results`` on the labelled test split (through
+    :func:`evalmuse_models.evaluation.evaluate_structure`), with the split's MOS and truth masks."""
     import datasets
 
-    from .metrics import structure_final_score
-    from .scoring import read_results, rle_to_mask
-    from .training.structure import reference_masks
+    from .evaluation.structure import evaluate_structure as final_score
+    from .evaluation.structure import truth_masks
+    from .scoring import rle_to_mask
 
     split = datasets.load_dataset(str(dataset_dir), "structure", split="test")
-    rows = {row["id"]: row for row in read_results(results) if row.get("status") == "ok" and "structure" in row}
-    names = list(split["image_name"])
-    missing = [n for n in names if n not in rows]
-    if missing:
-        raise UserInputError(f"{results}: no structure result for {len(missing)} test image(s), e.g. {missing[0]}")
-    references = [float(m) for m in split["mos"]]
-    truth_masks = reference_masks(split, min_votes)
-    scores = structure_final_score(
-        [rows[n]["structure"]["score"] for n in names], references,
-        [rle_to_mask(rows[n]["structure"]["mask_512"]) for n in names], truth_masks, image_ids=names, progress=False,
-    )
-    return scores, references, truth_masks
+    predictions = {name: {"score": row["score"], "mask": rle_to_mask(row["mask_512"])}
+                   for name, row in _ok_rows(results, "structure").items()}
+    truth = truth_masks(split, min_votes=min_votes)
+    scores = final_score(predictions, split, truth=truth, min_votes=min_votes, progress=False)
+    return scores, [float(m) for m in split["mos"]], truth
 
 
 def format_table(summary: dict) -> str:
@@ -296,8 +289,8 @@ def _run(out_dir, config: DemoConfig) -> dict:
     from .data.synthetic import write_alignment_release, write_structure_release
     from .scoring import read_results, score
     from .scoring.results import ResultsWriter
-    from .training.align import TrainAlignArguments, train_align
-    from .training.structure import TrainStructureArguments, train_structure
+    from .training.align import AlignRecipeArguments, AlignTrainingArguments, train_align
+    from .training.structure import StructureRecipeArguments, StructureTrainingArguments, train_structure
 
     device = _configure_device(config.device)
     out = Path(out_dir)
@@ -339,13 +332,15 @@ def _run(out_dir, config: DemoConfig) -> dict:
     align_run = out / "runs" / "align"
     if not _done(marks / "align"):
         _log(f"training the tiny alignment model ({config.align_steps} steps max, {config.time_budget_s}s budget)")
-        metrics = train_align(TrainAlignArguments(
-            dataset_dir=str(dataset_dir), output_dir=str(align_run), preset="tiny",
-            learning_rate=config.align_learning_rate, max_steps=config.align_steps,
-            per_device_train_batch_size=config.align_batch_size, freeze_vision=config.align_freeze_vision,
-            seed=config.seed, time_budget_s=config.time_budget_s, eval_on_start=False, eval_every=10**9,
-            show_progress=config.progress, num_workers=config.num_workers,
-        ))
+        metrics = train_align(
+            AlignRecipeArguments(dataset_dir=str(dataset_dir), preset="tiny", freeze_vision=config.align_freeze_vision,
+                                 time_budget_s=config.time_budget_s),
+            AlignTrainingArguments(output_dir=str(align_run), learning_rate=config.align_learning_rate,
+                                   max_steps=config.align_steps, per_device_train_batch_size=config.align_batch_size,
+                                   seed=config.seed, eval_on_start=False, eval_strategy="no",
+                                   disable_tqdm=not config.progress, dataloader_num_workers=config.num_workers,
+                                   use_cpu=device == "cpu"),
+        )
         _mark(marks / "align", metrics)
     align_model = align_run / "model"
     step("train_align")
@@ -353,12 +348,13 @@ def _run(out_dir, config: DemoConfig) -> dict:
     structure_run = out / "runs" / "structure"
     if not _done(marks / "structure"):
         _log(f"training the tiny structure model ({config.structure_epochs} epochs)")
-        metrics = train_structure(TrainStructureArguments(
-            dataset_dir=str(dataset_dir), output_dir=str(structure_run), preset="tiny",
-            num_epochs=config.structure_epochs, per_device_train_batch_size=config.structure_batch_size,
-            seed=config.seed, eval_before_training=False, show_progress=config.progress,
-            num_workers=config.num_workers,
-        ))
+        metrics = train_structure(
+            StructureRecipeArguments(dataset_dir=str(dataset_dir), preset="tiny"),
+            StructureTrainingArguments(output_dir=str(structure_run), num_train_epochs=config.structure_epochs,
+                                       per_device_train_batch_size=config.structure_batch_size, seed=config.seed,
+                                       eval_on_start=False, disable_tqdm=not config.progress,
+                                       dataloader_num_workers=config.num_workers, use_cpu=device == "cpu"),
+        )
         _mark(marks / "structure", metrics)
     structure_metrics = json.loads((marks / "structure").read_text())
     structure_model = Path(structure_metrics.get("model_dir") or structure_run / "model")
