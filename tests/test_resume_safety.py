@@ -10,7 +10,7 @@ resume gives), and one the resume would read is refused with a one-line error. A
 run still resumes at the right step to the same weights as an uninterrupted one.
 
 The alignment recipe runs on transformers' ``Trainer``, which loads torch files with
-``weights_only=True``; ``evalmuse_models.training.align.check_checkpoint`` opens each of them that way
+``weights_only=True``; ``evalmuse_models.training.callbacks.check_checkpoint`` opens each of them that way
 before the Trainer does, so that a bad file stops the run with one line naming the folder.
 """
 

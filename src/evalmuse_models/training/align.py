@@ -54,12 +54,12 @@ from typing import Any
 
 import numpy as np
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType, get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 from ..data.alignment import element_record_key
 from ..evaluation.alignment import evaluate_alignment
 from ..utils import UserInputError, atomic_directory, atomic_write_text
-from .callbacks import TimeBudgetCallback
+from .callbacks import EpochCallback, TimeBudgetCallback, check_checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -430,16 +430,6 @@ class AlignTrainer(Trainer):
         return metrics
 
 
-class EpochCallback(TrainerCallback):
-    """Tell the training dataset which epoch begins (its augmentations are seeded per epoch)."""
-
-    def __init__(self, dataset: AlignTrainDataset):
-        self.dataset = dataset
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.epoch = math.floor(state.epoch or 0)  # a run resumed mid-epoch is still in that epoch
-
-
 class StopCallback(TrainerCallback):
     """Evaluate the step a run stops at (``max_steps``, the last epoch or a time budget) and checkpoint it
     (unless ``save_strategy`` is ``no`` or ``best``), once, whichever strategy would or would not have."""
@@ -464,49 +454,6 @@ class StopCallback(TrainerCallback):
         control.should_evaluate = control.should_evaluate and self.evaluated != state.global_step
         control.should_save = control.should_save and self.saved != state.global_step
         return control
-
-
-def check_checkpoint(folder: str | os.PathLike) -> None:
-    """Open every file of the checkpoint ``folder`` that a resume may read, with the loader the Trainer
-    uses (JSON, safetensors, ``torch.load(weights_only=True)`` memory-mapped, which never runs pickled
-    code): a missing state or a file that is not what it should be raises a one-line :class:`UserInputError`
-    naming the folder, before the Trainer reads anything. ``training_args.bin`` is never read."""
-    import torch
-    from safetensors import safe_open
-    from transformers.trainer_pt_utils import safe_globals
-
-    folder = Path(folder)
-    hint = f"delete {folder} or start over with --resume_from_checkpoint none"
-    if not (folder / "trainer_state.json").is_file():
-        raise UserInputError(f"{folder} has no trainer_state.json (an unfinished checkpoint?); {hint}")
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            if path.suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
-            elif path.suffix == ".safetensors":
-                with safe_open(str(path), framework="pt") as handle:
-                    list(handle.keys())
-            elif path.suffix in (".pt", ".pth", ".bin") and path.name != "training_args.bin":
-                with safe_globals():
-                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as error:  # noqa: BLE001 - every failure is the same verdict: not a usable file
-            reason = " ".join(str(error).split())[:200]
-            raise UserInputError(f"cannot resume from {folder}: {path.name} is not a valid checkpoint file "
-                                 f"({type(error).__name__}: {reason}); {hint}") from None
-
-
-def resolve_checkpoint(training_args: AlignTrainingArguments) -> str | None:
-    """The checkpoint to resume from: ``auto`` = the last ``checkpoint-N`` in ``output_dir`` (or none);
-    ``none`` / ``false`` / empty = start over; else that folder."""
-    choice = training_args.resume_from_checkpoint
-    if choice is None or str(choice).strip().lower() in ("", "none", "false", "no"):
-        return None
-    if str(choice).lower() == "auto":
-        output_dir = training_args.output_dir
-        return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if not os.path.isdir(choice):
-        raise UserInputError(f"resume_from_checkpoint {choice} is not a folder")
-    return str(choice)
 
 
 # ---------------------------------------------------------------------------------------------- recipe
