@@ -4,6 +4,7 @@ and report the agreement with its human scores."""
 from __future__ import annotations
 
 import argparse
+import os
 
 #: The benchmarks (``evalmuse_models.data.benchmarks.BENCHMARKS``, spelled here to keep the command cheap to import).
 BENCHMARK_NAMES = ("genai-bench", "tifa", "evalmuse-prompts", "evalscope")
@@ -65,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, dtype=args.dtype,
         limit=args.limit, overwrite=args.overwrite, retry_errors=args.retry_errors, progress=not args.no_progress,
     )
-    print(_json(result) if args.json else format_benchmark(result))
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one process prints
+        print(_json(result) if args.json else format_benchmark(result))
     return 0
