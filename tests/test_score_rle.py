@@ -24,6 +24,9 @@ from evalmuse_models.scoring.results import done_ids, shard_path
 from evalmuse_models.scoring.rle import coco_rle
 from evalmuse_models.utils import UserInputError
 
+# pycocotools 2.0.x under NumPy 2 warns about its own __array__ on every decode (scoring.rle.decode_rle silences it)
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 
 def test_rle_known_values_are_column_major_and_start_with_zeros():
     mask = np.array([[0, 1, 1], [0, 0, 1]], dtype=np.uint8)
@@ -34,7 +37,6 @@ def test_rle_known_values_are_column_major_and_start_with_zeros():
     assert rle_area({"size": [2, 3], "counts": [2, 1, 1, 2]}) == 3
 
 
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools under NumPy 2
 @settings(max_examples=60, deadline=None)
 @given(arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 3)))
 def test_rle_round_trip(mask):

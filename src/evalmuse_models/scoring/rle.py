@@ -62,14 +62,15 @@ def _size(segmentation: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def decode_rle(rle: Any) -> np.ndarray:
-    """``pycocotools.mask.decode`` of an RLE :func:`coco_rle` returned (not checked again): uint8 0/1, C order."""
+    """``pycocotools.mask.decode`` of an RLE :func:`coco_rle` returned (not checked again): a uint8 0/1 array
+    (column-major in memory, as RLEs are)."""
     from pycocotools import mask as mask_utils
 
     with warnings.catch_warnings():
-        # pycocotools 2.0.x under NumPy 2 warns about its own __array__ on every decode
+        # pycocotools 2.0.x under NumPy 2 warns about its own __array__ on every decode: nothing to act on
         warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword",
                                 category=DeprecationWarning)
-        return np.ascontiguousarray(mask_utils.decode(rle))
+        return mask_utils.decode(rle)
 
 
 def _decode_compressed(rle: dict) -> np.ndarray:
@@ -124,15 +125,15 @@ def coco_rle(segmentation: Any, height: int | None = None, width: int | None = N
                 raise UserInputError("invalid RLE mask: a compressed counts string is ASCII text") from None
             _decode_compressed(rle)
             return rle
-        if not isinstance(counts, list) or not all(
-            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in counts
-        ):
+        runs = np.asarray(counts) if isinstance(counts, list) and counts else np.zeros(0, np.int64)
+        if not isinstance(counts, list) or runs.dtype.kind not in "iu" or (runs.size and runs.min() < 0):
             raise UserInputError(
                 f"invalid RLE mask {str(dict(segmentation))[:80]!r}: 'counts' must be a string or a list of integers >= 0"
             )
-        if sum(counts) != h * w:
-            raise UserInputError(f"invalid RLE mask: counts sum to {sum(counts)} but size {h}x{w} needs {h * w}")
-        return mask_utils.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
+        total = int(runs.sum(dtype=np.int64))
+        if total != h * w:
+            raise UserInputError(f"invalid RLE mask: counts sum to {total} but size {h}x{w} needs {h * w}")
+        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     if isinstance(segmentation, list) and segmentation:
         if height is None or width is None:
             raise UserInputError("polygons need the image's size to be drawn")
