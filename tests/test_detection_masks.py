@@ -152,6 +152,7 @@ def test_file_name_variant_without_an_annotation_file(tmp_path):
     assert not masks.complete and sorted(masks) == ["a", "b", "d"]
     np.testing.assert_array_equal(masks["a"], A1 | A2)
     assert masks.size("a") == SIZES["a.jpg"] and masks.size("b") is None
+    assert "b" in masks and "c" not in masks  # without drawing b's polygons, whose size is unknown
     with pytest.raises(UserInputError, match="size of image 'b' is unknown"):
         masks["b"]
     np.testing.assert_array_equal(masks.mask("b", SIZES["b.png"]), rect(SIZES["b.png"], 2, 3, 10, 8))
@@ -184,7 +185,7 @@ def test_errors_name_the_file_and_the_record(tmp_path):
         tmp_path, [det(11, 2, 0.9, {"size": [30, 40], "counts": [10, 1]})])
     message = _error(tmp_path, [det(7, 2, 0.9, rle_str(A1))])
     assert "record 0 (image 'b'): the mask is 30x40 (height x width) but the image is 20x25" in message
-    assert "test.json ('b.png')" in message
+    assert "(as test.json ('b.png') gives it)" in message
     assert "record 0 (image 'b'): invalid polygon" in _error(tmp_path, [det(7, 2, 0.9, [[1, 2, 3, 4]])])
     assert "no 'segmentation': these are box detections" in _error(
         tmp_path, [{"image_id": 11, "category_id": 2, "score": 0.9, "bbox": [1, 2, 3, 4]}])
@@ -197,7 +198,7 @@ def test_errors_name_the_file_and_the_record(tmp_path):
     message = _error(tmp_path, [{**det(0, 2, 0.9, rle_str(A1)), "file_name": "a.jpg"},
                                 {**det(0, 2, 0.9, rle_str(A2[:, :20])), "file_name": "a.jpg"}], annotations=False)
     assert "record 1 (image 'a'): the mask is 30x20 (height x width) but the image is 30x40" in message
-    assert "from record 0's mask" in message
+    assert "(as record 0's mask gives it)" in message
     with pytest.raises(UserInputError, match="no such detection results file"):
         load_detection_masks(tmp_path / "missing.json")
 

@@ -96,6 +96,9 @@ class DetectionMasks(Mapping):
             raise KeyError(key)
         return self.mask(key)
 
+    def __contains__(self, key: object) -> bool:  # without decoding the mask
+        return key in self._images
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._images)
 
@@ -247,7 +250,7 @@ def _read_annotation_images(path: Path) -> tuple[dict[Any, _Image], dict[str, _I
         if key in by_key:
             raise UserInputError(f"{where}: {file_name!r} and {by_key[key].file_name!r} are the same image {key!r} "
                                  "(file names without the extension must be unique)")
-        image = _Image(key, file_name, (height, width), f"{path} ({file_name!r})")
+        image = _Image(key, file_name, (height, width), f"{path.name} ({file_name!r})")
         by_id[image_id] = by_key[key] = image
     categories = {}
     for entry in data.get("categories") or []:
@@ -345,7 +348,7 @@ def load_detection_masks(
             try:  # decoded now: a bad mask is reported at once
                 instance.rle = coco_rle(instance.segmentation, *(image.size or (None, None)))
             except UserInputError as err:
-                context = f" from {image.size_from}" if image.size is not None else ""
+                context = f" (as {image.size_from} gives it)" if image.size is not None else ""
                 raise UserInputError(f"{where} (image {image.key!r}): {err}{context}") from None
             if image.size is None:
                 image.size, image.size_from = tuple(instance.rle["size"]), f"record {index}'s mask"
