@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_TYPES = ["evalmuse_align", "evalmuse_structure"]
+MODEL_TYPES = ["em_rahf", "evalmuse_align", "evalmuse_structure", "hnu_vpai_loda"]
 
 
 def _run_python(code: str) -> str:
@@ -31,9 +31,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 heavy = ["datasets", "evaluate", "trl", "peft", "cv2", "timm", "pyarrow"]
 print(json.dumps({
     "loaded": sorted(m for m in heavy if m in sys.modules),
-    "registered": sorted(k for k in ["evalmuse_align", "evalmuse_structure"] if k in CONFIG_MAPPING),
+    "registered": sorted(k for k in MODEL_TYPES if k in CONFIG_MAPPING),
 }))
-"""
+""".replace("MODEL_TYPES", repr(MODEL_TYPES))
     result = json.loads(_run_python(code).strip().splitlines()[-1])
     assert result["loaded"] == []
     assert result["registered"] == MODEL_TYPES
@@ -55,7 +55,8 @@ def test_console_script_lists_commands():
     exe = shutil.which("evalmuse", path=str(Path(sys.executable).parent))
     assert exe is not None, "the `evalmuse` console script is not installed in this environment"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ["prepare-data", "synthetic", "eval", "convert", "score", "submit", "report", "demo", "push"]:
+    for command in ["prepare-data", "synthetic", "eval", "convert", "score", "submit", "report", "demo", "push",
+                    "train", "analyze", "benchmark", "refine-masks"]:
         assert command in out, f"`evalmuse --help` does not list {command!r}:\n{out}"
 
 
@@ -74,8 +75,8 @@ import evalmuse_models.cli
 assert "transformers" not in sys.modules
 evalmuse_models.cli.main(["synthetic", "alignment", sys.argv[1], "--num-prompts", "2"])
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-print(sorted(k for k in ["evalmuse_align", "evalmuse_structure"] if k in CONFIG_MAPPING))
-"""
+print(sorted(k for k in MODEL_TYPES if k in CONFIG_MAPPING))
+""".replace("MODEL_TYPES", repr(MODEL_TYPES))
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "release")], capture_output=True, text=True,
                          check=True, env=os.environ).stdout
     assert out.strip().splitlines()[-1] == str(MODEL_TYPES)

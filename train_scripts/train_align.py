@@ -12,9 +12,10 @@ Several GPUs::
         --config train_scripts/configs/align_fga_blip2.yaml --dataset_dir data/evalmuse \
         --model_name_or_path checkpoints/evalmuse-align --output_dir runs/fga-blip2
 
-CPU run of the tiny preset (random weights, offline tokenizer; a minute or two), on 2 processes::
+CPU run of the tiny preset (random weights, offline tokenizer; a minute or two), on 2 processes
+(``accelerate launch --cpu`` starts a single process with accelerate 1.15; torchrun starts two)::
 
-    accelerate launch --cpu --num_processes 2 train_scripts/train_align.py \
+    torchrun --nproc_per_node 2 train_scripts/train_align.py --use_cpu true \
         --config train_scripts/configs/align_tiny.yaml --dataset_dir data/evalmuse --output_dir runs/align-tiny
 
 Keys of the YAML and ``--flags``: the fields of ``AlignRecipeArguments`` and of transformers'
