@@ -304,6 +304,15 @@ def test_unlabelled_results_rank_generators_and_draw_a_section():
     assert "per generator (mean scores)" in format_benchmark(result)
 
 
+def test_the_html_report_draws_the_benchmark_section(tmp_path):
+    from evalmuse_models.report import build_report
+
+    analysis = tmp_path / "benchmark.json"
+    analysis.write_text(json.dumps(benchmark_correlations(fake_rows(), benchmark="genai-bench")))
+    page = build_report(None, tmp_path / "report", analyses=[analysis], progress=False).read_text()
+    assert 'id="analysis-benchmark"' in page and "Cross-benchmark evaluation: genai-bench" in page
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end
 

@@ -303,3 +303,12 @@ def test_report_section_and_summary(refined, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"analysis": "weights"}))
     with pytest.raises(UserInputError, match="not a refine-masks report"):
         read_refine_report(tmp_path / "other.json")
+
+
+def test_the_html_report_draws_the_refine_section(refined, tmp_path):
+    from evalmuse_models.report import build_report
+
+    out, _ = refined
+    index = build_report(None, tmp_path / "report", analyses=[out / "refine_report.json"], progress=False)
+    page = index.read_text()
+    assert 'id="analysis-refine"' in page and "Box annotations vs refined masks" in page

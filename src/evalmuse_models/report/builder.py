@@ -631,27 +631,45 @@ def _generalisation_section(data: dict, uid: str) -> str:
     return "".join(html_parts)
 
 
+def _benchmark_section(data: dict, uid: str) -> str:
+    from ..analysis.benchmark import benchmark_section
+
+    return benchmark_section(data, uid)
+
+
+def _refine_section(data: dict, uid: str) -> str:
+    from ..analysis.refine import refine_section
+
+    return refine_section(data, uid)
+
+
 #: ``"analysis"`` key of an analysis JSON -> the function drawing its report section.
-ANALYSIS_SECTIONS = {"weights": _weights_section, "generalisation": _generalisation_section}
+ANALYSIS_SECTIONS = {"weights": _weights_section, "generalisation": _generalisation_section,
+                     "benchmark": _benchmark_section, "refine": _refine_section}
 #: the keys each analysis JSON must hold
 _ANALYSIS_KEYS = {
     "weights": ("track", "parts", "part_labels", "score", "official_weights", "systems", "official_ranking",
                 "weightings", "grid", "rank_flips"),
     "generalisation": ("parts", "part_labels", "score", "groups", "gaps"),
+    "benchmark": ("benchmark", "labelled", "variants", "generators", "categories"),
+    "refine": ("settings", "summary", "images"),
 }
+#: the commands that write each analysis JSON (named in errors)
+_ANALYSIS_COMMANDS = ("`evalmuse analyze weights --json`, `evalmuse eval alignment --by seen/unseen --json`, "
+                      "`evalmuse benchmark ... --json` or the refine_report.json of `evalmuse refine-masks`")
 
 
 def read_analysis(path: str | os.PathLike) -> dict:
     """Read the JSON of an analysis (``evalmuse analyze weights --json``, ``evalmuse eval alignment
-    --by seen/unseen --json``) and check that the report knows it."""
+    --by seen/unseen --json``, ``evalmuse benchmark --json``, ``refine_report.json``) and check that the
+    report knows it."""
     from ..utils.jsonio import read_json_file
 
     data = read_json_file(path)
     kind = data.get("analysis") if isinstance(data, dict) else None
     if kind not in ANALYSIS_SECTIONS:
         raise UserInputError(f"{path}: not an analysis the report knows (its 'analysis' is {kind!r}; expected one of "
-                             f"{', '.join(sorted(ANALYSIS_SECTIONS))}); write it with `evalmuse analyze weights "
-                             "--json` or `evalmuse eval alignment --by seen/unseen --json`")
+                             f"{', '.join(sorted(ANALYSIS_SECTIONS))}); write it with {_ANALYSIS_COMMANDS}")
     missing = [key for key in _ANALYSIS_KEYS.get(kind, ()) if key not in data]
     if missing:
         raise UserInputError(f"{path}: a {kind!r} analysis without {', '.join(missing)}; write it again with the "
