@@ -162,25 +162,23 @@ class MLLMSFTConfig(SFTConfig):
         super().__post_init__()
 
 
+PARSER_DESCRIPTION = ("LoRA SFT of an MLLM alignment judge (Qwen2.5-VL) on EvalMuse-40K with TRL. "
+                      "--config FILE.yaml sets any of the options below; flags override it.")
+
+
 def make_parser() -> TrlParser:
-    """The recipe's ``TrlParser``; ``use_peft`` defaults to true (the recipe trains a LoRA adapter)."""
-    parser = TrlParser(
-        (MLLMRecipeArguments, MLLMSFTConfig, ModelConfig),
-        description="LoRA SFT of an MLLM alignment judge (Qwen2.5-VL) on EvalMuse-40K with TRL. "
-        "--config FILE.yaml sets any of the options below; flags override it.",
-    )
+    """The recipe's ``TrlParser`` (for scripts); ``use_peft`` defaults to true (the recipe trains a LoRA adapter)."""
+    parser = TrlParser((MLLMRecipeArguments, MLLMSFTConfig, ModelConfig), description=PARSER_DESCRIPTION)
     parser.set_defaults(use_peft=True)
     return parser
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[MLLMRecipeArguments, MLLMSFTConfig, ModelConfig]:
     """``--config file.yaml`` then ``--field value`` overrides; a bad file, key or value is a ``UserInputError``."""
-    import yaml
+    from ..training.arguments import parse_recipe_arguments
 
-    try:
-        return make_parser().parse_args_and_config(argv)
-    except (OSError, yaml.YAMLError, ValueError) as err:
-        raise UserInputError(f"MLLM SFT arguments: {err}") from err
+    return parse_recipe_arguments((MLLMRecipeArguments, MLLMSFTConfig, ModelConfig), argv,
+                                  description=PARSER_DESCRIPTION, defaults={"use_peft": True})
 
 
 def load_model_and_processor(recipe: MLLMRecipeArguments, training_args: MLLMSFTConfig, model_args: ModelConfig):

@@ -59,6 +59,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from ..data.alignment import element_record_key
 from ..evaluation.alignment import evaluate_alignment
 from ..utils import UserInputError, atomic_directory, atomic_write_text
+from .arguments import parse_recipe_arguments
 from .callbacks import EpochCallback, TimeBudgetCallback, check_checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -601,14 +602,7 @@ def _save_final_model(model, processor, folder: Path, metrics: dict, recipe: Ali
 
 def parse_args(argv: list[str] | None = None) -> tuple[AlignRecipeArguments, AlignTrainingArguments]:
     """``--config file.yaml`` (keys of both dataclasses) then ``--field value`` overrides, by TRL's parser."""
-    from trl import TrlParser
-
-    parser = TrlParser((AlignRecipeArguments, AlignTrainingArguments))
-    try:
-        recipe, training = parser.parse_args_and_config(argv)
-    except (OSError, ValueError) as error:  # a missing or unknown-key config, a bad value
-        raise UserInputError(" ".join(str(error).split())) from error
-    return recipe, training
+    return parse_recipe_arguments((AlignRecipeArguments, AlignTrainingArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
