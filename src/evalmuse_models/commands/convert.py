@@ -107,9 +107,22 @@ def register(subparsers) -> None:
     rahf.set_defaults(func=_run_em_rahf, _parser=rahf)
 
 
+def _converted(convert, args: argparse.Namespace, **options) -> int:
+    """Run a converter on ``args.checkpoint`` -> ``args.output_dir``, print its report; a checkpoint that
+    does not fit (``ValueError``/``UserInputError``) is one line on stderr and exit status 2."""
+    from ..utils import UserInputError
+
+    try:
+        report = convert(args.checkpoint, args.output_dir, overwrite=args.overwrite, **options)
+    except (UserInputError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
 def _run_fga_blip2(args: argparse.Namespace) -> int:
     from ..convert import convert_fga_blip2
-    from ..utils import UserInputError
 
     tokenizer = None
     if args.tokenizer is not None:
@@ -122,60 +135,19 @@ def _run_fga_blip2(args: argparse.Namespace) -> int:
             return 2
         if tokenizer.bos_token is None:
             tokenizer.add_special_tokens({"bos_token": "[DEC]"})
-    try:
-        report = convert_fga_blip2(
-            args.checkpoint,
-            args.output_dir,
-            blip2_base=args.blip2_base,
-            preset=args.preset,
-            tokenizer=tokenizer,
-            dtype=args.dtype,
-            overwrite=args.overwrite,
-            source=args.source,
-        )
-    except (UserInputError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
+    return _converted(convert_fga_blip2, args, blip2_base=args.blip2_base, preset=args.preset, tokenizer=tokenizer,
+                      dtype=args.dtype, source=args.source)
 
 
 def _run_hnu_vpai(args: argparse.Namespace) -> int:
     from ..convert.hnu_vpai import convert_hnu_vpai
-    from ..utils import UserInputError
 
-    try:
-        report = convert_hnu_vpai(
-            args.checkpoint,
-            args.output_dir,
-            backbones_from=args.backbones_from,
-            random_backbones=args.random_backbones,
-            preset=args.preset,
-            crop=args.crop,
-            overwrite=args.overwrite,
-        )
-    except (UserInputError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
+    return _converted(convert_hnu_vpai, args, backbones_from=args.backbones_from,
+                      random_backbones=args.random_backbones, preset=args.preset, crop=args.crop)
 
 
 def _run_em_rahf(args: argparse.Namespace) -> int:
     from ..convert.em_rahf import convert_em_rahf
-    from ..utils import UserInputError
 
-    try:
-        report = convert_em_rahf(
-            args.checkpoint,
-            args.output_dir,
-            preset=args.preset,
-            tokenizer_name_or_path=args.tokenizer,
-            dtype=args.dtype,
-            overwrite=args.overwrite,
-        )
-    except (UserInputError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0
+    return _converted(convert_em_rahf, args, preset=args.preset, tokenizer_name_or_path=args.tokenizer,
+                      dtype=args.dtype)
