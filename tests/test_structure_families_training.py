@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_em_rahf import tiny_tokenizer
@@ -219,3 +220,72 @@ def test_family_defaults_and_refusals(prepared_dataset, tmp_path):
                                "--model_name_or_path", str(folder))
     with pytest.raises(UserInputError, match="is a hnu_vpai_loda model, not the family em_rahf"):
         train_structure(recipe, args)
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def test_score_and_submit_with_em_rahf_and_loda_folders(prepared_dataset, tmp_path, capsys):
+    """``evalmuse score --structure FOLDER`` with a saved EM-RAHF folder (the t2i-structure pipeline's results)
+    and a LoDa folder (a score only: a structure submission then needs ``--masks-from``)."""
+    import datasets
+    from transformers import pipeline
+
+    from evalmuse_models.cli import main
+    from evalmuse_models.metrics import read_structure_pickle
+    from evalmuse_models.models.em_rahf import EmRahfConfig, EmRahfModel, EmRahfProcessor
+    from evalmuse_models.models.hnu_vpai_loda import LodaConfig, LodaModel, LodaProcessor
+    from evalmuse_models.scoring import read_results, rle_to_mask
+
+    torch.manual_seed(0)
+    em_config, loda_config = EmRahfConfig.from_preset("tiny"), LodaConfig.from_preset("tiny")
+    EmRahfModel(em_config).save_pretrained(tmp_path / "em")
+    EmRahfProcessor.from_model_config(em_config, tokenizer=tiny_tokenizer()).save_pretrained(tmp_path / "em")
+    loda = LodaModel(loda_config).eval()
+    loda.save_pretrained(tmp_path / "loda")
+    LodaProcessor.from_model_config(loda_config).save_pretrained(tmp_path / "loda")
+    split = datasets.load_dataset(str(prepared_dataset), "structure", split="test").select(range(4))
+    images = [image.convert("RGB") for image in split["image"]]
+    base = ["score", str(prepared_dataset), "--config", "structure", "--split", "test", "--limit", "4",
+            "--batch-size", "2", "--num-workers", "0", "--no-progress"]
+
+    # EM-RAHF: the rows hold what the t2i-structure pipeline gives (score 1-5, masks at the official 40/255)
+    assert main([*base, "--structure", str(tmp_path / "em"), "--out", str(tmp_path / "em.jsonl")]) == 0
+    rows = read_results(tmp_path / "em.jsonl")
+    expected = pipeline("t2i-structure", model=str(tmp_path / "em"))(images, prompts=split["prompt"])
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    for row, result in zip(rows, expected, strict=True):
+        assert row["structure"]["score"] == pytest.approx(result["score"], abs=1e-5) and 1 <= result["score"] <= 5
+        np.testing.assert_array_equal(rle_to_mask(row["structure"]["mask"]), result["mask"])
+        assert row["structure"]["threshold"] == pytest.approx(40 / 255) and "heatmap_png" in row["structure"]
+
+    # LoDa: the score alone, its cosine c written as 3 + 2c on the 1-5 scale
+    out = tmp_path / "loda.jsonl"
+    assert main([*base, "--structure", str(tmp_path / "loda"), "--out", str(out)]) == 0
+    rows = read_results(out)
+    cosines = loda.predict(images, processor=LodaProcessor.from_pretrained(tmp_path / "loda"))
+    assert [set(r["structure"]) for r in rows] == [{"score"}] * 4
+    assert [r["structure"]["score"] for r in rows] == pytest.approx([3 + 2 * c for c in cosines], abs=1e-5)
+    assert main([*base, "--structure", str(tmp_path / "loda"), "--out", str(tmp_path / "t.jsonl"),
+                 "--threshold", "0.5"]) == 2
+    assert "predicts a structure score only" in capsys.readouterr().err
+
+    # a structure submission needs masks: refused without --masks-from, written with an instance-segmentation
+    # model's (here one box per image), the scores the rows' own
+    assert main(["submit", str(out), "--out", str(tmp_path / "refused")]) == 2
+    assert "--masks-from" in capsys.readouterr().err
+    detections = [{"file_name": row["id"], "image_id": i, "category_id": 2, "score": 0.9,
+                   "segmentation": [[2, 2, 30, 2, 30, 20, 2, 20]]} for i, row in enumerate(rows)]
+    (tmp_path / "dets.json").write_text(json.dumps(detections))
+    assert main(["submit", str(out), "--out", str(tmp_path / "sub"), "--masks-from", str(tmp_path / "dets.json")]) == 0
+    submitted = read_structure_pickle(tmp_path / "sub" / "structure" / "output.pkl")
+    assert len(submitted) == 4
+    for row in rows:
+        record = submitted[row["id"].rsplit(".", 1)[0]]
+        assert record["score"] == pytest.approx(row["structure"]["score"])
+        assert record["pred_area"].shape == (512, 512) and record["pred_area"].any()
+
+    # the report shows the scores of score-only rows
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert all(f'title="structure, 1–5">structure {row["structure"]["score"]:.2f}' in html for row in rows)

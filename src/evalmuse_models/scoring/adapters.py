@@ -89,8 +89,9 @@ def load_exact_weights(auto_class, spec: str, **kwargs):
     return model
 
 
-def _load_pretrained(spec: str, device, dtype, expected: str):
-    """``AutoModel`` + ``AutoProcessor`` from a folder or Hub id, on ``device`` in ``dtype``."""
+def _load_pretrained(spec: str, device, dtype, expected: str | tuple[str, ...]):
+    """``AutoModel`` + ``AutoProcessor`` from a folder or Hub id, on ``device`` in ``dtype``; ``expected``: the
+    model type (or types) the option takes."""
     from transformers import AutoConfig, AutoModel, AutoProcessor
 
     import evalmuse_models  # noqa: F401 - registers the model families with the Auto classes
@@ -105,8 +106,10 @@ def _load_pretrained(spec: str, device, dtype, expected: str):
     except (OSError, ValueError) as err:
         raise UserInputError(f"cannot load a model config from {spec}: {err}") from None
     model_type = getattr(config, "model_type", "")
-    if expected not in model_type:
-        raise UserInputError(f"{spec} is a {model_type!r} model, but this option needs an {expected} model")
+    expected = (expected,) if isinstance(expected, str) else tuple(expected)
+    if not any(kind in model_type for kind in expected):
+        raise UserInputError(f"{spec} is a {model_type!r} model, but this option needs an {' or '.join(expected)} "
+                             "model")
     model = load_exact_weights(AutoModel, spec, dtype=dtype)
     model.to(device).eval()
     try:
@@ -194,24 +197,46 @@ class MLLMScorer(AlignScorer):
         return cls(load_scorer(target, device=device, dtype=dtype), None, spec)
 
 
+#: The structure model families ``--structure`` takes, and what each predicts: a distortion heatmap and a score
+#: (run by the ``t2i-structure`` pipeline), or a score only (HNU-VPAI's LoDa, by its ``predict``).
+STRUCTURE_FAMILIES = {"evalmuse_structure": "heatmap", "em_rahf": "heatmap", "hnu_vpai_loda": "score"}
+
+
 class StructureScorer:
     """Structure: score, distortion mask (RLE), regions and a small heatmap of each image.
 
-    The model's ``predict(images, prompts=..., processor=..., batch_size=..., threshold=...)``
-    (``EvalMuseStructureModel.predict``: the ``t2i-structure`` pipeline) returns one
-    :class:`~evalmuse_models.results.StructureResult` per image. A structure model saved without its
-    processor gets the one its config describes; a factory's object may return plain dicts with the
-    same keys.
+    A model of the ``evalmuse_structure`` or ``em_rahf`` family runs the ``t2i-structure`` pipeline
+    (``EvalMuseStructureModel.predict`` is that pipeline), which returns one
+    :class:`~evalmuse_models.results.StructureResult` per image. A score-only ``hnu_vpai_loda`` model (HNU-VPAI's
+    LoDa) gives the ``score`` alone: its cosine ``c`` in [-1, 1] written as ``3 + 2c`` on the 1-5 scale of the
+    other families (the ranking, SRCC and the logistic-fit PLCC are unchanged; ``evalmuse submit --rescale
+    minmax`` rescales over the set as HNU-VPAI did); its rows have no mask, regions or heatmap (``evalmuse score
+    --masks-from`` adds an instance-segmentation model's masks). A model saved without its processor gets the
+    one its config describes. Any other object needs a ``predict(images, prompts=..., processor=...,
+    batch_size=..., threshold=...)`` returning results (or plain dicts with their keys).
     """
 
     kind = "structure"
-    model_type = "evalmuse_structure"
+    model_type = tuple(STRUCTURE_FAMILIES)
 
     def __init__(self, model, processor=None, name: str = "", threshold: float | None = None, heatmap_size: int = 64):
-        if not callable(getattr(model, "predict", None)):
-            raise UserInputError(f"{name or type(model).__name__} has no predict() method; not a structure model")
-        if processor is None and getattr(getattr(model, "config", None), "model_type", None) == self.model_type:
-            processor = _structure_processor(model.config, name or type(model).__name__)
+        shown = name or type(model).__name__
+        config = getattr(model, "config", None)
+        family = STRUCTURE_FAMILIES.get(getattr(config, "model_type", None))
+        if family is not None and processor is None:
+            processor = _structure_processor(config, shown)
+        self.score_only = family == "score"
+        if self.score_only and threshold is not None:
+            raise UserInputError(f"{shown} predicts a structure score only: there is no heatmap to cut at threshold "
+                                 f"{threshold}")
+        if family == "heatmap" and not callable(getattr(model, "predict", None)):
+            from ..models.evalmuse_structure.pipeline_evalmuse_structure import EvalMuseStructurePipeline
+
+            self._pipeline = EvalMuseStructurePipeline(model=model, processor=processor, device=model.device)
+        elif not callable(getattr(model, "predict", None)):
+            raise UserInputError(f"{shown} has no predict() method; not a structure model")
+        else:
+            self._pipeline = None
         self.model = model
         self.processor = processor
         self.name = name
@@ -229,18 +254,26 @@ class StructureScorer:
         model, processor = _load_pretrained(spec, device, dtype, cls.model_type)
         return cls(model, processor, spec, threshold, heatmap_size)
 
+    def _predict(self, images: list, prompts: list[str]) -> list:
+        kwargs: dict[str, Any] = {"batch_size": len(images)}
+        if self.threshold is not None:
+            kwargs["threshold"] = self.threshold
+        if self._pipeline is not None:
+            return self._pipeline(images, prompts=prompts, **kwargs)
+        if self.processor is not None:
+            kwargs["processor"] = self.processor
+        return self.model.predict(images, prompts=prompts, **kwargs)
+
     def __call__(self, batch: list[dict]) -> list[dict]:
         import torch
 
         images = [item["image"] for item in batch]
-        prompts = [item["prompt"] for item in batch]
-        kwargs: dict[str, Any] = {"batch_size": len(images)}
-        if self.processor is not None:
-            kwargs["processor"] = self.processor
-        if self.threshold is not None:
-            kwargs["threshold"] = self.threshold
+        if self.score_only:
+            with torch.inference_mode():
+                cosines = self.model.predict(images, batch_size=len(images), processor=self.processor)
+            return [{"structure": {"score": _finite(3 + 2 * cosine)}} for cosine in cosines]
         with torch.inference_mode():
-            outputs = self.model.predict(images, prompts=prompts, **kwargs)
+            outputs = self._predict(images, [item["prompt"] for item in batch])
         # The heatmap level the masks were cut at (shown on the report's heatmap legend).
         default_threshold = self.threshold if self.threshold is not None else getattr(
             getattr(self.model, "config", None), "threshold", None)
@@ -268,11 +301,12 @@ class StructureScorer:
 
 
 def _structure_processor(config, name: str):
-    """The processor a structure model's config describes (for a folder saved without one)."""
-    from ..models.evalmuse_structure import EvalMuseStructureProcessor
+    """The processor a structure model's config describes (for a folder saved without one): the family's
+    processor class (registered with ``AutoProcessor``), ``from_model_config``."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
     try:
-        return EvalMuseStructureProcessor.from_model_config(config)
+        return PROCESSOR_MAPPING[type(config)].from_model_config(config)
     except (OSError, ValueError) as err:
         raise UserInputError(
             f"{name} has no processor (processor_config.json) and its config cannot build one: {err}; save the "
