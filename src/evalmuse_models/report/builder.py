@@ -91,12 +91,18 @@ def generator_table(rows: list[dict]) -> list[dict]:
                 "alignment": _mean([a["overall"] for a in align]),
                 "elements_present": (float(np.mean([p >= 0.5 for p in element_values])) if element_values else None),
                 "structure": _mean([s["score"] for s in structure]),
-                "distorted": (float(np.mean([len(s["regions"]) > 0 for s in structure])) if structure else None),
+                "distorted": _distorted_share(structure),
                 "reference_alignment": _mean(refs),
             }
         )
     table.sort(key=lambda r: (-(r["alignment"] if r["alignment"] is not None else -1e9), r["generator"]))
     return table
+
+
+def _distorted_share(structure: list[dict]) -> float | None:
+    """The share of the rows with predicted regions, among those with a mask (a score-only model's have none)."""
+    located = [s for s in structure if "regions" in s]
+    return float(np.mean([len(s["regions"]) > 0 for s in located])) if located else None
 
 
 def _rle_has_pixels(rle: dict | None) -> bool:
@@ -121,7 +127,7 @@ def structure_split_table(rows: list[dict]) -> dict | None:
         "images": len(members),
         "errors": len(members) - len(ok),
         "structure": _mean([s["score"] for s in structure]),
-        "distorted": (float(np.mean([len(s["regions"]) > 0 for s in structure])) if structure else None),
+        "distorted": _distorted_share(structure),
         "reference_structure": _mean([(r.get("reference") or {}).get("mos") for r in ok]),
         "reference_distorted": (float(np.mean([_rle_has_pixels(m) for m in truth_masks])) if truth_masks else None),
         "truth_masks": len(truth_masks),
@@ -940,7 +946,7 @@ def _card_html(index: int, row: dict, media: dict | None) -> str:
         "generator": generator,
         "alignment": "" if not align or align["overall"] is None else f'{align["overall"]:.6f}',
         "structure": "" if not structure or structure["score"] is None else f'{structure["score"]:.6f}',
-        "regions": len(structure["regions"]) if structure else 0,
+        "regions": len(structure.get("regions") or []) if structure else 0,
         "missing": sum(1 for p in element_probs.values() if p is not None and p < 0.5),
         # normalised categories of the elements, and of the missing ones ("|color|object|"): the category filter
         "categories": "|" + "|".join(sorted({element_category(k) for k in element_probs})) + "|",
@@ -981,7 +987,7 @@ def _card_html(index: int, row: dict, media: dict | None) -> str:
         ref = reference.get("mos")
         scores.append(f'<span title="structure, 1–5">structure {_fmt(structure["score"], 2)}'
                       + (f' <span class="ref">(true {_fmt(ref, 2)})</span>' if ref is not None else "")
-                      + f' · {len(structure["regions"])} region(s)</span>')
+                      + (f' · {len(structure["regions"])} region(s)' if "regions" in structure else "") + "</span>")
     if scores:
         parts.append('<div class="scores">' + "".join(scores) + "</div>")
     if align and align.get("elements"):
@@ -1213,8 +1219,9 @@ def build_report(
                     media = {"thumb": f"images/{index:05d}.jpg", "size": image.size}
                     image.save(tmp / media["thumb"], quality=85)
                     if "structure" in row:
-                        media["overlay"] = f"images/{index:05d}_heat.png"
-                        heat_overlay(row["structure"], image.size).save(tmp / media["overlay"], optimize=True)
+                        if row["structure"].get("heatmap_png") or row["structure"].get("mask"):  # not score-only
+                            media["overlay"] = f"images/{index:05d}_heat.png"
+                            heat_overlay(row["structure"], image.size).save(tmp / media["overlay"], optimize=True)
                         media["predicted"], media["truth"] = card_outlines(row, image.size)
             body.append(_card_html(index, row, media))
         if rows:
