@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Train the EvalMuse structure model (distortion heatmap + structure score) with transformers' Trainer.
+"""Train a structure model with transformers' Trainer: the EvalMuse structure model (distortion heatmap +
+structure score), EM-RAHF (the official baseline, with its official schedule) or HNU-VPAI's LoDa (a score,
+PLCC loss).
 
 CPU run of the tiny preset (a couple of minutes on a prepared synthetic dataset)::
 
@@ -11,11 +13,20 @@ HNU-VPAI design (frozen DINOv2-L + ResNet-50, fusion trained, bf16) on eight GPU
     accelerate launch --num_processes 8 train_scripts/train_structure.py \
         --config train_scripts/configs/structure_hnu_vpai.yaml --dataset_dir data/evalmuse
 
+EM-RAHF with the official schedule, and HNU-VPAI's LoDa with the team's hyper-parameters, on eight GPUs
+(``--model_name_or_path FOLDER`` starts from a converted or saved folder of either family instead)::
+
+    accelerate launch --num_processes 8 train_scripts/train_structure.py \
+        --config train_scripts/configs/structure_em_rahf_official.yaml --dataset_dir data/evalmuse
+    accelerate launch --num_processes 8 train_scripts/train_structure.py \
+        --config train_scripts/configs/structure_loda_hnu_vpai.yaml --dataset_dir data/evalmuse
+
 Any field of ``StructureRecipeArguments`` or of the Trainer's ``StructureTrainingArguments`` can be set in
 the YAML file or overridden with ``--field value``. The run resumes from the last ``checkpoint-N`` in
-``output_dir`` (``--resume_from_checkpoint none`` starts over), logs the official structure score of the
-validation split at every evaluation, searches the heatmap threshold at the end and writes
-``output_dir/model/`` (``save_pretrained``) and ``output_dir/metrics.json``.
+``output_dir`` (``--resume_from_checkpoint none`` starts over), logs the family's scores of the validation
+split at every evaluation (the official structure score; PLCC and SRCC for LoDa), searches the heatmap
+threshold at the end (heatmap families) and writes ``output_dir/model/`` (``save_pretrained``) and
+``output_dir/metrics.json``.
 """
 
 import json
@@ -36,5 +47,5 @@ if __name__ == "__main__":
     except UserInputError as error:
         parser.error(str(error))
     if metrics:  # the main process
-        print(json.dumps({key: metrics[key] for key in ("initial", "final", "test", "threshold", "model_dir")},
-                         indent=2))
+        keys = ("family", "initial", "final", "test", "threshold", "note", "model_dir")
+        print(json.dumps({key: metrics[key] for key in keys if key in metrics}, indent=2))

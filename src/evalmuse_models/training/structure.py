@@ -281,7 +281,8 @@ class StructureRecipeArguments:
         default=None, metadata={"help": "start from this saved structure model (any family) instead of a preset"}
     )
     pretrained_backbones: bool = field(
-        default=False, metadata={"help": "load the preset's pretrained backbones (Hub ids / timm weights)"}
+        default=False, metadata={"help": "load the preset's pretrained backbones (Hub ids / timm weights; a saved "
+                                         "model keeps its own weights)"}
     )
     backbone_learning_rate: float | None = field(
         default=None,
