@@ -2,7 +2,8 @@
 their own recipes: EM-RAHF with the official schedule (MSE on both heads, AdamW with weight decay on every
 parameter, cosine to 0 without warm-up, encoders frozen for the first half and kept in training mode) and
 HNU-VPAI's LoDa with its PLCC loss (frozen backbones, only the adapters train; a score only). Tiny runs of a
-few steps on the synthetic structure release, through the tiny YAML configs."""
+few steps on the synthetic structure release, through the tiny YAML configs; then ``evalmuse score``,
+``submit`` and ``report`` with folders of both families."""
 
 from __future__ import annotations
 
