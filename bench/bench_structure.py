@@ -1,7 +1,7 @@
 """EvalMuse structure model speed and memory (prints JSON, writes bench/results/structure.json).
 
-For each preset (default ``tiny``, ``hnu-vpai`` and ``em-rahf``, random weights, real sizes, nothing
-downloaded; ``em-rahf`` tokenises its prompts with a small stand-in tokenizer):
+For each preset (default ``tiny``, ``dinov2-resnet-fuser`` and ``altclip-fuser``, random weights, real sizes, nothing
+downloaded; ``altclip-fuser`` tokenises its prompts with a small stand-in tokenizer):
 
 - inference, measured side by side in one run on the same images (0.25-1 MP, four sizes) and
   batches, ``--repeats`` times alternately (the fastest of each kept: the least disturbed on a
@@ -21,7 +21,7 @@ downloaded; ``em-rahf`` tokenises its prompts with a small stand-in tokenizer):
 On CUDA the model runs in bf16 with channels_last and large batches; on CPU in fp32 with a handful
 of images. ``--threads N`` sets both torch's and OpenCV's thread counts.
 
-Usage: python bench/bench_structure.py [--presets tiny hnu-vpai em-rahf] [--images N] [--batch-size B]
+Usage: python bench/bench_structure.py [--presets tiny dinov2-resnet-fuser altclip-fuser] [--images N] [--batch-size B]
        [--repeats R] [--train-steps N] [--no-train] [--device cpu|cuda] [--threads N]
 Numbers, never pass/fail. Results of different devices are kept side by side in the JSON, and
 presets not run keep their earlier figures (each preset records when it was measured).
@@ -58,8 +58,8 @@ HERE = Path(__file__).resolve().parent
 
 # (images, batch, repeats) for inference and (steps, batch) for training, per device and preset
 DEFAULTS = {
-    "cpu": {"tiny": (32, 8, 5, 10, 8), "hnu-vpai": (2, 1, 3, 2, 1), "em-rahf": (2, 1, 3, 2, 1)},
-    "cuda": {"tiny": (1024, 256, 3, 50, 256), "hnu-vpai": (256, 64, 3, 20, 32), "em-rahf": (256, 64, 3, 20, 32)},
+    "cpu": {"tiny": (32, 8, 5, 10, 8), "dinov2-resnet-fuser": (2, 1, 3, 2, 1), "altclip-fuser": (2, 1, 3, 2, 1)},
+    "cuda": {"tiny": (1024, 256, 3, 50, 256), "dinov2-resnet-fuser": (256, 64, 3, 20, 32), "altclip-fuser": (256, 64, 3, 20, 32)},
 }
 PROMPTS = ["a hand holding a cup", "two people shaking hands", "a face in the rain", "a cat on a sofa"]
 
@@ -260,7 +260,7 @@ def bench_preset(
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "hnu-vpai", "em-rahf"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "dinov2-resnet-fuser", "altclip-fuser"])
     parser.add_argument("--images", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="alternating forward / predict timings (fastest kept)")

@@ -236,3 +236,15 @@ def test_push_stage_dir_is_replaced_on_a_rerun(model_dir, tmp_path, capsys, monk
     (stage / "leftover.bin").write_bytes(b"x")
     assert main(_push(model_dir, stage)) == 3
     assert not (stage / "leftover.bin").exists() and (stage / "model.safetensors").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("family", ["em_rahf", "hnu_vpai_loda"])
+def test_every_family_has_a_model_card_template(family, tmp_path):
+    """`evalmuse push` of an EM-RAHF or LoDa folder fills its own card (no --template needed)."""
+    from evalmuse_models.hub import prepare_model_card
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": family, "preset": "tiny"}))
+    card = prepare_model_card(tmp_path, "org/model", num_parameters=1234)
+    text = str(card)
+    assert "org/model" in text and "{{" not in text and "{%" not in text
+    assert ("EM-RAHF" if family == "em_rahf" else "LoDa") in text

@@ -52,7 +52,7 @@ def tiny_em_rahf(**overrides) -> EvalMuseStructureConfig:
         "fusion_num_heads": 2, "decoder_channels": [32, 16, 8], "score_hidden_size": 16, "max_text_length": 16,
     }
     kwargs.update(overrides)
-    return EvalMuseStructureConfig.from_preset("em-rahf", **kwargs)
+    return EvalMuseStructureConfig.from_preset("altclip-fuser", **kwargs)
 
 
 def tiny_tokenizer():
@@ -77,15 +77,15 @@ def tiny_pipe(tiny_model):
 
 
 def test_presets_hold_the_published_designs():
-    assert EvalMuseStructureConfig.available_presets() == ["em-rahf", "hnu-vpai", "tiny"]
-    hnu = EvalMuseStructureConfig.from_preset("hnu-vpai")
+    assert EvalMuseStructureConfig.available_presets() == ["altclip-fuser", "dinov2-resnet-fuser", "tiny"]
+    hnu = EvalMuseStructureConfig.from_preset("dinov2-resnet-fuser")
     assert hnu.vit_config.model_type == "dinov2" and hnu.vit_config.hidden_size == 1024
     assert hnu.vit_config.num_hidden_layers == 24 and hnu.vit_config.patch_size == 14
     assert hnu.image_size == 518 and hnu.patch_grid == 37
     assert hnu.cnn_name == "resnet50" and hnu.cnn_out_indices == [1, 2, 3, 4]
     assert (hnu.fusion_latent_dim, hnu.fusion_num_heads) == (64, 4)
     assert hnu.freeze_vit and hnu.freeze_cnn and hnu.vit_pretrained_id == "facebook/dinov2-large"
-    rahf = EvalMuseStructureConfig.from_preset("em-rahf")
+    rahf = EvalMuseStructureConfig.from_preset("altclip-fuser")
     assert rahf.vit_config.model_type == "altclip_vision_model" and rahf.image_size == 448
     assert rahf.patch_grid == 32 and rahf.text_config.model_type == "altclip_text_model"
     assert rahf.cnn_name is None and rahf.num_self_attention_blocks == 6

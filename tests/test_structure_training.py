@@ -187,7 +187,7 @@ def test_command_line_arguments(tmp_path):
         parse_args(["--config", str(config), "--dataset_dir", "d", "--output_dir", "o"])
     with pytest.raises(SystemExit):  # argparse: the following arguments are required: --dataset_dir
         parse_args(["--output_dir", "o"])
-    for name in ("structure_tiny", "structure_hnu_vpai", "structure_em_rahf"):
+    for name in ("structure_tiny", "structure_dinov2_resnet_fuser", "structure_altclip_fuser"):
         recipe, args = parse_args(["--config", str(REPO / "train_scripts" / "configs" / f"{name}.yaml"),
                                    "--dataset_dir", "d", "--use_cpu", "true"])  # the GPU configs ask for bf16
         assert recipe.preset == name.removeprefix("structure_").replace("_", "-")

@@ -11,7 +11,7 @@ CPU run of the tiny preset (a couple of minutes on a prepared synthetic dataset)
 HNU-VPAI design (frozen DINOv2-L + ResNet-50, fusion trained, bf16) on eight GPUs::
 
     accelerate launch --num_processes 8 train_scripts/train_structure.py \
-        --config train_scripts/configs/structure_hnu_vpai.yaml --dataset_dir data/evalmuse
+        --config train_scripts/configs/structure_dinov2_resnet_fuser.yaml --dataset_dir data/evalmuse
 
 EM-RAHF with the official schedule, and HNU-VPAI's LoDa with the team's hyper-parameters, on eight GPUs
 (``--model_name_or_path FOLDER`` starts from a converted or saved folder of either family instead)::

@@ -46,6 +46,8 @@ from .utils.io import OUTPUT_MARKER, owned_directory
 CARD_TEMPLATES = {
     "evalmuse_align": "evalmuse-align",
     "evalmuse_structure": "evalmuse-structure",
+    "em_rahf": "em-rahf",
+    "hnu_vpai_loda": "hnu-vpai-loda",
     "qwen2_5_vl": "evalmuse-mllm",
 }
 

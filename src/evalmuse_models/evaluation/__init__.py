@@ -18,7 +18,7 @@ _EXPORTS = {
     "search_threshold": "structure",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["evaluate_alignment", "evaluate_structure", "search_threshold"]
 
 
 def __getattr__(name: str):

@@ -69,7 +69,7 @@ from .callbacks import EpochCallback, TimeBudgetCallback, check_checkpoint, reso
 logger = logging.getLogger(__name__)
 
 #: The head learning rate of each preset of the fuser (``evalmuse_structure``) when ``learning_rate`` is not given.
-PRESET_LEARNING_RATES = {"tiny": 3e-3, "hnu-vpai": 1e-4, "em-rahf": 2e-5}
+PRESET_LEARNING_RATES = {"tiny": 3e-3, "dinov2-resnet-fuser": 1e-4, "altclip-fuser": 2e-5}
 #: Columns the recipe reads from the ``structure`` config.
 STRUCTURE_COLUMNS = ("image", "image_name", "mos", "heatmap")
 #: Official metric -> the name the Trainer logs it under (after the ``eval_`` prefix).
@@ -275,7 +275,7 @@ class StructureRecipeArguments:
                   "hnu_vpai_loda; a saved model's own model_type otherwise"},
     )
     preset: str = field(default="tiny", metadata={"help": "architecture when no model is given: the family's preset "
-                                                          "(evalmuse_structure: tiny, hnu-vpai, em-rahf; em_rahf: "
+                                                          "(evalmuse_structure: tiny, dinov2-resnet-fuser, altclip-fuser; em_rahf: "
                                                           "tiny, em-rahf; hnu_vpai_loda: tiny, hnu-vpai)"})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "start from this saved structure model (any family) instead of a preset"}
@@ -379,7 +379,7 @@ class StructureTrainingArguments(TrainingArguments):
     learning_rate: float | None = field(
         default=None,
         metadata={"help": "head learning rate (default: the family's for the preset: evalmuse_structure tiny 3e-3, "
-                  "hnu-vpai 1e-4, em-rahf 2e-5; em_rahf 2e-5; hnu_vpai_loda 3e-4; tiny 1e-3 for the last two)"},
+                  "dinov2-resnet-fuser 1e-4, altclip-fuser 2e-5; em_rahf 2e-5; hnu_vpai_loda 3e-4; tiny 1e-3 for the last two)"},
     )
     num_train_epochs: float = 1.0
     per_device_train_batch_size: int = 8

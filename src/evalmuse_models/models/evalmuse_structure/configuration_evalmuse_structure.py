@@ -87,9 +87,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "freeze_vit": False,
         "freeze_cnn": False,
     },
-    # HNU-VPAI (NTIRE 2025 structure track, 1st): frozen DINOv2 ViT-L/14 at 518 px and frozen
+    # After HNU-VPAI (NTIRE 2025 structure track, 1st; the published model itself is the hnu_vpai_loda
+    # family): frozen DINOv2 ViT-L/14 at 518 px and frozen
     # ResNet-50 features [256, 512, 1024, 2048] injected by cross-attention (latent 64, 4 heads).
-    "hnu-vpai": {
+    "dinov2-resnet-fuser": {
         "vit_config": {"model_type": "dinov2", **_DINOV2_LARGE},
         "vit_pretrained_id": "facebook/dinov2-large",
         "image_size": 518,
@@ -106,9 +107,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_std": IMAGENET_STD,
         "plcc_loss_weight": 1.0,
     },
-    # EM-RAHF (EvalMuse-Structure baseline): AltCLIP vision at 448 + AltCLIP text embeddings of
+    # After EM-RAHF (EvalMuse-Structure baseline; the official architecture is the em_rahf family): AltCLIP vision at 448 + AltCLIP text embeddings of
     # "human artifact " + prompt, 6 pre-norm self-attention blocks, conv decoder, sigmoid score.
-    "em-rahf": {
+    "altclip-fuser": {
         "vit_config": {"model_type": "altclip_vision_model", **_ALTCLIP_VISION_LARGE},
         "text_config": {"model_type": "altclip_text_model", **_ALTCLIP_TEXT},
         "vit_pretrained_id": "BAAI/AltCLIP",
@@ -140,7 +141,7 @@ class EvalMuseStructureConfig(PreTrainedConfig):
     ViT, trainable fusion blocks, a U-Net-style heatmap decoder (512 x 512 distortion heatmap) and
     an MLP score head (structure score 1-5).
 
-    Named presets (``tiny``, ``hnu-vpai``, ``em-rahf``) are built with
+    Named presets (``tiny``, ``dinov2-resnet-fuser``, ``altclip-fuser``) are built with
     [`EvalMuseStructureConfig.from_preset`]; every preset builds with random weights and no
     network. Pretrained backbone ids (``vit_pretrained_id``, ``text_pretrained_id``,
     ``cnn_pretrained``) are used only when the model is built with
@@ -308,13 +309,13 @@ class EvalMuseStructureConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "EvalMuseStructureConfig":
-        """Build a named preset (``tiny``, ``hnu-vpai``, ``em-rahf``); keyword overrides win, and a dict
+        """Build a named preset (``tiny``, ``dinov2-resnet-fuser``, ``altclip-fuser``); keyword overrides win, and a dict
         given for a sub-config (``vit_config``, ...) is merged into the preset's, not put in its place.
 
         Example:
 
         ```python
-        >>> config = EvalMuseStructureConfig.from_preset("hnu-vpai", freeze_cnn=False)
+        >>> config = EvalMuseStructureConfig.from_preset("dinov2-resnet-fuser", freeze_cnn=False)
         >>> config.vit_config.hidden_size, config.image_size
         (1024, 518)
 

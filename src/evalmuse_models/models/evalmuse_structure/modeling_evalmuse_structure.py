@@ -1,13 +1,14 @@
 """EvalMuse structure model: a timm CNN and a transformers ViT fused by trainable attention blocks,
 a U-Net-style decoder for a 512 x 512 distortion heatmap and an MLP head for the structure score.
 
-Two public designs are presets of this one family (see ``configuration_evalmuse_structure.py``):
+Two presets of this one family follow public designs (see ``configuration_evalmuse_structure.py``); neither
+IS the published system: those are the ``hnu_vpai_loda`` and ``em_rahf`` families of this package.
 
-- ``hnu-vpai`` (NTIRE 2025 structure track, 1st): frozen DINOv2 ViT-L/14 at 518 px and a frozen
+- ``dinov2-resnet-fuser`` (after HNU-VPAI, NTIRE 2025 structure track, 1st): frozen DINOv2 ViT-L/14 at 518 px and a frozen
   ResNet-50 whose multi-scale features are injected into the ViT tokens by cross-attention
   blocks (the LoDa design: queries from the ViT tokens, keys/values from a CNN level, a narrow
   latent width and a zero-initialised output projection added to the residual stream);
-- ``em-rahf`` (the EvalMuse-Structure baseline): AltCLIP vision tower at 448 px plus AltCLIP
+- ``altclip-fuser`` (after EM-RAHF, the EvalMuse-Structure baseline): AltCLIP vision tower at 448 px plus AltCLIP
   text embeddings of ``"human artifact " + prompt``, pre-norm self-attention blocks over image
   and text tokens, a transposed-convolution decoder and a sigmoid score.
 

@@ -30,7 +30,7 @@ class EvalMuseStructurePipeline(Pipeline):
     r"""Structural-distortion assessment of generated images (EvalMuse-Structure).
 
     Inputs: an image (a PIL image, a local path or an ``http(s)://`` URL) or a list of them, with
-    ``prompts`` (one per image) for models that embed the prompt (the ``em-rahf`` preset); or
+    ``prompts`` (one per image) for models that embed the prompt (the ``altclip-fuser`` preset, EM-RAHF); or
     ``{"image": ..., "prompt": ...}`` dicts (also from a dataset or a generator). Images are read as
     the official evaluation reads them: converted to RGB, alpha dropped, no EXIF rotation unless
     ``exif_transpose=True``.
