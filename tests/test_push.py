@@ -115,6 +115,8 @@ def test_push_cli_errors(align_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["push", str(align_dir), "not-a-repo-id"]) == 2
     assert "org/name" in capsys.readouterr().err
+    assert main(["push", str(align_dir), "org/--bad name"]) == 2  # huggingface_hub's own repo-id rules
+    assert "'org/--bad name'" in capsys.readouterr().err
     assert main(["push", str(tmp_path), "org/x"]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["push", str(align_dir), "org/x", "--skip-load-check", "--stage-dir", str(tmp_path / "st")]) == 3

@@ -94,8 +94,14 @@ class PushResult:
 
 
 def _check_repo_id(repo_id: str) -> None:
-    parts = repo_id.split("/")
-    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo_id):
+    """huggingface_hub's own repo-id rules, and a namespace (``org/name``: the card and the load check name it)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UserInputError(f"repository id {repo_id!r}: {error}") from None
+    if repo_id.count("/") != 1:
         raise UserInputError(f"repository id {repo_id!r} must look like 'org/name'")
 
 

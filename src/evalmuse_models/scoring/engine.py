@@ -295,11 +295,11 @@ def score(
             bar.update(len(rows))
     seconds = time.perf_counter() - start
 
-    counts = torch.tensor([scored, errors], dtype=torch.long)
+    counts = torch.tensor([scored, errors], dtype=torch.long, device=state.device)
     if state.num_processes > 1:
-        import torch.distributed as dist
+        from accelerate.utils import reduce
 
-        dist.all_reduce(counts)
+        counts = reduce(counts, reduction="sum")
     state.wait_for_everyone()
     total_rows = None
     if state.is_main_process:
