@@ -83,6 +83,7 @@ __all__ = [
     "SamBoxRefiner",
     "refine_annotators",
     "refine_dataset",
+    "region_box",
     "shape_regions",
     "summarize_shrink",
 ]
