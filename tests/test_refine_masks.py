@@ -312,3 +312,19 @@ def test_the_html_report_draws_the_refine_section(refined, tmp_path):
     index = build_report(None, tmp_path / "report", analyses=[out / "refine_report.json"], progress=False)
     page = index.read_text()
     assert 'id="analysis-refine"' in page and "Box annotations vs refined masks" in page
+
+
+def test_the_structure_recipe_reads_the_refined_config(refined):
+    """"Train on boxes vs refined masks" is two runs of one recipe: --dataset_config structure_refined."""
+    from evalmuse_models.training.structure import StructureRecipeArguments, load_structure_splits
+
+    out, _ = refined
+    train, _, _ = load_structure_splits(StructureRecipeArguments(dataset_dir=str(out),
+                                                                 dataset_config="structure_refined"), seed=0)
+    from datasets import load_dataset
+
+    expected = load_dataset(str(out), "structure_refined", split="train")
+    assert train["image_name"] == expected["image_name"] and train["mask"] == expected["mask"]
+    with pytest.raises(UserInputError, match="'structure_refined' config"):
+        load_structure_splits(StructureRecipeArguments(dataset_dir=str(out / "nowhere"),
+                                                       dataset_config="structure_refined"), seed=0)

@@ -9,6 +9,8 @@ Nothing here downloads anything; every model has random weights.
 * :mod:`.mllm` — a random Qwen2.5-VL (``tiny``, ``small`` or the real ``7b`` architecture) with an
   offline processor and a chat template marked for assistant-only loss
   (:func:`build_tiny_qwen2_5_vl`).
+* :mod:`.sam` — a random ``SamModel`` (``tiny`` or SAM-base-sized) saved as a folder, for
+  ``evalmuse refine-masks`` offline (:func:`build_random_sam`, :func:`save_random_sam`).
 * :mod:`.mixins` — :class:`ModelFamilyTesterMixin`, the tests every model family passes (config
   round trip, preset merging, Auto-class save/load, remote-code loading), driven by a
   :class:`ModelFamilySpec`.
@@ -30,9 +32,11 @@ _EXPORTS = {
     "ModelFamilySpec": "mixins",
     "ModelFamilyTesterMixin": "mixins",
     "QWEN2_VL_CHAT_TEMPLATE": "mllm",
+    "build_random_sam": "sam",
     "build_tiny_processor": "align",
     "build_tiny_tokenizer": "align",
     "build_tiny_qwen2_5_vl": "mllm",
+    "save_random_sam": "sam",
     "tiny_qwen2_5_vl_config": "mllm",
 }
 
@@ -72,9 +76,11 @@ __all__ = [
     "QWEN2_VL_CHAT_TEMPLATE",
     "ModelFamilySpec",
     "ModelFamilyTesterMixin",
+    "build_random_sam",
     "build_tiny_processor",
     "build_tiny_qwen2_5_vl",
     "build_tiny_tokenizer",
+    "save_random_sam",
     "save_tiny_models",
     "tiny_qwen2_5_vl_config",
 ]

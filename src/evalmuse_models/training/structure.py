@@ -269,6 +269,10 @@ class StructureRecipeArguments:
     """What the structure recipe needs besides the Trainer's arguments (:class:`StructureTrainingArguments`)."""
 
     dataset_dir: str = field(metadata={"help": "prepared dataset folder or Hub id (config 'structure')"})
+    dataset_config: str = field(
+        default="structure",
+        metadata={"help": "config of dataset_dir: structure, or structure_refined (written by evalmuse refine-masks)"},
+    )
     family: str | None = field(
         default=None,
         metadata={"help": "model family when no model is given: evalmuse_structure (default), em_rahf, "
@@ -450,17 +454,18 @@ class StructureTrainingArguments(TrainingArguments):
 
 
 def load_structure_splits(recipe: StructureRecipeArguments, seed: int, dataset=None):
-    """``(train, eval, test)`` splits of the ``structure`` config (``eval`` / ``test`` None when absent or
-    unlabelled), subsampled as the recipe asks."""
+    """``(train, eval, test)`` splits of the ``dataset_config`` config (``structure`` or ``structure_refined``;
+    ``eval`` / ``test`` None when absent or unlabelled), subsampled as the recipe asks."""
     if dataset is None:
         from datasets import load_dataset
 
         try:
-            dataset = load_dataset(recipe.dataset_dir, "structure")
+            dataset = load_dataset(recipe.dataset_dir, recipe.dataset_config)
         except (FileNotFoundError, ValueError) as error:
             raise UserInputError(
-                f"cannot load the 'structure' config of {recipe.dataset_dir!r}: {error}. Build the folder with "
-                "`evalmuse prepare-data` (or pass a Hub dataset id)"
+                f"cannot load the {recipe.dataset_config!r} config of {recipe.dataset_dir!r}: {error}. Build the "
+                "folder with `evalmuse prepare-data` (or `evalmuse refine-masks` for structure_refined), or pass a "
+                "Hub dataset id"
             ) from error
     if "train" not in dataset:
         raise UserInputError(f"dataset {recipe.dataset_dir!r} has no 'train' split (splits: {list(dataset)})")
