@@ -30,6 +30,13 @@ def test_small_demo_end_to_end_and_deterministic(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["reference"]["overall"] is not None for r in align_rows)
     assert len(rows) - len(align_rows) == summary["structure"]["num_images"]
     assert (tmp_path / "a" / "report" / "index.html").is_file()
+    # The held-out synthetic generator: its images are scored apart and the gap is printed and reported.
+    gap = summary["alignment"]["generalisation"]
+    assert gap["holdout_generators"] == ["PixelForge-Pastel"] and "generalisation gap" in printed
+    assert gap["groups"]["seen"]["n_images"] == summary["alignment"]["num_images"]
+    unseen = read_results(tmp_path / "a" / "results_alignment_unseen.jsonl")
+    assert unseen and all(r["id"].startswith("PixelForge-Pastel/") for r in unseen)
+    assert 'id="analysis-generalisation"' in (tmp_path / "a" / "report" / "index.html").read_text()
     card_metrics = json.loads((tmp_path / "a" / "runs" / "align" / "model" / "eval_results.json").read_text())
     assert card_metrics["metrics"] == summary["alignment"]["trained"]
 

@@ -69,6 +69,7 @@ class DemoConfig:
     score_batch_size: int = 16
     num_workers: int = 0
     chance_draws: int = 20
+    gap_resamples: int = 200
     report: bool = True
     progress: bool = True
 
@@ -85,7 +86,7 @@ def _check_config(config: DemoConfig) -> None:
 
     minimum = {"num_prompts": MIN_PROMPTS, "num_structure_images": MIN_STRUCTURE_IMAGES, "align_steps": 1,
                "align_batch_size": 1, "structure_epochs": 1, "structure_batch_size": 1, "score_batch_size": 1,
-               "num_workers": 0, "chance_draws": 1}
+               "num_workers": 0, "chance_draws": 1, "gap_resamples": 0}
     why = {"num_prompts": " (a prompt each for the train, validation and test splits)",
            "num_structure_images": " (3 images each in the validation and test splits for the correlations)"}
     for field in fields(DemoConfig):
@@ -212,16 +213,44 @@ def _ok_rows(results: Path, track: str) -> dict[str, dict]:
     return {row["id"]: row[track] for row in read_results(results) if row.get("status") == "ok" and track in row}
 
 
-def evaluate_alignment(results: Path, truth_file: Path) -> tuple[dict, list[float], list[dict]]:
-    """Official Main Score of the ``alignment`` rows of ``results`` against the hidden test labels (an
-    ``eval.json`` truth file), through :func:`evalmuse_models.evaluation.evaluate_alignment`; with the true
-    overall and element scores."""
+def evaluate_alignment(results: Path, truth_file: Path, dataset_dir: Path) -> tuple[dict, list[float], list[dict]]:
+    """Official Main Score of the ``alignment`` rows of ``results`` on the ``test`` split's images, against
+    the hidden test labels (an ``eval.json`` truth file, which also labels the held-out generator's test
+    images), through :func:`evalmuse_models.evaluation.evaluate_alignment`; with the true overall and
+    element scores."""
+    import datasets
+
     from .evaluation import evaluate_alignment as main_score
+    from .evaluation.alignment import truth_file_split
+
+    test = set(datasets.load_dataset(str(dataset_dir), "alignment", split="test")["img_path"])
+    truth = truth_file_split(truth_file).filter(lambda path: path in test, input_columns="img_path")
+    scores = main_score(_ok_rows(results, "alignment"), truth)
+    return scores, list(truth["total_score"]), [{e["key"]: e["score"] for e in elements} for elements in truth["elements"]]
+
+
+def generalisation(results: list[Path], truth_files: list[Path], dataset_dir: Path, *, n_resamples: int,
+                   seed: int) -> dict:
+    """The generalisation gap of the demo's alignment model to the held-out synthetic generator: its
+    scored images (the ``test`` split and the held-out generator's ``test_unseen`` split) against every
+    truth file that labels them, grouped by the ``prepare-data --holdout-generators`` manifest."""
+    from .analysis import AlignmentParts, generalisation_gap
+    from .data.splits import HOLDOUT_MANIFEST, read_holdout_manifest
     from .metrics import read_alignment_file
 
-    scores = main_score(_ok_rows(results, "alignment"), truth_file)
-    truth = read_alignment_file(truth_file)
-    return scores, [float(r["total_score"]) for r in truth], [dict(r["element_score"]) for r in truth]
+    truth = {record["img_path"]: record for path in truth_files for record in read_alignment_file(path)}
+    rows = {}
+    for path in results:
+        rows.update(_ok_rows(path, "alignment"))
+    ids = [image for image in rows if image in truth]
+    parts = AlignmentParts.from_records(
+        [truth[image] for image in ids],
+        [{"img_path": image, "total_score": rows[image]["overall"], "element_score": rows[image]["elements"]}
+         for image in ids],
+    )
+    manifest = read_holdout_manifest(dataset_dir / HOLDOUT_MANIFEST)
+    return generalisation_gap(parts, [manifest.subset(image) for image in parts.image_ids], n_resamples=n_resamples,
+                              seed=seed, holdout_generators=manifest.holdout_generators)
 
 
 def evaluate_structure(results: Path, dataset_dir: Path, min_votes: int = 1) -> tuple[dict, list[float], list]:
@@ -256,6 +285,12 @@ def format_table(summary: dict) -> str:
         m = s[key]
         lines.append(f"  {label:<22}{m['precision']:>8.4f}{m['recall']:>8.4f}{m['f1']:>8.4f}{m['plcc']:>8.4f}"
                      f"{m['srcc']:>8.4f}{m['final_score']:>8.4f}")
+    if a.get("generalisation"):
+        from .analysis import format_generalisation
+
+        held = ", ".join(a["generalisation"].get("holdout_generators") or [])
+        lines.append(f"Alignment on a generator held out of training ({held}): the generalisation gap")
+        lines.append(format_generalisation(a["generalisation"]))
     return "\n".join(lines)
 
 
@@ -286,7 +321,7 @@ def _run(out_dir, config: DemoConfig) -> dict:
     import torch
 
     from .data import prepare_dataset
-    from .data.synthetic import write_alignment_release, write_structure_release
+    from .data.synthetic import HOLDOUT_GENERATOR, write_alignment_release, write_structure_release
     from .scoring import read_results, score
     from .scoring.results import ResultsWriter
     from .training.align import AlignRecipeArguments, AlignTrainingArguments, train_align
@@ -310,6 +345,7 @@ def _run(out_dir, config: DemoConfig) -> dict:
     recipe = {key: getattr(config, key) for key in ("seed", "num_prompts", "num_structure_images", "align_steps",
                                                      "align_learning_rate", "align_batch_size", "align_freeze_vision",
                                                      "structure_epochs", "structure_batch_size")}
+    recipe["holdout_generators"] = sorted(HOLDOUT_GENERATOR)  # the data layout: a run without it is another recipe
     if _done(marks / "recipe"):
         previous = json.loads((marks / "recipe").read_text())
         changed = {k: (previous.get(k), v) for k, v in recipe.items() if previous.get(k) != v}
@@ -322,10 +358,11 @@ def _run(out_dir, config: DemoConfig) -> dict:
 
     if not _done(marks / "data"):
         _log(f"writing the synthetic releases (seed {config.seed})")
-        write_alignment_release(raw_align, num_prompts=config.num_prompts, seed=config.seed)
+        write_alignment_release(raw_align, num_prompts=config.num_prompts, seed=config.seed, holdout_generator=True)
         write_structure_release(raw_structure, num_images=config.num_structure_images, seed=config.seed)
-        _log("preparing the dataset (Parquet, alignment + structure configs)")
-        prepare_dataset(dataset_dir, alignment_dir=raw_align, structure_dir=raw_structure, overwrite=True)
+        _log(f"preparing the dataset (Parquet, alignment + structure configs; {', '.join(HOLDOUT_GENERATOR)} held out)")
+        prepare_dataset(dataset_dir, alignment_dir=raw_align, structure_dir=raw_structure, overwrite=True,
+                        holdout_generators=list(HOLDOUT_GENERATOR))
         _mark(marks / "data")
     step("data")
 
@@ -369,10 +406,16 @@ def _run(out_dir, config: DemoConfig) -> dict:
           structure=str(structure_model), **common)
     score(dataset_dir, config="structure", split="test", out=structure_results, structure=str(structure_model),
           **common)
+    unseen_results = out / "results_alignment_unseen.jsonl"
+    score(dataset_dir, config="alignment", split="test_unseen", out=unseen_results, align=str(align_model), **common)
     step("score")
 
     _log("computing the official scores")
-    align_scores, align_refs, align_ref_elements = evaluate_alignment(align_results, raw_align / "test_eval.json")
+    align_scores, align_refs, align_ref_elements = evaluate_alignment(align_results, raw_align / "test_eval.json",
+                                                                      dataset_dir)
+    gap = generalisation([align_results, unseen_results],
+                         [raw_align / "test_eval.json", dataset_dir / "official" / "alignment" / "test_unseen" / "eval.json"],
+                         dataset_dir, n_resamples=config.gap_resamples, seed=config.seed)
     structure_scores, structure_refs, structure_masks = evaluate_structure(structure_results, dataset_dir)
     summary = {
         "seed": config.seed,
@@ -382,6 +425,7 @@ def _run(out_dir, config: DemoConfig) -> dict:
             "num_images": len(align_refs),
             "trained": align_scores,
             "chance": chance_alignment(align_refs, align_ref_elements, config.chance_draws, config.seed),
+            "generalisation": gap,
         },
         "structure": {
             "num_images": len(structure_refs),
@@ -410,8 +454,10 @@ def _run(out_dir, config: DemoConfig) -> dict:
             writer.write(structure_rows)
         from .report import build_report
 
+        gap_file = out / "generalisation.json"  # the held-out generator's section of the report
+        atomic_write_text(gap_file, json.dumps(gap, indent=1, default=float))
         index = build_report(combined, out / "report", title="EvalMuse demo: tiny models on synthetic data",
-                             progress=config.progress)
+                             analyses=[gap_file], progress=config.progress)
         summary["report"] = str(index)
     step("report")
     summary["timings_s"] = timings

@@ -87,7 +87,7 @@ def evaluate_alignment(scorer, split, *, batch_size: int = 16, plcc_direction: s
     from ..metrics import alignment_main_score
 
     if isinstance(split, (str, os.PathLike)):
-        split = _truth_file_split(split)
+        split = truth_file_split(split)
     columns = [c for c in ("prompt", "total_score", "elements", "prompt_type") if c in split.column_names]
     missing = {"prompt", "total_score", "elements"} - set(columns)
     if missing or ("image" not in split.column_names and callable(getattr(scorer, "score", None))):
@@ -126,7 +126,7 @@ def evaluate_alignment(scorer, split, *, batch_size: int = 16, plcc_direction: s
     return out
 
 
-def _truth_file_split(path):
+def truth_file_split(path):
     """An official truth file (``eval.json``: ``{prompt, img_path, total_score, element_score}`` records, read
     by the metric's own reader) as a split with the alignment columns the evaluation reads (no images: give
     predictions, not a scorer)."""
@@ -168,4 +168,4 @@ def _unmatched(result: Any):
     return getattr(result, "unmatched_elements", None)
 
 
-__all__ = ["SCORE_KEYS", "evaluate_alignment"]
+__all__ = ["SCORE_KEYS", "evaluate_alignment", "truth_file_split"]
