@@ -64,6 +64,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 
 from ..evaluation.structure import DEFAULT_THRESHOLDS, evaluate_structure, search_threshold, truth_masks
 from ..utils import UserInputError, atomic_directory, atomic_write_text
+from .arguments import parse_recipe_arguments
 from .callbacks import EpochCallback, TimeBudgetCallback, check_checkpoint, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -1102,14 +1103,7 @@ def write_model_card(folder, model, result: dict[str, Any] | None = None) -> Pat
 
 def parse_args(argv: list[str] | None = None) -> tuple[StructureRecipeArguments, StructureTrainingArguments]:
     """``--config file.yaml`` (fields of both dataclasses) then ``--field value`` overrides, by TRL's parser."""
-    from trl import TrlParser
-
-    parser = TrlParser((StructureRecipeArguments, StructureTrainingArguments))
-    try:
-        recipe, training = parser.parse_args_and_config(argv)
-    except (OSError, ValueError) as error:  # a missing or unknown-key config, a bad value
-        raise UserInputError(" ".join(str(error).split())) from error
-    return recipe, training
+    return parse_recipe_arguments((StructureRecipeArguments, StructureTrainingArguments), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
