@@ -37,3 +37,26 @@ class TestStructureFamily(ModelFamilyTesterMixin):
         sub_config_override=("vit_config", {"mlp_ratio": 4}),
         blocked_modules=("cv2", "scipy", "scipy.ndimage"),
     )
+
+
+def _frozen(model) -> list[str]:
+    return sorted(name for name, parameter in model.named_parameters() if not parameter.requires_grad)
+
+
+def test_frozen_backbones_stay_frozen_after_from_pretrained(tmp_path):
+    """transformers re-creates loaded parameters as trainable; each family freezes its config's backbones again."""
+    from transformers import AutoModel
+
+    from evalmuse_models.models.evalmuse_structure import EvalMuseStructureModel
+    from evalmuse_models.models.hnu_vpai_loda import LodaConfig, LodaModel
+
+    for name, model in (
+        ("structure", EvalMuseStructureModel(EvalMuseStructureConfig.from_preset("tiny", freeze_vit=True,
+                                                                                 freeze_cnn=True))),
+        ("loda", LodaModel(LodaConfig.from_preset("tiny"))),
+    ):
+        frozen = _frozen(model)
+        assert frozen, f"{name}: the tiny preset should freeze its backbones here"
+        model.save_pretrained(tmp_path / name)
+        loaded, _ = AutoModel.from_pretrained(tmp_path / name, output_loading_info=True)  # the tuple form too
+        assert _frozen(loaded) == frozen, name

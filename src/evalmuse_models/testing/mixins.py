@@ -204,6 +204,9 @@ class ModelFamilyTesterMixin:
                             atol=0.0, what="processor output")
         assert_same_tensors(self.run_model(loaded, loaded_processor), self.run_model(model, processor),
                             atol=self.family.atol, what="model output")
+        frozen = sorted(name for name, p in model.named_parameters() if not p.requires_grad)
+        assert sorted(name for name, p in loaded.named_parameters() if not p.requires_grad) == frozen, (
+            "the loaded model trains parameters the saved one kept frozen")
 
     @_slow
     def test_remote_code_loads_without_the_package(self, tmp_path):

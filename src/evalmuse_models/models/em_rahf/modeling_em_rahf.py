@@ -291,7 +291,19 @@ class EmRahfModel(EmRahfPreTrainedModel):
         self.heatmap_head = EmRahfHeatmapHead(dim, grid, config.heatmap_conv_channels, config.heatmap_deconv_channels)
         self.score_head = EmRahfScoreHead(dim, grid, config.score_conv_channels, config.score_hidden_sizes)
         self.post_init()
-        self.freeze_backbones(vit=config.freeze_vit, text=config.freeze_text)
+        self.apply_config_freezing()
+
+    def apply_config_freezing(self) -> None:
+        """Freeze the backbones the config freezes (at construction, and again after ``from_pretrained``)."""
+        self.freeze_backbones(vit=self.config.freeze_vit, text=self.config.freeze_text)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then the config's freezing: transformers re-creates every loaded
+        parameter as trainable, which would silently train frozen backbones when fine-tuning a loaded model."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_config_freezing()
+        return loaded
 
     # ---------------------------------------------------------------- encoders
 

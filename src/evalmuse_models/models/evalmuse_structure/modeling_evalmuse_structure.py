@@ -470,7 +470,19 @@ class EvalMuseStructureModel(EvalMuseStructurePreTrainedModel):
         self.post_init()
         if load_pretrained_backbones:
             self.load_pretrained_backbones()
-        self.freeze_backbones(vit=config.freeze_vit, cnn=config.freeze_cnn, text=config.freeze_text)
+        self.apply_config_freezing()
+
+    def apply_config_freezing(self) -> None:
+        """Freeze the backbones the config freezes (at construction, and again after ``from_pretrained``)."""
+        self.freeze_backbones(vit=self.config.freeze_vit, cnn=self.config.freeze_cnn, text=self.config.freeze_text)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then the config's freezing: transformers re-creates every loaded
+        parameter as trainable, which would silently train frozen backbones when fine-tuning a loaded model."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_config_freezing()
+        return loaded
 
     # ---------------------------------------------------------------- backbones and freezing
 

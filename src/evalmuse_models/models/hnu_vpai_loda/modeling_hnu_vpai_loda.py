@@ -268,7 +268,19 @@ class LodaModel(LodaPreTrainedModel):
             num_heads=config.cross_attn_num_heads,
         )
         self.post_init()
-        self.freeze_backbones(config.freeze_backbones)
+        self.apply_config_freezing()
+
+    def apply_config_freezing(self) -> None:
+        """Freeze the backbones the config freezes (at construction, and again after ``from_pretrained``)."""
+        self.freeze_backbones(self.config.freeze_backbones)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then the config's freezing: transformers re-creates every loaded
+        parameter as trainable, which would silently train frozen backbones when fine-tuning a loaded model."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_config_freezing()
+        return loaded
 
     # ---------------------------------------------------------------- backbones
 
