@@ -664,9 +664,8 @@ def build_model_and_processor(recipe: StructureRecipeArguments):
         if recipe.family is not None and recipe.family != model_type:
             raise UserInputError(f"{recipe.model_name_or_path} is a {model_type} model, not the family {recipe.family} "
                                  "asked for; leave family unset to train the folder's own")
+        # (each family's from_pretrained freezes the backbones as the loaded config says)
         model = family.model_class.from_pretrained(recipe.model_name_or_path, **_config_overrides(recipe, family))
-        # from_pretrained leaves every loaded parameter trainable: freeze the backbones as the config says
-        model.freeze_backbones(*family.frozen(model.config))
         try:
             processor = family.processor_class.from_pretrained(recipe.model_name_or_path)
         except (OSError, ValueError):
