@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -26,6 +23,7 @@ from evalmuse_models.models.evalmuse_align import (
     find_sublist,
 )
 from evalmuse_models.testing.align import build_tiny_processor
+from evalmuse_models.testing.mixins import run_without_package
 
 
 @pytest.fixture(scope="module")
@@ -370,11 +368,6 @@ def test_pipeline_ships_with_the_model_and_loads_without_the_package(tmp_path, m
     code = textwrap.dedent(
         f"""
         import json, sys
-        class _Block:
-            def find_spec(self, name, path=None, target=None):
-                if name == "evalmuse_models" or name.startswith("evalmuse_models."):
-                    raise ImportError("evalmuse_models is blocked in this test")
-        sys.meta_path.insert(0, _Block())
         from transformers import pipeline
         scorer = pipeline("t2i-alignment", model={str(folder)!r}, trust_remote_code=True)
         result = scorer({str(tmp_path / "image.png")!r}, prompt="a red cube", elements=["red cube (object)"])
@@ -382,13 +375,8 @@ def test_pipeline_ships_with_the_model_and_loads_without_the_package(tmp_path, m
                           "result": result, "loaded": "evalmuse_models" in sys.modules}}))
         """
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH="", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path,
-                          env=env, stdin=subprocess.DEVNULL, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    output = proc.stdout + proc.stderr
+    report, output = run_without_package(code, cwd=tmp_path)
     assert "custom code" not in output and "to instantiate a model of type" not in output, output[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(module.startswith("transformers_modules.") for module in report["modules"]) and not report["loaded"]
     result = report["result"]
     assert result.keys() == expected.to_dict().keys() and result["unmatched_elements"] == []

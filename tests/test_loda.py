@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from PIL import Image
 from evalmuse_models.cli import main as cli_main
 from evalmuse_models.convert.hnu_vpai import check_hnu_vpai_state, convert_hnu_vpai
 from evalmuse_models.models.hnu_vpai_loda import LodaConfig, LodaModel, LodaProcessor
+from evalmuse_models.testing.mixins import run_without_package
 from evalmuse_models.utils import UserInputError
 
 torch.set_num_threads(1)  # small ops: one thread is faster on a shared 2-core machine
@@ -384,15 +384,8 @@ def test_predict_is_the_forward_pass_on_the_processor_output(converted, tmp_path
 
 
 REMOTE_SCRIPT = r"""
-import importlib.abc, json, sys
+import json, sys
 
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "evalmuse_models" or name.startswith("evalmuse_models."):
-            raise ImportError("evalmuse_models is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, Block())
 import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
@@ -412,8 +405,6 @@ print(json.dumps({"score": score.tolist(), "predict": model.predict([Image.open(
 @pytest.mark.slow
 def test_remote_code_loads_without_the_package(converted, tmp_path):
     import shutil
-    import subprocess
-    import sys
 
     from transformers import AutoModel
 
@@ -426,14 +417,7 @@ def test_remote_code_loads_without_the_package(converted, tmp_path):
     image.save(folder / "image.png")
     with torch.no_grad():
         expected = model(pixel_values=pixels).score.tolist()
-    env = {
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path),
-    }
-    proc = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder)], check=False, capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got, _ = run_without_package(REMOTE_SCRIPT, folder, cwd=tmp_path)
     assert got["processor"] == "LodaProcessor"
     assert np.allclose(got["score"], expected, atol=1e-6)
     assert np.allclose(got["predict"], model.predict([image]), atol=1e-6)

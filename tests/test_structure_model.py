@@ -28,6 +28,7 @@ from evalmuse_models.models.evalmuse_structure.post_processing_evalmuse_structur
     remove_small_regions,
     resize_mask,
 )
+from evalmuse_models.testing.mixins import run_without_package
 from evalmuse_models.utils import UserInputError
 
 torch.set_num_threads(1)  # small ops: one thread is faster on a shared 2-core machine
@@ -468,17 +469,8 @@ def test_saved_folder_ships_the_pipeline(tiny_model, tmp_path):
 
 
 REMOTE_SCRIPT = r"""
-import importlib.abc, json, sys
+import json, sys
 
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "evalmuse_models" or name.startswith("evalmuse_models."):
-            raise ImportError("evalmuse_models is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, Block())
-for name in ("cv2", "scipy", "scipy.ndimage"):
-    sys.modules[name] = None  # as if not installed: imports fail, find_spec answers None
 from PIL import Image
 from transformers import pipeline
 
@@ -502,9 +494,6 @@ print(json.dumps({"scores": [r["score"] for r in regions], "mask_shape": list(re
 def test_pipeline_loads_as_remote_code_without_the_package(tiny_pipe, tmp_path):
     """The t2i-structure pipeline from a saved folder, with the package, OpenCV and SciPy blocked (the
     model and processor alone: tests/test_model_families.py)."""
-    import json
-    import subprocess
-    import sys
 
     tiny_pipe.save_pretrained(tmp_path)
     rng = np.random.default_rng(0)
@@ -514,17 +503,8 @@ def test_pipeline_loads_as_remote_code_without_the_package(tiny_pipe, tmp_path):
     heat = tiny_pipe(images[0])["heatmap"]
     threshold = float(np.median(np.round(heat * 255))) / 255  # masks with regions (see the postprocess tests)
     regions = tiny_pipe(images, threshold=threshold, batch_size=2)  # labelled by OpenCV here
-    env = {
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-        "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(tmp_path), repr(threshold)], check=False, capture_output=True,
-        text=True, env=env,
-        cwd=tmp_path, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got, _ = run_without_package(REMOTE_SCRIPT, tmp_path, repr(threshold), cwd=tmp_path,
+                                 blocked=("cv2", "scipy", "scipy.ndimage"))
     assert got["processor"] == "EvalMuseStructureProcessor" and got["mask_shape"] == [30, 40]
     assert got["scores"] == pytest.approx([r["score"] for r in regions], abs=1e-5)
     assert got["regions"] == [r["regions"] for r in regions] and any(got["regions"])

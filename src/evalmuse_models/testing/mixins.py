@@ -104,23 +104,49 @@ def assert_same_tensors(actual: dict, expected: dict, atol: float, what: str) ->
                                    msg=lambda message, name=name: f"{what} {name!r}: {message}")
 
 
-#: Run in a fresh interpreter: argv = folder, inputs pickle, outputs file, blocked module names (JSON).
-_REMOTE_SCRIPT = r"""
-import importlib.abc, json, pickle, sys
+#: Prepended to every script :func:`run_without_package` runs: ``evalmuse_models`` cannot be imported, and
+#: the modules named in ``EVALMUSE_TEST_BLOCKED`` (JSON) behave as if not installed.
+_BLOCK_PRELUDE = r"""
+import importlib.abc as _abc, json as _json, os as _os, sys as _sys
 
-folder, inputs_file, outputs_file, blocked = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 
-
-class Block(importlib.abc.MetaPathFinder):
+class _Block(_abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "evalmuse_models" or name.startswith("evalmuse_models."):
             raise ImportError("evalmuse_models is blocked here")
         return None
 
 
-sys.meta_path.insert(0, Block())
-for name in blocked:
-    sys.modules[name] = None  # as if not installed
+_sys.meta_path.insert(0, _Block())
+for _name in _json.loads(_os.environ.get("EVALMUSE_TEST_BLOCKED", "[]")):
+    _sys.modules[_name] = None  # as if not installed: imports fail, find_spec answers None
+"""
+
+
+def run_without_package(script: str, *args: str, cwd: str | os.PathLike, blocked: tuple[str, ...] = (),
+                        timeout: float = 300) -> tuple[Any, str]:
+    """Run ``script`` (with ``args`` as ``sys.argv[1:]``) in a fresh interpreter where ``evalmuse_models`` — and
+    the ``blocked`` modules — cannot be imported, as on a machine with only transformers and the model's
+    remote code: offline, one CPU thread, remote code cached under ``cwd``. Fails the calling test when the
+    script fails; returns the JSON object the script prints last and everything it printed (stdout + stderr).
+    """
+    cwd = Path(cwd)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd), "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "modules"), "OMP_NUM_THREADS": "1",
+        "EVALMUSE_TEST_BLOCKED": json.dumps(list(blocked)),
+    }
+    proc = subprocess.run([sys.executable, "-c", _BLOCK_PRELUDE + script, *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout + proc.stderr
+
+
+#: Run without the package (:func:`run_without_package`): argv = folder, inputs pickle, outputs file.
+_REMOTE_SCRIPT = r"""
+import json, pickle, sys
+
+folder, inputs_file, outputs_file = sys.argv[1], sys.argv[2], sys.argv[3]
 import torch
 from transformers import AutoModel, AutoProcessor
 
@@ -219,15 +245,8 @@ class ModelFamilyTesterMixin:
         inputs_file, outputs_file = Path(tmp_path) / "inputs.pkl", Path(tmp_path) / "outputs.pt"
         with open(inputs_file, "wb") as handle:
             pickle.dump((self.family.processor_inputs(), self.family.model_input_names), handle)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(tmp_path) / "modules"), "OMP_NUM_THREADS": "1",
-        }
-        args = [str(folder), str(inputs_file), str(outputs_file), json.dumps(list(self.family.blocked_modules))]
-        proc = subprocess.run([sys.executable, "-c", _REMOTE_SCRIPT, *args], capture_output=True, text=True,
-                              env=env, cwd=tmp_path, timeout=300, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        report, _ = run_without_package(_REMOTE_SCRIPT, folder, inputs_file, outputs_file, cwd=tmp_path,
+                                        blocked=tuple(self.family.blocked_modules))
         assert report["model"].startswith("transformers_modules"), report
         assert report["processor"] == type(processor).__name__ and report["imported"] == [], report
         remote = torch.load(outputs_file, weights_only=True)
