@@ -718,7 +718,7 @@ def prepare_dataset(
     result = PreparedDataset(path=out_dir, skipped=skipped)
     infos: dict[str, DatasetInfo] = {}
     data_files: dict[str, dict[str, str]] = {}
-    try:
+    with staging:
         tmp = staging.path
         for config, split, _path, records, make_row, features in jobs:
             directory = tmp / config
@@ -769,16 +769,6 @@ def prepare_dataset(
         _render_card(tmp, infos, data_files, result.num_rows, len(skipped), mask_min_votes, card_template,
                      truth_files)
         staging.publish(overwrite=overwrite)
-    except UserInputError:
-        staging.discard()  # bad input: nothing worth resuming
-        raise
-    except BaseException:
-        if staging.has_progress():
-            print(f"interrupted: completed shards are kept in {staging.path}; run the same command again "
-                  "to resume", file=sys.stderr)
-        else:
-            staging.discard()
-        raise
     if skipped:
         result.skipped_report = out_dir / SKIPPED_REPORT_NAME
     return result
@@ -870,6 +860,20 @@ class _Staging:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        """A failed build: bad input discards it (nothing worth resuming); any other failure or an interruption
+        keeps the completed shards for the same command to resume, and says so. The error propagates."""
+        if kind is not None:
+            if issubclass(kind, UserInputError) or not self.has_progress():
+                self.discard()
+            else:
+                print(f"interrupted: completed shards are kept in {self.path}; run the same command again to "
+                      "resume", file=sys.stderr)
+        return False
 
     def publish(self, *, overwrite: bool) -> None:
         (self.path / self.PROGRESS).unlink(missing_ok=True)

@@ -604,7 +604,7 @@ def refine_dataset(
     staging = _Staging(out_dir, fingerprint, resume=resume)
     result = RefinedDataset(path=out_dir, report_path=out_dir / REPORT_NAME)
     started = time.perf_counter()
-    try:
+    with staging:
         tmp = staging.path
         directory = tmp / REFINED_CONFIG
         directory.mkdir(exist_ok=True)
@@ -642,14 +642,4 @@ def refine_dataset(
         atomic_write_text(tmp / OUTPUT_MARKER, json.dumps({"written_by": "evalmuse-models", "kind": OUTPUT_KIND}) + "\n")
         claim_output_directory(out_dir, OUTPUT_KIND, inputs=[dataset_dir], overwrite=overwrite)
         staging.publish(overwrite=overwrite)
-    except UserInputError:
-        staging.discard()  # bad input: nothing worth resuming
-        raise
-    except BaseException:
-        if staging.has_progress():
-            print(f"interrupted: completed shards are kept in {staging.path}; run the same command again to resume",
-                  file=sys.stderr)
-        else:
-            staging.discard()
-        raise
     return result
