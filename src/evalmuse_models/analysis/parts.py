@@ -244,7 +244,7 @@ class StructureParts:
         Raises:
             UserInputError: no predicted or no true region, fewer than 3 images, or constant scores.
         """
-        from ..metrics.structure import NoPredictedRegionsError
+        from ..metrics.structure import NoPredictedRegionsError, region_f1
 
         idx = _indices(idx, len(self))
         n_pred, n_true, matched_pred, matched_true = (int(v) for v in self.counts[idx].sum(axis=0))
@@ -252,11 +252,9 @@ class StructureParts:
             raise NoPredictedRegionsError("no predicted region among these images: precision is undefined")
         if n_true == 0:
             raise UserInputError("no true region among these images: recall is undefined")
-        precision = matched_pred / n_pred
-        recall = 1 - (n_true - matched_true) / n_true
+        precision, recall, f1 = region_f1(n_pred, n_true, matched_pred, matched_true)
         srcc, plcc, fallback = _correlations(self.predictions[idx], self.references[idx], "standard")
-        out = {"f1": float(2 * precision * recall / (precision + recall + 1e-10)), "plcc": plcc, "srcc": srcc,
-               "precision": float(precision), "recall": float(recall)}
+        out = {"f1": f1, "plcc": plcc, "srcc": srcc, "precision": precision, "recall": recall}
         if fallback:
             out["plcc_fallback"] = True
         return out

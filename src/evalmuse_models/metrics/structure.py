@@ -37,6 +37,7 @@ __all__ = [
     "RegionCounts",
     "binarize_prediction",
     "image_region_counts",
+    "region_f1",
     "structure_final_score",
 ]
 
@@ -193,6 +194,15 @@ def image_region_counts(
     )
 
 
+def region_f1(n_pred: int, n_true: int, matched_pred: int, matched_true: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 of region counts pooled over a set, as the released scorer computes them:
+    P = matched predicted / predicted regions, R = 1 − unmatched true / true regions,
+    F1 = 2PR / (P + R + 1e-10). Both totals must be positive (the callers say why they are not)."""
+    precision = float(matched_pred / n_pred)
+    recall = float(1 - (n_true - matched_true) / n_true)
+    return precision, recall, float(2 * precision * recall / (precision + recall + 1e-10))
+
+
 def structure_final_score(
     predictions: Sequence[float],
     references: Sequence[float],
@@ -296,9 +306,7 @@ def structure_final_score(
             raise UserInputError(
                 f"no true region in the whole set (area filter contourArea > {min_true_area:g}): recall is undefined"
             )
-        precision = float(matched_pred / n_pred)
-        recall = float(1 - (n_true - matched_true) / n_true)
-        f1 = float(2 * precision * recall / (precision + recall + 1e-10))
+        precision, recall, f1 = region_f1(n_pred, n_true, matched_pred, matched_true)
         p = pred if idx is None else pred[idx]
         r = ref if idx is None else ref[idx]
         if is_constant(p) or is_constant(r):
