@@ -37,13 +37,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..utils import UserInputError, atomic_write_text, claim_output_directory, owned_directory
+from ._checkpoints import format_keys, read_torch_checkpoint
 
 #: Official key patterns -> ``EmRahfModel`` names (the first that matches is used).
 RENAMES: tuple[tuple[re.Pattern, str], ...] = tuple(
@@ -144,16 +144,9 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], s
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"checkpoint {path} does not exist; pass a .pth saved by the official EM-RAHF training")
-    try:
-        # memory-mapped when the file allows it (torch's zip format): a real-size checkpoint is ~6 GB
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as error:
-        raise UserInputError(
-            f"could not read {path} as a torch checkpoint with weights_only=True ({' '.join(str(error).split())[:300]}); "
-            "pass a checkpoint saved by the official EM-RAHF training ({'model': state_dict, 'optimizer', 'scheduler'})"
-        ) from error
+    payload = read_torch_checkpoint(  # memory-mapped: a real-size checkpoint is ~6 GB
+        path, what="a .pth saved by the official EM-RAHF training", mmap=True,
+        layout="a checkpoint saved by the official EM-RAHF training ({'model': state_dict, 'optimizer', 'scheduler'})")
     if not isinstance(payload, dict):
         raise UserInputError(f"{path}: expected a dict ({{'model': state_dict, ...}} or a state dict), got {type(payload).__name__}")
     if "model" in payload:
@@ -165,16 +158,11 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], s
         raise UserInputError(f"{where}: expected a state dict (a non-empty dict of tensors)")
     not_tensors = [str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)]
     if not_tensors:
-        raise UserInputError(f"{where}: expected a state dict of tensors, but {_key_list(not_tensors)} are not tensors")
+        raise UserInputError(f"{where}: expected a state dict of tensors, but {format_keys(not_tensors, limit=12)} are not tensors")
     if all(key.startswith("module.") for key in state_dict):
         state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
         layout += ", 'module.' prefixes removed"
     return state_dict, f"{path.name}: {layout}"
-
-
-def _key_list(keys, limit: int = 12) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def convert_em_rahf(
@@ -235,9 +223,9 @@ def convert_em_rahf(
     )
     problems = []
     if missing:
-        problems.append(f"{len(missing)} tensors missing (model names): {_key_list(missing)}")
+        problems.append(f"{len(missing)} tensors missing (model names): {format_keys(missing, limit=12)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors: {_key_list(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected tensors: {format_keys(unexpected, limit=12)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches: {'; '.join(mismatched[:12])}")
     if problems:

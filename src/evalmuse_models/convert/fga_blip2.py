@@ -57,6 +57,7 @@ from typing import Any
 
 from ..utils import UserInputError, atomic_write_text, claim_output_directory, owned_directory
 from ..utils.jsonio import read_json_file
+from ._checkpoints import format_keys, read_torch_checkpoint
 
 #: LAVIS tensors that have no counterpart in the alignment model (and why).
 DROPPED_PREFIXES = {
@@ -210,20 +211,13 @@ def lavis_to_hf_state_dict(state_dict: Mapping[str, Any]) -> tuple[dict[str, Any
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
-    if not path.is_file():
-        raise UserInputError(f"checkpoint {path} does not exist; pass the path of the official fga_blip2.pth")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and path.is_file():
         raise UserInputError(
             f"{path} is a safetensors file, not the official LAVIS pickle; for the imscore port pass --from imscore "
             "(source='imscore')"
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserInputError(
-            f"could not read {path} as a torch checkpoint with weights_only=True ({error}); pass the official "
-            "LAVIS checkpoint (a pickle of {'model': state_dict})"
-        ) from error
+    payload = read_torch_checkpoint(path, what="the path of the official fga_blip2.pth",
+                                    layout="the official LAVIS checkpoint (a pickle of {'model': state_dict})")
     state_dict = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise UserInputError(f"{path}: expected {{'model': state_dict}} (a dict of tensors) in the checkpoint")
@@ -300,12 +294,6 @@ def _interpolate_position_embedding(tensor, target_shape):
     grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(tensor.dtype)
     return torch.cat([cls_pos, grid], dim=1)
-
-
-def _format_keys(keys, limit: int = 20) -> str:
-    keys = sorted(keys)
-    text = ", ".join(keys[:limit])
-    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def convert_fga_blip2(
@@ -394,9 +382,9 @@ def convert_fga_blip2(
     problems = []
     if missing:
         hint = "" if blip2_base is not None else " (a frozen-ViT checkpoint needs --blip2-base for visual_encoder.*)"
-        problems.append(f"{len(missing)} tensors missing{hint}: {_format_keys(missing)}")
+        problems.append(f"{len(missing)} tensors missing{hint}: {format_keys(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensors: {_format_keys(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected tensors: {format_keys(unexpected)}")
     mismatched = []
     for name in set(converted) & set(expected):
         shape = tuple(converted[name].shape)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import UserInputError, atomic_write_text, claim_output_directory, owned_directory
+from ._checkpoints import format_keys, read_torch_checkpoint
 
 #: The checkpoint's two parts and what they hold.
 PARTS = {
@@ -69,29 +70,14 @@ class LodaConversionReport:
         return "\n".join(lines)
 
 
-def _format_keys(keys, limit: int = 20) -> str:
-    keys = sorted(keys)
-    text = ", ".join(keys[:limit])
-    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_hnu_vpai_checkpoint(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{"learner": {...}, "bn_buffer": {...}}`` of a published checkpoint, read with ``weights_only=True``."""
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(
-            f"checkpoint {path} does not exist; pass HNU-VPAI's loda_evalmuse10k_train_split0_1120.pt "
-            "(Hub dataset repo wangzhiyu918/results)"
-        )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserInputError(
-            f"could not read {path} as a torch checkpoint with weights_only=True ({error}); pass the published "
-            "LoDa checkpoint (a pickle of {'learner': state_dict, 'bn_buffer': state_dict})"
-        ) from error
+    payload = read_torch_checkpoint(
+        path, what="HNU-VPAI's loda_evalmuse10k_train_split0_1120.pt (Hub dataset repo wangzhiyu918/results)",
+        layout="the published LoDa checkpoint (a pickle of {'learner': state_dict, 'bn_buffer': state_dict})")
     if isinstance(payload, Mapping) and "learner" not in payload and isinstance(payload.get("model"), Mapping):
         payload = payload["model"]  # a training-state file: {"model": {...}, "optimizer": ..., ...}
     if not isinstance(payload, Mapping) or set(payload) != set(PARTS):
@@ -124,9 +110,9 @@ def check_hnu_vpai_state(parts: Mapping[str, Mapping[str, Any]], expected: Mappi
         missing = sorted(n[len(prefix):] for n in part_wanted - set(names))
         unexpected = sorted(n[len(prefix):] for n in set(names) - part_wanted)
         if missing:
-            problems.append(f"{len(missing)} {part} tensors missing: {_format_keys(missing)}")
+            problems.append(f"{len(missing)} {part} tensors missing: {format_keys(missing)}")
         if unexpected:
-            problems.append(f"{len(unexpected)} unexpected {part} tensors: {_format_keys(unexpected)}")
+            problems.append(f"{len(unexpected)} unexpected {part} tensors: {format_keys(unexpected)}")
         mismatched = [
             f"{part}[{n[len(prefix):]!r}]: checkpoint {names[n]} vs model {wanted[n]}"
             for n in sorted(set(names) & part_wanted) if names[n] != wanted[n]
